@@ -1,0 +1,166 @@
+"""Artifact manifests: the `latbot.json` in every output directory.
+
+Every artifact LatBot writes (an episode store, a LAM / distilled / finetuned checkpoint, a teacher
+cache, an evaluation, a report) is a directory with a manifest naming its kind and format version, the
+fully resolved recipe that made it, its parent artifacts and a content hash. Stages read their inputs
+through `read_manifest(dir, kind=...)`, which refuses the wrong kind or an unsupported format version
+with a message that says what was expected.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from latbot import __version__
+from latbot.errors import ArtifactError
+
+MANIFEST_NAME = "latbot.json"
+
+# The format version each kind is written with. Bump when the on-disk layout changes incompatibly.
+FORMAT_VERSIONS: dict[str, int] = {
+    "episode_store": 1,
+    "lam": 1,
+    "distill": 1,
+    "finetune": 1,
+    "teacher_cache": 1,
+    "eval": 1,
+    "report": 1,
+}
+
+
+class ParentRef(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kind: str
+    path: str
+    content_hash: str
+
+
+class Manifest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kind: str
+    format_version: int
+    latbot_version: str = __version__
+    created: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+    recipe: dict[str, Any] | None = None
+    parents: list[ParentRef] = Field(default_factory=list)
+    content_hash: str
+    extra: dict[str, Any] = Field(default_factory=dict)
+
+
+def hash_directory(directory: str | Path, exclude: Iterable[str] = (MANIFEST_NAME,)) -> str:
+    """sha256 over every file's relative path and bytes, in sorted order (the manifest excluded)."""
+    root = Path(directory)
+    skip = set(exclude)
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        rel = path.relative_to(root).as_posix()
+        if rel in skip:
+            continue
+        digest.update(rel.encode() + b"\0")
+        with path.open("rb") as f:
+            while block := f.read(1 << 20):
+                digest.update(block)
+        digest.update(b"\0")
+    return "sha256:" + digest.hexdigest()
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_manifest(
+    directory: str | Path,
+    kind: str,
+    *,
+    recipe: dict[str, Any] | None = None,
+    parents: Iterable[ParentRef] = (),
+    extra: dict[str, Any] | None = None,
+    content_hash: str | None = None,
+) -> Manifest:
+    """Write `latbot.json` into `directory` atomically. The hash is computed unless one is given
+    (huge artifacts such as episode stores supply their own, cheaper, hash)."""
+    if kind not in FORMAT_VERSIONS:
+        raise ValueError(f"unknown artifact kind {kind!r}; known: {sorted(FORMAT_VERSIONS)}")
+    root = Path(directory)
+    root.mkdir(parents=True, exist_ok=True)
+    manifest = Manifest(
+        kind=kind,
+        format_version=FORMAT_VERSIONS[kind],
+        recipe=recipe,
+        parents=list(parents),
+        content_hash=content_hash or hash_directory(root),
+        extra=extra or {},
+    )
+    _atomic_write_text(root / MANIFEST_NAME, manifest.model_dump_json(indent=2) + "\n")
+    return manifest
+
+
+def read_manifest(directory: str | Path, kind: str | Iterable[str] | None = None) -> Manifest:
+    """Read and check `directory/latbot.json`; `kind` restricts which artifact kinds are accepted."""
+    root = Path(directory)
+    path = root / MANIFEST_NAME
+    if not root.is_dir():
+        raise ArtifactError(f"{root}: not a directory (expected a LatBot artifact directory)")
+    if not path.is_file():
+        raise ArtifactError(f"{root}: no {MANIFEST_NAME} here, so this is not a LatBot artifact directory")
+    try:
+        manifest = Manifest.model_validate(json.loads(path.read_text(encoding="utf-8")))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ArtifactError(f"{path}: not valid JSON ({e}); the artifact is damaged, re-create it") from e
+    except ValidationError as e:
+        first = e.errors()[0]
+        field = ".".join(str(p) for p in first["loc"]) or "<manifest>"
+        raise ArtifactError(f"{path}: {field}: {first['msg']}; the manifest is damaged, re-create it") from e
+    wanted = {kind} if isinstance(kind, str) else set(kind) if kind is not None else None
+    if wanted is not None and manifest.kind not in wanted:
+        expected = " or ".join(sorted(wanted))
+        raise ArtifactError(f"{root}: is a '{manifest.kind}' artifact, but a '{expected}' artifact is expected here")
+    supported = FORMAT_VERSIONS.get(manifest.kind)
+    if supported is None:
+        raise ArtifactError(f"{path}: unknown artifact kind '{manifest.kind}' (known: {', '.join(FORMAT_VERSIONS)})")
+    if manifest.format_version != supported:
+        newer = manifest.format_version > supported
+        fix = "upgrade LatBot to read it" if newer else "re-create it with this version of LatBot"
+        raise ArtifactError(
+            f"{root}: '{manifest.kind}' format version {manifest.format_version}, but this LatBot "
+            f"({__version__}) reads version {supported}; {fix}"
+        )
+    return manifest
+
+
+def verify_manifest(directory: str | Path, kind: str | Iterable[str] | None = None) -> Manifest:
+    """`read_manifest` plus a check that the directory's content still matches the recorded hash."""
+    manifest = read_manifest(directory, kind)
+    actual = hash_directory(directory)
+    if actual != manifest.content_hash:
+        raise ArtifactError(
+            f"{directory}: content changed since it was written (hash {actual[:19]}…, manifest says "
+            f"{manifest.content_hash[:19]}…); re-create the artifact"
+        )
+    return manifest
+
+
+def parent_ref(directory: str | Path, kind: str | Iterable[str] | None = None) -> ParentRef:
+    """A reference to an existing artifact, for the `parents` of a new one."""
+    manifest = read_manifest(directory, kind)
+    return ParentRef(kind=manifest.kind, path=str(Path(directory).resolve()), content_hash=manifest.content_hash)

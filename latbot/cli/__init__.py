@@ -1,0 +1,41 @@
+"""The `latbot` command line. Each command group lives in its own module; heavy imports stay inside
+the commands so that `latbot --help` is fast."""
+
+from __future__ import annotations
+
+import typer
+
+from latbot import __version__
+from latbot.cli import plugins, recipe, train
+
+app = typer.Typer(
+    name="latbot",
+    help="LatBot: distil universal latent actions into vision-language-action models.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"latbot {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """LatBot: distil universal latent actions into vision-language-action models."""
+
+
+app.command("train")(train.train)
+app.add_typer(recipe.app, name="recipe")
+app.add_typer(plugins.app, name="plugins")
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,56 @@
+"""`latbot recipe show | validate | schema`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from latbot.cli._common import SET_HELP, user_errors
+
+app = typer.Typer(help="Inspect and check recipes.", no_args_is_help=True)
+
+RecipeArg = typer.Argument(..., help="Recipe YAML file.", exists=False, dir_okay=False)
+SetOpt = typer.Option([], "--set", "-s", help=SET_HELP)
+
+
+@app.command()
+@user_errors
+def show(path: Path = RecipeArg, overrides: list[str] = SetOpt) -> None:
+    """Print the fully resolved recipe (bases merged, overrides applied, every default filled in)."""
+    from latbot.recipes import load_recipe, to_yaml
+
+    typer.echo(to_yaml(load_recipe(path, overrides)), nl=False)
+
+
+@app.command()
+@user_errors
+def validate(paths: list[Path] = typer.Argument(..., help="Recipe YAML files."), overrides: list[str] = SetOpt) -> None:
+    """Check recipes; exit 0 when all are valid, 2 with one line per problem otherwise."""
+    from latbot.recipes import load_recipe
+
+    for path in paths:
+        recipe = load_recipe(path, overrides)
+        typer.echo(f"ok: {path} (stage {recipe.stage})")
+
+
+@app.command()
+@user_errors
+def schema(
+    stage: str | None = typer.Option(None, help="Schema of one stage only (lam, distill, finetune)."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Write to this file instead of stdout."),
+) -> None:
+    """JSON Schema of recipes, with every registered plugin's fields, for editor completion."""
+    from latbot.errors import RecipeError
+    from latbot.recipes.jsonschema import recipe_json_schema
+    from latbot.recipes.schema import STAGES
+
+    if stage is not None and stage not in STAGES:
+        raise RecipeError(f"--stage: '{stage}' is not a stage (expected one of: {', '.join(STAGES)})")
+    text = json.dumps(recipe_json_schema(stage), indent=2) + "\n"
+    if out is None:
+        typer.echo(text, nl=False)
+    else:
+        out.write_text(text, encoding="utf-8")
+        typer.echo(f"wrote {out}")

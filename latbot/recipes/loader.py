@@ -1,0 +1,337 @@
+"""Loading recipes: YAML with `base:` includes, `--set a.b=c` overrides, validation, plugin resolution.
+
+Every value remembers where it came from (file and line, or the `--set` that changed it), so an error
+names the place to fix, e.g.::
+
+    recipes/tiny/lam.yaml:7: model.encoder.widht: unknown field; did you mean 'width'?
+
+`base:` (a path or a list of paths, relative to the file that names them) is merged first, in order;
+the including file then overrides it key by key. Mappings merge recursively; lists and scalars replace.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import re
+import types
+import typing
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from latbot import registry
+from latbot.config import PluginConfig
+from latbot.errors import RecipeError, RegistryError
+from latbot.recipes.schema import RECIPE_CLASSES, STAGES, RecipeModel, iter_slots
+
+Loc = tuple[str | int, ...]
+BASE_KEY = "base"
+
+
+class RecipeSource:
+    """A recipe's raw data with the origin ("file:line" or "--set ...") of every key."""
+
+    def __init__(self, data: dict[str, Any], origins: dict[Loc, str], name: str):
+        self.data = data
+        self.origins = origins
+        self.name = name  # the top-level file, for messages about the recipe as a whole
+
+    def where(self, loc: Loc) -> str:
+        """The origin of `loc`, or of its nearest ancestor that has one."""
+        for n in range(len(loc), -1, -1):
+            if loc[:n] in self.origins:
+                return self.origins[loc[:n]]
+        return self.name
+
+
+def dotted(loc: Iterable[str | int]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "<recipe>"
+
+
+# -- reading YAML ----------------------------------------------------------------------------------
+def _read_yaml(path: Path) -> tuple[Any, dict[Loc, int]]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as e:
+        raise RecipeError(f"{path}: recipe file not found") from e
+    except OSError as e:
+        raise RecipeError(f"{path}: cannot read recipe file: {e.strerror}") from e
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        data = loader.construct_document(node) if node is not None else None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        pos = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e)
+        raise RecipeError(f"{path}{pos}: invalid YAML: {problem}") from e
+    finally:
+        loader.dispose()
+    lines: dict[Loc, int] = {}
+
+    def walk(n: yaml.Node, loc: Loc, line: int) -> None:
+        lines[loc] = line
+        if isinstance(n, yaml.MappingNode):
+            for key_node, value_node in n.value:
+                walk(value_node, (*loc, str(key_node.value)), key_node.start_mark.line + 1)
+        elif isinstance(n, yaml.SequenceNode):
+            for i, item in enumerate(n.value):
+                walk(item, (*loc, i), item.start_mark.line + 1)
+
+    if node is not None:
+        walk(node, (), 1)
+    return data, lines
+
+
+def _merge(base: dict, over: dict, base_origins: dict[Loc, str], over_origins: dict[Loc, str], loc: Loc) -> dict:
+    out = dict(base)
+    for key, value in over.items():
+        here = (*loc, key)
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value, base_origins, over_origins, here)
+        else:
+            out[key] = value
+            for stale in [k for k in base_origins if k[: len(here)] == here]:
+                del base_origins[stale]
+    return out
+
+
+def _compose(path: Path, stack: tuple[Path, ...] = ()) -> tuple[dict, dict[Loc, str]]:
+    path = Path(path)
+    resolved = path.resolve()
+    if resolved in stack:
+        chain = " -> ".join(str(p) for p in (*stack, resolved))
+        raise RecipeError(f"{path}: `base:` includes form a cycle: {chain}")
+    data, lines = _read_yaml(path)
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}:1: a recipe must be a YAML mapping (key: value), got {type(data).__name__}")
+    origins = {loc: f"{path}:{line}" for loc, line in lines.items()}
+    bases = data.pop(BASE_KEY, None)
+    if bases is None:
+        return data, origins
+    if isinstance(bases, str):
+        bases = [bases]
+    if not (isinstance(bases, list) and all(isinstance(b, str) for b in bases)):
+        raise RecipeError(f"{origins.get((BASE_KEY,), path)}: base: expected a path or a list of paths")
+    merged: dict = {}
+    merged_origins: dict[Loc, str] = {}
+    for i, base in enumerate(bases):
+        base_path = path.parent / base
+        if not base_path.is_file():
+            where = origins.get((BASE_KEY, i), origins.get((BASE_KEY,), str(path)))
+            raise RecipeError(f"{where}: base: file '{base}' not found (looked for {base_path})")
+        base_data, base_origins = _compose(base_path, (*stack, resolved))
+        merged = _merge(merged, base_data, merged_origins, base_origins, ())
+        merged_origins.update(base_origins)
+    origins = {k: v for k, v in origins.items() if k[:1] != (BASE_KEY,)}
+    merged = _merge(merged, data, merged_origins, origins, ())
+    merged_origins.update(origins)
+    return merged, merged_origins
+
+
+# -- overrides ---------------------------------------------------------------------------------------
+_INDEX_RE = re.compile(r"\[(\d+)\]")
+
+
+def parse_override(text: str) -> tuple[Loc, Any]:
+    """``'train.lr=3e-4'`` → (('train', 'lr'), 0.0003). Values are YAML (typed); indices as ``[0]`` or ``.0``."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise RecipeError(f"--set {text}: expected KEY=VALUE with a dotted key, e.g. --set train.lr=3e-4")
+    loc: list[str | int] = []
+    for part in _INDEX_RE.sub(r".\1", key.strip()).split("."):
+        if not part:
+            raise RecipeError(f"--set {text}: empty component in the key '{key}'")
+        loc.append(int(part) if part.isdigit() else part)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        raise RecipeError(f"--set {text}: the value is not valid YAML: {getattr(e, 'problem', e)}") from e
+    if isinstance(value, str):
+        value = _maybe_number(value)
+    return tuple(loc), value
+
+
+def _maybe_number(value: str) -> Any:
+    # YAML 1.1 reads "1e-4" (no dot) as a string; read it as the number a user meant.
+    try:
+        return float(value) if re.fullmatch(r"[-+]?\d+(\.\d*)?[eE][-+]?\d+", value) else value
+    except ValueError:
+        return value
+
+
+def apply_overrides(source: RecipeSource, overrides: Sequence[str]) -> None:
+    for text in overrides:
+        loc, value = parse_override(text)
+        node: Any = source.data
+        for depth, part in enumerate(loc[:-1]):
+            nxt = loc[depth + 1]
+            if isinstance(node, dict):
+                if not isinstance(node.get(part), dict | list):
+                    node[part] = {}
+                node = node[part]
+            elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+                if not isinstance(node[part], dict | list):
+                    node[part] = {} if isinstance(nxt, str) else []
+                node = node[part]
+            else:
+                raise RecipeError(f"--set {text}: {dotted(loc[: depth + 1])} does not exist in the recipe")
+        last = loc[-1]
+        if isinstance(node, dict) and isinstance(last, str):
+            node[last] = value
+        elif isinstance(node, list) and isinstance(last, int) and last < len(node):
+            node[last] = value
+        else:
+            raise RecipeError(f"--set {text}: {dotted(loc)} does not exist in the recipe")
+        for stale in [k for k in source.origins if k[: len(loc)] == loc]:
+            del source.origins[stale]
+        source.origins[loc] = f"--set {text}"
+
+
+# -- validation ----------------------------------------------------------------------------------------
+def _unwrap_model(annotation: Any, index: bool) -> Any:
+    """The BaseModel class an annotation leads to (through Annotated, Optional, unions, list items)."""
+    for _ in range(8):
+        origin = typing.get_origin(annotation)
+        args = typing.get_args(annotation)
+        if origin is typing.Annotated:
+            annotation = args[0]
+        elif origin in (typing.Union, types.UnionType):
+            models = [a for a in args if a is not type(None)]
+            annotation = models[0] if models else None
+        elif index and origin in (list, tuple):
+            annotation, index = args[0], False
+        elif index and origin is dict:
+            annotation, index = args[1], False
+        else:
+            break
+    return annotation
+
+
+def _model_at(root: type[BaseModel], loc: Loc) -> type[BaseModel] | None:
+    current: Any = root
+    pending_index = False
+    for part in loc:
+        if isinstance(part, int):
+            pending_index = True
+            continue
+        if not (isinstance(current, type) and issubclass(current, BaseModel)) or part not in current.model_fields:
+            return None
+        current = _unwrap_model(current.model_fields[part].annotation, index=False)
+        if pending_index:
+            pending_index = False
+    if pending_index:
+        current = _unwrap_model(current, index=True)
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def _message(err: dict, root: type[BaseModel]) -> str:
+    kind, loc = err["type"], tuple(err["loc"])
+    if kind == "extra_forbidden":
+        parent = _model_at(root, loc[:-1])
+        fields = [f for f in parent.model_fields if f != "type"] if parent else []
+        msg = "unknown field"
+        close = difflib.get_close_matches(str(loc[-1]), fields, n=1, cutoff=0.6)
+        if close:
+            msg += f"; did you mean '{close[0]}'?"
+        if fields:
+            msg += f" (valid fields: {', '.join(fields)})"
+        return msg
+    if kind == "missing":
+        return "required field is missing"
+    msg = err["msg"]
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, ") :]
+    if "input" in err and kind not in {"model_type", "dict_type"} and not isinstance(err["input"], dict):
+        msg += f" (got {err['input']!r})"
+    return msg
+
+
+def _format(e: ValidationError, source: RecipeSource, root: type[BaseModel], prefix: Loc = ()) -> list[str]:
+    return [
+        f"{source.where((*prefix, *err['loc']))}: {dotted((*prefix, *err['loc']))}: {_message(err, root)}"
+        for err in e.errors()
+    ]
+
+
+def _resolve_slot(raw: dict, kind: str, loc: Loc, source: RecipeSource) -> tuple[PluginConfig | None, list[str]]:
+    """Look up the plugin named by a raw slot and validate the slot with the plugin's own `Config`."""
+    name = raw.get("type")
+    if not isinstance(name, str):
+        return None, []  # the structural pass reports a missing or non-string `type`
+    try:
+        cls = registry.get(kind, name)
+    except RegistryError as e:
+        return None, [f"{source.where((*loc, 'type'))}: {dotted((*loc, 'type'))}: {e}"]
+    try:
+        return cls.Config.model_validate(raw), []
+    except ValidationError as e:
+        return None, _format(e, source, cls.Config, loc)
+
+
+def validate(source: RecipeSource) -> RecipeModel:
+    """Validate raw recipe data: the stage, every plugin slot (with the plugin's own `Config`), and the
+    sections. All problems are reported together, each as ``origin: dotted.path: what is wrong``."""
+    stage = source.data.get("stage")
+    if stage not in STAGES:
+        got = "is missing" if stage is None else f"is '{stage}'"
+        close = difflib.get_close_matches(str(stage), STAGES, n=1) if stage else []
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise RecipeError(f"{source.where(('stage',))}: stage: {got}{hint} (expected one of: {', '.join(STAGES)})")
+    cls = RECIPE_CLASSES[stage]
+    data = copy.deepcopy(source.data)
+    problems: list[str] = []
+    for loc, _owner, _name, kind, _optional in iter_slots(cls):
+        parent: Any = data
+        for part in loc[:-1]:
+            parent = parent.get(part) if isinstance(parent, dict) else None
+        if isinstance(parent, dict) and isinstance(parent.get(loc[-1]), dict):
+            config, errors = _resolve_slot(parent[loc[-1]], kind, loc, source)
+            problems.extend(errors)
+            if config is not None:
+                parent[loc[-1]] = config
+    try:
+        recipe = cls.model_validate(data)
+    except ValidationError as e:
+        problems = _format(e, source, cls) + problems
+    if problems:
+        raise RecipeError("\n".join(problems))
+    return recipe
+
+
+# -- public entry points ------------------------------------------------------------------------------
+def load_source(path: str | Path, overrides: Sequence[str] = ()) -> RecipeSource:
+    data, origins = _compose(Path(path))
+    source = RecipeSource(data, origins, str(path))
+    apply_overrides(source, overrides)
+    return source
+
+
+def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> RecipeModel:
+    """Read, merge, override and validate a recipe file; raises `RecipeError` with file:line and field."""
+    return validate(load_source(path, overrides))
+
+
+def recipe_from_dict(data: dict[str, Any], name: str = "<dict>") -> RecipeModel:
+    """Validate a recipe given as a Python dict (e.g. the resolved recipe saved in a manifest)."""
+    return validate(RecipeSource(copy.deepcopy(data), {}, name))
+
+
+def to_dict(recipe: BaseModel) -> dict[str, Any]:
+    """The fully resolved recipe (every default filled in) as plain JSON-able data."""
+    data = recipe.model_dump(mode="json")
+    first = {k: data.pop(k) for k in ("stage", "model") if k in data}
+    return {**first, **data}
+
+
+def to_yaml(recipe: BaseModel) -> str:
+    return yaml.safe_dump(to_dict(recipe), sort_keys=False, default_flow_style=False, width=100)

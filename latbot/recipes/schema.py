@@ -1,0 +1,216 @@
+"""The recipe: one YAML file that drives a stage (`lam`, `distill` or `finetune`) from data to logs.
+
+A recipe has the sections `data, model, train, dist, eval, log` and a `stage` that selects the model
+section's shape. Plugin slots (`model.encoder`, `model.decoder`, `model.student`, `model.action_expert`,
+`eval.simulator`) hold ``{type: <registered name>, ...}``; the loader looks the plugin up and validates
+the rest of the slot with the plugin's own `Config` (see `latbot.recipes.loader.resolve_plugins`).
+
+Defaults follow the paper where it gives a number (supp. 6.3: AdamW β=(0.9, 0.95), lr 1e-4 with 2000
+warmup steps and cosine decay to 2.5e-6, global batch 512); where it is silent the choice is documented
+in docs/recipes.md.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SerializeAsAny, model_validator
+
+from latbot.config import PluginConfig, Section
+
+STAGES: tuple[str, ...] = ("lam", "distill", "finetune")
+
+
+class PluginSlot:
+    """Marks a recipe field as a plugin slot of a registry kind (in the field's `Annotated` metadata)."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+
+    def __repr__(self) -> str:
+        return f"PluginSlot({self.kind!r})"
+
+
+class UnresolvedPlugin(PluginConfig):
+    """A plugin slot as written, before the registry is asked: `type` plus the plugin's own fields."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+def _as_unresolved(value: Any) -> Any:
+    if isinstance(value, PluginConfig):
+        return value
+    if isinstance(value, dict):
+        return UnresolvedPlugin.model_validate(value)
+    return value  # let pydantic report the type error
+
+
+def _slot(kind: str) -> Any:
+    return Annotated[SerializeAsAny[PluginConfig], BeforeValidator(_as_unresolved), PluginSlot(kind)]
+
+
+EncoderSlot = _slot("encoders")
+DecoderSlot = _slot("decoders")
+StudentSlot = _slot("students")
+ActionExpertSlot = _slot("action_experts")
+SimulatorSlot = _slot("simulators")
+
+
+# -- data ------------------------------------------------------------------------------------------
+class DataSource(Section):
+    """One episode store in the training mixture."""
+
+    store: Path = Field(description="Episode store directory (written by `latbot data convert` / `gen-sim`).")
+    weight: float = Field(1.0, gt=0, description="Sampling weight in the mixture (normalised over sources).")
+    frame_stride: int = Field(
+        1, ge=1, description="Frames skipped between clip frames, so clips of every source span a similar time."
+    )
+    tasks: list[str] | None = Field(None, description="Keep only episodes of these tasks (None = all).")
+    demos_per_task: int | None = Field(None, ge=1, description="Few-shot subset: first k episodes per task.")
+
+
+class DataConfig(Section):
+    sources: list[DataSource] = Field(
+        default_factory=list, description="Stores to train on; set here or with `--set data.sources=...`."
+    )
+    mixture: Path | None = Field(None, description="A mixture file (recipes/mixtures/*.yaml) instead of sources.")
+    num_frames: int = Field(16, ge=2, description="Frames per LAM clip, V_t..V_{t+k} (paper: 16).")
+    image_size: int = Field(224, ge=8, description="Square training resolution in pixels.")
+    cameras: list[str] | None = Field(None, description="Cameras to read (None = the store's first camera).")
+    num_workers: int = Field(2, ge=0, description="DataLoader worker processes per rank.")
+
+    @model_validator(mode="after")
+    def _one_source_kind(self) -> DataConfig:
+        if self.sources and self.mixture is not None:
+            raise ValueError("give either `sources` or `mixture`, not both")
+        return self
+
+
+# -- model (one shape per stage) ---------------------------------------------------------------------
+class LamModel(Section):
+    """Stage 1: the latent action model (paper §3.1–3.2)."""
+
+    encoder: EncoderSlot = Field(description="VLM encoder producing Z_sce and Z_mot (kind `encoders`).")
+    decoder: DecoderSlot = Field(description="Unified decoder: future frame + action sequence (kind `decoders`).")
+    decoupled: bool = Field(True, description="Separate scene/motion tokens (off: one group feeds both streams).")
+    unified_decoder: bool = Field(True, description="Decode actions too (off: image reconstruction only).")
+    image_loss_weight: float = Field(1.0, ge=0, description="w_img in L = L_action + w_img · L_image.")
+
+
+class DistillModel(Section):
+    """Stage 2: distil the LAM's latents into a VLA's VLM (paper §3.3)."""
+
+    student: StudentSlot = Field(description="Student VLM seeing V_1 and the instruction (kind `students`).")
+    teacher: Path | None = Field(None, description="LAM checkpoint directory (its manifest is checked).")
+    teacher_cache: Path | None = Field(None, description="Precomputed teacher latents (Zarr) to distil from.")
+    temperature: float = Field(1.0, gt=0, description="Softmax temperature of the KL term.")
+    reasoning_weight: float = Field(0.5, ge=0, description="λ_r in L = L_a + λ_r · L_r (paper: 0.5).")
+
+
+class FinetuneModel(Section):
+    """Stage 3: student + action expert trained on robot actions (paper §3.3, end)."""
+
+    student: StudentSlot = Field(description="The VLM backbone (kind `students`).")
+    student_checkpoint: Path | None = Field(
+        None, description="Distilled checkpoint to start from; None trains the plain VLM (the baseline)."
+    )
+    action_expert: ActionExpertSlot = Field(description="Flow-matching action expert (kind `action_experts`).")
+    action_horizon: int = Field(10, ge=1, description="H, the action chunk length.")
+
+
+# -- training, distribution, evaluation, logging -----------------------------------------------------
+class TrainConfig(Section):
+    steps: int = Field(100_000, ge=1, description="Optimizer steps.")
+    global_batch_size: int = Field(512, ge=1, description="Samples per optimizer step over all ranks (paper: 512).")
+    micro_batch_size: int = Field(8, ge=1, description="Samples per forward pass per rank; the rest is accumulation.")
+    lr: float = Field(1e-4, gt=0, description="Peak learning rate (paper: 1e-4).")
+    min_lr: float = Field(2.5e-6, ge=0, description="Floor of the cosine decay (paper: 2.5e-6).")
+    warmup_steps: int = Field(2000, ge=0, description="Linear warmup steps (paper: 2000).")
+    betas: tuple[float, float] = Field((0.9, 0.95), description="AdamW betas (paper: 0.9, 0.95).")
+    eps: float = Field(1e-8, gt=0)
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay (paper silent; see docs).")
+    grad_clip: float | None = Field(1.0, gt=0, description="Max global gradient norm; null disables clipping.")
+    precision: Literal["fp32", "bf16"] = Field("bf16", description="bf16 autocast where the device supports it.")
+    activation_checkpointing: bool = False
+    trainable: list[str] = Field(["*"], description="Glob patterns of parameter names to train.")
+    frozen: list[str] = Field(default_factory=list, description="Glob patterns kept frozen (wins over trainable).")
+    seed: int = 0
+    checkpoint_every: int = Field(1000, ge=1)
+    keep_last: int = Field(3, ge=1, description="Checkpoints kept on disk (older ones are deleted).")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainConfig:
+        if self.min_lr > self.lr:
+            raise ValueError(f"min_lr ({self.min_lr}) must not exceed lr ({self.lr})")
+        if self.global_batch_size % self.micro_batch_size:
+            raise ValueError(
+                f"global_batch_size ({self.global_batch_size}) must be a multiple of "
+                f"micro_batch_size ({self.micro_batch_size})"
+            )
+        return self
+
+
+class DistConfig(Section):
+    strategy: Literal["none", "fsdp"] = Field("none", description="fsdp = torch FSDP2 (`fully_shard`).")
+    backend: Literal["auto", "nccl", "gloo"] = Field("auto", description="auto: nccl on CUDA, gloo on CPU.")
+    reshard_after_forward: bool = True
+    attention: Literal["sdpa", "xformers"] = Field(
+        "sdpa", description="Attention kernels: torch SDPA, or xformers (needs `latbot[gpu]` and CUDA)."
+    )
+
+
+class EvalConfig(Section):
+    every_steps: int | None = Field(None, ge=1, description="Evaluate during training every N steps.")
+    simulator: SimulatorSlot | None = Field(None, description="Closed-loop evaluation simulator.")
+    tasks: list[str] = Field(default_factory=list)
+    episodes: int = Field(10, ge=1, description="Episodes per task.")
+
+
+class LogConfig(Section):
+    out_dir: Path = Field(Path("runs"), description="Runs are written to out_dir/run_name.")
+    run_name: str | None = Field(None, description="Default: the recipe file's stem and a timestamp.")
+    every_steps: int = Field(10, ge=1)
+    tensorboard: bool = True
+    progress: bool = True
+
+
+class _RecipeBase(Section):
+    data: DataConfig = Field(default_factory=DataConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    dist: DistConfig = Field(default_factory=DistConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    log: LogConfig = Field(default_factory=LogConfig)
+
+
+class LamRecipe(_RecipeBase):
+    stage: Literal["lam"]
+    model: LamModel
+
+
+class DistillRecipe(_RecipeBase):
+    stage: Literal["distill"]
+    model: DistillModel
+
+
+class FinetuneRecipe(_RecipeBase):
+    stage: Literal["finetune"]
+    model: FinetuneModel
+
+
+def iter_slots(cls: type[BaseModel], loc: tuple[str, ...] = ()):
+    """Yield ``(loc, owner class, field name, kind, optional)`` for every plugin slot reachable from `cls`
+    through nested sections (slots are never inside lists, so locations are static)."""
+    for name, info in cls.model_fields.items():
+        slot = next((m for m in info.metadata if isinstance(m, PluginSlot)), None)
+        if slot is not None:
+            yield (*loc, name), cls, name, slot.kind, not info.is_required() and info.default is None
+            continue
+        inner = info.annotation
+        if isinstance(inner, type) and issubclass(inner, Section) and not issubclass(inner, PluginConfig):
+            yield from iter_slots(inner, (*loc, name))
+
+
+RecipeModel = LamRecipe | DistillRecipe | FinetuneRecipe
+Recipe = Annotated[RecipeModel, Field(discriminator="stage")]
+RECIPE_CLASSES: dict[str, type[BaseModel]] = {"lam": LamRecipe, "distill": DistillRecipe, "finetune": FinetuneRecipe}

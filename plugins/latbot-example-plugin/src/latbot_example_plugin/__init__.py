@@ -1,0 +1,1 @@
+"""An example third-party LatBot plugin package (see docs/plugins.md in the LatBot repository)."""
