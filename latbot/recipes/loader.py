@@ -175,14 +175,19 @@ def apply_overrides(source: RecipeSource, overrides: Sequence[str]) -> None:
         node: Any = source.data
         for depth, part in enumerate(loc[:-1]):
             nxt = loc[depth + 1]
-            if isinstance(node, dict):
+            if isinstance(node, dict) and not (isinstance(nxt, int) and not isinstance(node.get(part), list)):
                 if not isinstance(node.get(part), dict | list):
-                    node[part] = {}
+                    node[part] = {}  # a new mapping: `--set data.cameras.0=...` cannot invent a list
                 node = node[part]
             elif isinstance(node, list) and isinstance(part, int) and part < len(node):
                 if not isinstance(node[part], dict | list):
                     node[part] = {} if isinstance(nxt, str) else []
                 node = node[part]
+            elif isinstance(nxt, int):
+                raise RecipeError(
+                    f"--set {text}: {dotted(loc[: depth + 2])} does not exist in the recipe; set the whole list "
+                    f"instead, e.g. --set {dotted(loc[: depth + 1])}='[...]'"
+                )
             else:
                 raise RecipeError(f"--set {text}: {dotted(loc[: depth + 1])} does not exist in the recipe")
         last = loc[-1]

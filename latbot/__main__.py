@@ -1,0 +1,5 @@
+"""`python -m latbot` is the `latbot` command."""
+
+from latbot.cli import main
+
+main()
