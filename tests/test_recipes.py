@@ -175,3 +175,16 @@ def test_json_schema_carries_plugin_fields():
     json.dumps(schema)  # serialisable as is
     lam_only = recipe_json_schema("lam")
     assert lam_only["title"] == "LamRecipe" and "stage" in lam_only["properties"]
+
+
+def test_generated_recipe_reference_is_up_to_date():
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "tools/gen_recipe_reference.py"), "--check"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
