@@ -6,7 +6,7 @@ from __future__ import annotations
 import typer
 
 from latbot import __version__
-from latbot.cli import plugins, recipe, train
+from latbot.cli import data, plugins, recipe, train
 
 app = typer.Typer(
     name="latbot",
@@ -35,6 +35,7 @@ def _root(
 app.command("train")(train.train)
 app.add_typer(recipe.app, name="recipe")
 app.add_typer(plugins.app, name="plugins")
+app.add_typer(data.app, name="data")
 
 
 def main() -> None:

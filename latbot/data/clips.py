@@ -1,0 +1,263 @@
+"""Training samples from episode stores: LAM clips, first-frame + action-chunk samples, and a weighted,
+deterministic, resumable mixture over stores.
+
+Batch keys are constants (`K_*`), defined here once. Shapes per sample (a DataLoader adds B in front):
+
+    LAM clip (ClipDataset)                      chunk sample (ChunkDataset)
+    frames        (T, 3, H, W) uint8            frames        (C, 3, H, W) uint8, C cameras at step t
+    actions       (T−1, 44) float32             actions       (H, 44) float32, steps t..t+H−1
+    states        (T, 46) float32               state         (46,) float32
+    action_mask   (44,) bool                    action_mask / state_mask, action_pad (H,) bool
+    state_mask    (46,) bool                    native_actions (H, A) when the store has them
+    instruction, subtask: str; episode, step: int
+
+Clip frames are V_t, V_{t+s}, …, V_{t+(T−1)s} for the source's stride s; the clip's actions are the
+T−1 actions between consecutive clip frames: position and fingertip deltas summed over the s steps,
+rotation deltas composed (R_{t+s} R_tᵀ as Euler), gripper the value at the end of the interval.
+Stores are opened lazily in each process, so DataLoader workers are safe with fork and spawn.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from latbot.data import rotations as rot
+from latbot.data.normalize import QuantileNormalizer
+from latbot.data.spaces import ACTION_GRIPPER, ACTION_ROT, ARMS
+
+K_FRAMES = "frames"
+K_ACTIONS = "actions"
+K_STATES = "states"
+K_STATE = "state"
+K_ACTION_MASK = "action_mask"
+K_STATE_MASK = "state_mask"
+K_ACTION_PAD = "action_pad"
+K_NATIVE_ACTIONS = "native_actions"
+K_INSTRUCTION = "instruction"
+K_SUBTASK = "subtask"
+K_EPISODE = "episode"
+K_STEP = "step"
+K_SOURCE = "source"
+
+
+class _StoreDataset(Dataset):
+    """Holds only the store path and an index; the store is opened on first use in each process."""
+
+    def __init__(self, store: str | Path, episodes: Sequence[int] | None, normalize: bool, cameras: list[str] | None):
+        from latbot.data.store import EpisodeStore
+
+        self.path = Path(store)
+        with EpisodeStore.open(self.path) as s:
+            self.records = [s.records[i] for i in episodes] if episodes is not None else list(s.records)
+            self.cameras = cameras or s.cameras[:1]
+            missing = [c for c in self.cameras if c not in s.cameras]
+            if missing:
+                raise ValueError(f"{self.path}: camera(s) {missing} not in the store (it has {s.cameras})")
+            stats = s.stats
+            self.has_native = s.has_array("native_actions")
+        self.action_norm = self.state_norm = None
+        if normalize:
+            if stats is None:
+                raise ValueError(f"{self.path}: the store has no statistics; run `latbot data stats {self.path}`")
+            self.action_norm = QuantileNormalizer.from_stats(stats, "actions")
+            self.state_norm = QuantileNormalizer.from_stats(stats, "states")
+        self._store = None
+
+    @property
+    def store(self):
+        if self._store is None:
+            from latbot.data.store import EpisodeStore
+
+            self._store = EpisodeStore.open(self.path)
+        return self._store
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_store": None}  # workers reopen the store themselves
+
+    def _frames(self, episode: int, steps: np.ndarray) -> dict[str, np.ndarray]:
+        return self.store.read(episode, steps, self.cameras)
+
+
+class ClipDataset(_StoreDataset):
+    """LAM clips of `num_frames` frames, `frame_stride` steps apart, from one store."""
+
+    def __init__(
+        self,
+        store: str | Path,
+        num_frames: int = 16,
+        frame_stride: int = 1,
+        *,
+        episodes: Sequence[int] | None = None,
+        cameras: list[str] | None = None,
+        normalize: bool = False,
+    ):
+        super().__init__(store, episodes, normalize, cameras)
+        self.num_frames, self.stride = num_frames, frame_stride
+        span = (num_frames - 1) * frame_stride
+        self.starts = [(r.index, t) for r in self.records for t in range(max(0, r.length - span))]
+        if not self.starts:
+            raise ValueError(f"{self.path}: no episode is long enough for {num_frames} frames at stride {frame_stride}")
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        episode, t = self.starts[i]
+        rec = self.store.records[episode]
+        steps = t + np.arange((self.num_frames - 1) * self.stride + 1)
+        data = self._frames(episode, steps)
+        keep = np.arange(0, len(steps), self.stride)
+        frames = data[f"frames/{self.cameras[0]}"][keep]  # (T, H, W, 3)
+        actions = aggregate_actions(data["actions"][:-1], self.stride)  # (T−1, 44)
+        states = data["states"][keep]
+        if self.action_norm is not None:
+            actions, states = self.action_norm.normalize(actions), self.state_norm.normalize(states)
+        action_mask, state_mask = rec.masks()
+        subtask = rec.subtask_at(t)
+        return {
+            K_FRAMES: torch.from_numpy(np.ascontiguousarray(frames.transpose(0, 3, 1, 2))),
+            K_ACTIONS: torch.from_numpy(actions.astype(np.float32)),
+            K_STATES: torch.from_numpy(states.astype(np.float32)),
+            K_ACTION_MASK: torch.from_numpy(action_mask),
+            K_STATE_MASK: torch.from_numpy(state_mask),
+            K_INSTRUCTION: rec.instruction,
+            K_SUBTASK: subtask if subtask is not None else rec.instruction,
+            K_EPISODE: episode,
+            K_STEP: t,
+        }
+
+
+class ChunkDataset(_StoreDataset):
+    """First-frame + action-chunk samples (distillation, finetuning): every step t of every episode."""
+
+    def __init__(
+        self,
+        store: str | Path,
+        horizon: int = 10,
+        *,
+        episodes: Sequence[int] | None = None,
+        cameras: list[str] | None = None,
+        normalize: bool = True,
+    ):
+        super().__init__(store, episodes, normalize, cameras)
+        self.horizon = horizon
+        self.steps = [(r.index, t) for r in self.records for t in range(r.length)]
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        episode, t = self.steps[i]
+        rec = self.store.records[episode]
+        chunk = np.minimum(t + np.arange(self.horizon), rec.length - 1)  # past the end: repeat the last step
+        pad = t + np.arange(self.horizon) >= rec.length
+        data = self.store.read(episode, np.unique(chunk), self.cameras)
+        pos = np.searchsorted(np.unique(chunk), chunk)
+        actions = data["actions"][pos]
+        state = data["states"][0]
+        if self.action_norm is not None:
+            actions, state = self.action_norm.normalize(actions), self.state_norm.normalize(state)
+        frames = np.stack([data[f"frames/{c}"][0] for c in self.cameras])  # (C, H, W, 3)
+        action_mask, state_mask = rec.masks()
+        subtask = rec.subtask_at(t)
+        sample = {
+            K_FRAMES: torch.from_numpy(np.ascontiguousarray(frames.transpose(0, 3, 1, 2))),
+            K_ACTIONS: torch.from_numpy(actions.astype(np.float32)),
+            K_STATE: torch.from_numpy(state.astype(np.float32)),
+            K_ACTION_MASK: torch.from_numpy(action_mask),
+            K_STATE_MASK: torch.from_numpy(state_mask),
+            K_ACTION_PAD: torch.from_numpy(pad),
+            K_INSTRUCTION: rec.instruction,
+            K_SUBTASK: subtask if subtask is not None else rec.instruction,
+            K_EPISODE: episode,
+            K_STEP: t,
+        }
+        if self.has_native:
+            native = self.store.array("native_actions")[rec.offset + chunk.min() : rec.offset + chunk.max() + 1]
+            sample[K_NATIVE_ACTIONS] = torch.from_numpy(native[chunk - chunk.min()].astype(np.float32))
+        return sample
+
+
+def aggregate_actions(steps: np.ndarray, stride: int) -> np.ndarray:
+    """(n·s, 44) per-step actions → (n, 44) per-interval actions (see the module docstring)."""
+    if stride == 1:
+        return steps
+    n = len(steps) // stride
+    groups = steps[: n * stride].reshape(n, stride, -1)
+    out = groups.sum(axis=1)
+    for arm in ARMS:
+        mats = rot.euler_to_matrix(groups[:, :, ACTION_ROT[arm]])  # (n, s, 3, 3)
+        total = mats[:, 0]
+        for k in range(1, stride):
+            total = mats[:, k] @ total  # world-frame deltas compose on the left
+        out[:, ACTION_ROT[arm]] = rot.matrix_to_euler(total)
+        out[:, ACTION_GRIPPER[arm]] = groups[:, -1, ACTION_GRIPPER[arm]]
+    return out
+
+
+class MixtureSampler(Sampler[int]):
+    """Indices into a `ConcatDataset` of per-source datasets: a source is drawn with probability
+    weight / Σ weights, then a sample uniformly within it. The stream is a pure function of (seed,
+    position), so `state_dict()` / `load_state_dict()` resume it exactly; ranks take interleaved
+    positions (rank, rank + world_size, …), so data is sharded without overlap."""
+
+    BLOCK = 4096
+
+    def __init__(
+        self,
+        sizes: Sequence[int],
+        weights: Sequence[float],
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        num_samples: int | None = None,
+    ):
+        if len(sizes) != len(weights) or not sizes:
+            raise ValueError("sizes and weights must be non-empty and of equal length")
+        if any(w <= 0 for w in weights) or any(s <= 0 for s in sizes):
+            raise ValueError(f"weights and sizes must be positive, got {list(weights)} and {list(sizes)}")
+        self.sizes = np.asarray(sizes, np.int64)
+        self.offsets = np.concatenate([[0], np.cumsum(self.sizes)[:-1]])
+        self.probs = np.asarray(weights, np.float64) / np.sum(weights)
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.num_samples = num_samples  # None: an endless stream
+        self.position = 0  # samples of this rank already handed out
+
+    def _draws(self, block: int) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, block])
+        source = rng.choice(len(self.sizes), size=self.BLOCK, p=self.probs)
+        within = (rng.random(self.BLOCK) * self.sizes[source]).astype(np.int64)
+        return self.offsets[source] + within
+
+    def global_index(self, position: int) -> int:
+        """The dataset index at global stream position `position`."""
+        block, k = divmod(position, self.BLOCK)
+        return int(self._draws(block)[k])
+
+    def __iter__(self) -> Iterator[int]:
+        cached_block, draws = -1, None
+        while self.num_samples is None or self.position < self.num_samples:
+            g = self.position * self.world_size + self.rank
+            block, k = divmod(g, self.BLOCK)
+            if block != cached_block:
+                cached_block, draws = block, self._draws(block)
+            self.position += 1
+            yield int(draws[k])
+
+    def __len__(self) -> int:
+        return self.num_samples if self.num_samples is not None else math.inf  # type: ignore[return-value]
+
+    def state_dict(self) -> dict[str, int]:
+        return {"position": self.position, "seed": self.seed}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        if state["seed"] != self.seed:
+            raise ValueError(f"sampler state is for seed {state['seed']}, this sampler uses {self.seed}")
+        self.position = int(state["position"])

@@ -1,0 +1,114 @@
+"""Source → episode store, resumable: `latbot data convert` and the Python API behind it."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from latbot.config import PluginConfig
+from latbot.data.store import LOG_NAME, EpisodeStore, StoreError
+
+
+@dataclass
+class ConvertResult:
+    store: Path
+    added: int
+    skipped: int
+    failed: list[str] = field(default_factory=list)
+    total_episodes: int = 0
+
+
+def convert(
+    adapter_config: PluginConfig,
+    src: str | Path,
+    out: str | Path,
+    *,
+    image_size: int = 224,
+    resize_mode: str = "pad",
+    cameras: list[str] | None = None,
+    codec: str = "zstd",
+    chunk_frames: int = 8,
+    shard_frames: int = 256,
+    limit: int | None = None,
+    skip_bad: bool = False,
+    progress: bool = True,
+) -> ConvertResult:
+    """Convert every episode of `src` into the store at `out` (created, or resumed if it exists).
+
+    Episodes already in the store (same source key) are skipped, so rerunning after an interruption
+    continues where it stopped. A malformed source episode stops the conversion with a `SourceError`
+    naming the file and key (or, with `skip_bad`, is reported and skipped); committed episodes stay."""
+    from tqdm import tqdm
+
+    from latbot import registry
+    from latbot.data.adapters.base import SourceError
+    from latbot.data.video import RESIZE_MODES, VideoError
+
+    src, out = Path(src), Path(out)
+    if not src.exists():
+        raise SourceError(f"{src}: source not found")
+    if resize_mode not in RESIZE_MODES:
+        raise StoreError(f"--resize: must be one of {', '.join(RESIZE_MODES)}, got {resize_mode!r}")
+    adapter = registry.build("datasets", adapter_config)
+    available = adapter.cameras(src)
+    cams = cameras or available
+    unknown = [c for c in cams if c not in available]
+    if unknown:
+        raise SourceError(f"{src}: camera(s) {unknown} not in this source (it has {', '.join(available)})")
+    size = (image_size, image_size)
+    if (out / "zarr.json").exists():
+        store = EpisodeStore.open(out, mode="a")
+        if store.cameras != cams or store.image_size != size:
+            store.close()
+            raise StoreError(
+                f"{out}: existing store has cameras {store.cameras} at {list(store.image_size)}, this conversion "
+                f"asks for {cams} at {list(size)}; choose another --out or matching options"
+            )
+    else:
+        store = EpisodeStore.create(
+            out,
+            cameras=cams,
+            image_size=size,
+            chunk_frames=chunk_frames,
+            shard_frames=shard_frames,
+            codec=codec,
+            source_format=adapter_config.type,
+        )
+    result = ConvertResult(store=out, added=0, skipped=0)
+    try:
+        items = list(adapter.episodes(src))
+        if limit is not None:
+            items = items[:limit]
+        bar = tqdm(items, desc=f"convert {src.name}", unit="episode", disable=not progress)
+        for item in bar:
+            if store.has_key(item.key):
+                result.skipped += 1
+                continue
+            try:
+                episode = item.load(image_size=size, resize_mode=resize_mode, cameras=cams)
+                store.append(episode)
+            except (SourceError, VideoError, StoreError) as e:
+                if not skip_bad:
+                    raise
+                result.failed.append(str(e))
+                continue
+            result.added += 1
+            bar.set_postfix(frames=store.num_frames)
+        finalize(store, extra={"source": str(src.resolve()), "adapter": adapter_config.model_dump(mode="json")})
+        result.total_episodes = store.num_episodes
+    finally:
+        store.close()
+    return result
+
+
+def finalize(store: EpisodeStore, extra: dict[str, Any] | None = None) -> None:
+    """Recompute normalisation statistics and write the store's manifest (after any change)."""
+    from latbot.artifacts import write_manifest
+    from latbot.data.normalize import compute_stats
+
+    store.set_stats(compute_stats(store))
+    digest = hashlib.sha256((store.path / LOG_NAME).read_bytes()).hexdigest()
+    summary = {k: v for k, v in store.summary().items() if k in ("episodes", "frames", "cameras", "image_size")}
+    write_manifest(store.path, "episode_store", content_hash=f"sha256:{digest}", extra={**summary, **(extra or {})})

@@ -1,0 +1,466 @@
+"""The episode store: many episodes in flat Zarr v3 arrays, one commit log, atomic per episode.
+
+On disk (a directory)::
+
+    zarr.json              the Zarr group; attrs["latbot"] = format version, cameras, image size, codec,
+                           normalisation stats
+    frames/<camera>/       uint8 (N, H, W, 3): decoded frames at training resolution, chunked along time
+                           (`chunk_frames` per chunk) and sharded (`shard_frames` per file), compressed
+                           (zstd or blosc-lz4) with a crc32c checksum per chunk
+    actions/  states/      float32 (N, 44) / (N, 46): the unified spaces (latbot.data.spaces)
+    native_actions/ ...    float32 (N, A): the source's own action/state vectors, when it has them
+    episodes.jsonl         the commit log: one JSON record per episode (offset, length, instruction,
+                           subtasks, embodiment, fps, source, success, masks, source key)
+    latbot.json            the artifact manifest, written when a conversion finishes
+
+An episode is committed when its record is appended (and fsynced) to episodes.jsonl; array data past the
+last committed frame is ignored and overwritten. A conversion killed at any point therefore leaves no
+partial episode, and reopening the store for writing resumes after the last committed one.
+File count: frames are stored `shard_frames` per file, so 10^6 episodes of ~200 frames at 256 frames per
+shard is ~8·10^5 files per camera, independent of how the frames are split into episodes.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from latbot.data.spaces import ACTION_DIM, STATE_DIM, UnifiedTrajectory, mask_from_str, mask_to_str
+from latbot.errors import LatBotError
+
+STORE_FORMAT_VERSION = 1
+LOG_NAME = "episodes.jsonl"
+LOCK_NAME = ".writer.lock"
+CODECS = ("zstd", "lz4", "none")
+STAT_SAMPLE_ROWS = 2_000_000  # quantiles from at most this many rows (a deterministic subsample)
+
+
+class StoreError(LatBotError):
+    """An episode store is missing, of another format version, damaged, or given inconsistent data."""
+
+
+@dataclass
+class Episode:
+    """One episode ready to be written: frames at store resolution plus the unified trajectory."""
+
+    key: str  # unique within the source (e.g. "demo_3" or a file path); used to resume conversions
+    frames: dict[str, np.ndarray]  # camera → (T, H, W, 3) uint8
+    trajectory: UnifiedTrajectory
+    instruction: str
+    task: str = ""
+    subtasks: list[tuple[int, int, str]] = field(default_factory=list)  # [start, end) frame ranges
+    embodiment: str = "unknown"
+    fps: float = 10.0
+    source: str = ""
+    success: bool | None = None
+    native_actions: np.ndarray | None = None  # (T, A)
+    native_states: np.ndarray | None = None  # (T, S)
+
+    def __len__(self) -> int:
+        return len(self.trajectory.actions)
+
+
+@dataclass(frozen=True)
+class EpisodeRecord:
+    """An episode's entry in the commit log (everything but the array data)."""
+
+    index: int
+    offset: int
+    length: int
+    key: str
+    instruction: str
+    task: str
+    subtasks: list[tuple[int, int, str]]
+    embodiment: str
+    fps: float
+    source: str
+    success: bool | None
+    action_mask: str
+    state_mask: str
+
+    @property
+    def stop(self) -> int:
+        return self.offset + self.length
+
+    def masks(self) -> tuple[np.ndarray, np.ndarray]:
+        return mask_from_str(self.action_mask, ACTION_DIM), mask_from_str(self.state_mask, STATE_DIM)
+
+    def subtask_at(self, step: int) -> str | None:
+        return next((text for start, end, text in self.subtasks if start <= step < end), None)
+
+
+def _record_from_json(line: str, lineno: int, path: Path) -> EpisodeRecord:
+    try:
+        data = json.loads(line)
+        data["subtasks"] = [tuple(s) for s in data["subtasks"]]
+        return EpisodeRecord(**data)
+    except (json.JSONDecodeError, TypeError, KeyError) as e:
+        raise StoreError(f"{path}:{lineno}: damaged episode record ({e}); run `latbot data verify`") from e
+
+
+class EpisodeStore:
+    """Open with `EpisodeStore.open(path)` (read) / `open(path, mode="a")` (append), or `create(...)`."""
+
+    def __init__(self, path: Path, group: Any, records: list[EpisodeRecord], writable: bool):
+        self.path = path
+        self._group = group
+        self.records = records
+        self.writable = writable
+        self._lock_fd: int | None = None
+        self._keys = {r.key for r in records}
+        self._offsets = np.array([r.offset for r in records] + [self.num_frames], dtype=np.int64)
+
+    # -- opening ------------------------------------------------------------------------------------
+    @classmethod
+    def create(
+        cls,
+        path: str | Path,
+        *,
+        cameras: list[str],
+        image_size: tuple[int, int],
+        chunk_frames: int = 8,
+        shard_frames: int = 256,
+        codec: str = "zstd",
+        source_format: str = "",
+    ) -> EpisodeStore:
+        """A new, empty store (the directory must not hold one already)."""
+        import zarr
+
+        path = Path(path)
+        if (path / "zarr.json").exists():
+            raise StoreError(f"{path}: a store exists here already; open it with mode='a' to append")
+        if codec not in CODECS:
+            raise StoreError(f"codec must be one of {CODECS}, got {codec!r}")
+        if not cameras or len(set(cameras)) != len(cameras):
+            raise StoreError(f"cameras must be a non-empty list of distinct names, got {cameras}")
+        if shard_frames % chunk_frames:
+            raise StoreError(f"shard_frames ({shard_frames}) must be a multiple of chunk_frames ({chunk_frames})")
+        h, w = image_size
+        attrs = {
+            "format_version": STORE_FORMAT_VERSION,
+            "cameras": list(cameras),
+            "image_size": [h, w],
+            "chunk_frames": chunk_frames,
+            "shard_frames": shard_frames,
+            "codec": codec,
+            "source_format": source_format,
+            "action_dim": ACTION_DIM,
+            "state_dim": STATE_DIM,
+            "stats": None,
+        }
+        path.mkdir(parents=True, exist_ok=True)
+        group = zarr.open_group(str(path), mode="w-", attributes={"latbot": attrs})
+        for cam in cameras:
+            zarr.create_array(
+                group.store,
+                name=f"frames/{cam}",
+                shape=(0, h, w, 3),
+                dtype="uint8",
+                chunks=(chunk_frames, h, w, 3),
+                shards=(shard_frames, h, w, 3),
+                compressors=_compressors(codec),
+                fill_value=0,
+            )
+        for name, dim in (("actions", ACTION_DIM), ("states", STATE_DIM)):
+            _create_vector_array(group, name, dim)
+        (path / LOG_NAME).touch()
+        return cls._open(path, "a")
+
+    @classmethod
+    def open(cls, path: str | Path, mode: str = "r") -> EpisodeStore:
+        """Open an existing store, read-only (`"r"`) or for appending (`"a"`, resumes after the last commit)."""
+        if mode not in ("r", "a"):
+            raise ValueError(f"mode must be 'r' or 'a', got {mode!r}")
+        return cls._open(Path(path), mode)
+
+    @classmethod
+    def _open(cls, path: Path, mode: str) -> EpisodeStore:
+        import zarr
+
+        if not (path / "zarr.json").is_file():
+            raise StoreError(f"{path}: not an episode store (no zarr.json); create one with `latbot data convert`")
+        try:
+            group = zarr.open_group(str(path), mode="r" if mode == "r" else "r+")
+        except Exception as e:
+            raise StoreError(f"{path}: cannot open the Zarr group: {type(e).__name__}: {e}") from e
+        attrs = dict(group.attrs).get("latbot")
+        if not isinstance(attrs, dict) or "format_version" not in attrs:
+            raise StoreError(f"{path}: zarr.json has no latbot attributes; this is not a LatBot episode store")
+        if attrs["format_version"] != STORE_FORMAT_VERSION:
+            raise StoreError(
+                f"{path}: episode store format version {attrs['format_version']}, but this LatBot reads "
+                f"version {STORE_FORMAT_VERSION}; re-convert the source data"
+            )
+        lock_fd = None
+        if mode == "a":
+            lock_fd = os.open(path / LOCK_NAME, os.O_CREAT | os.O_RDWR, 0o644)
+            try:
+                fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError as e:
+                os.close(lock_fd)
+                raise StoreError(f"{path}: another process is writing to this store") from e
+        records = _read_log(path / LOG_NAME, repair=mode == "a")
+        store = cls(path, group, records, writable=mode == "a")
+        store._lock_fd = lock_fd
+        if mode == "a":
+            store._truncate_uncommitted()
+        return store
+
+    def close(self) -> None:
+        if self._lock_fd is not None:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def __enter__(self) -> EpisodeStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- metadata -----------------------------------------------------------------------------------
+    @property
+    def attrs(self) -> dict[str, Any]:
+        return dict(self._group.attrs)["latbot"]
+
+    @property
+    def cameras(self) -> list[str]:
+        return list(self.attrs["cameras"])
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        h, w = self.attrs["image_size"]
+        return h, w
+
+    @property
+    def stats(self) -> dict[str, Any] | None:
+        return self.attrs.get("stats")
+
+    @property
+    def num_episodes(self) -> int:
+        return len(self.records)
+
+    @property
+    def num_frames(self) -> int:
+        return self.records[-1].stop if self.records else 0
+
+    def array(self, name: str) -> Any:
+        """A Zarr array of the store ("frames/<camera>", "actions", "states", "native_actions", ...)."""
+        try:
+            return self._group[name]
+        except KeyError as e:
+            raise StoreError(f"{self.path}: no array '{name}' in this store") from e
+
+    def has_array(self, name: str) -> bool:
+        return name in self._group
+
+    def has_key(self, key: str) -> bool:
+        return key in self._keys
+
+    def episode_of_frame(self, frame: int) -> int:
+        return int(np.searchsorted(self._offsets, frame, side="right") - 1)
+
+    # -- reading ------------------------------------------------------------------------------------
+    def read(self, episode: int, steps: np.ndarray | slice, cameras: list[str] | None = None) -> dict[str, Any]:
+        """Frames (per camera, (n, H, W, 3) uint8), actions (n, 44), states (n, 46) at `steps` of an episode.
+        `steps` are indices within the episode (a slice, or an increasing integer array)."""
+        rec = self.records[episode]
+        if isinstance(steps, slice):
+            start, stop, step = steps.indices(rec.length)
+            sel: Any = slice(rec.offset + start, rec.offset + stop, step)
+        else:
+            steps = np.asarray(steps)
+            if steps.size and (steps.min() < 0 or steps.max() >= rec.length):
+                raise IndexError(f"steps out of range for episode {episode} of length {rec.length}")
+            lo, hi = (int(steps.min()), int(steps.max()) + 1) if steps.size else (0, 0)
+            sel = (slice(rec.offset + lo, rec.offset + hi), steps - lo)
+        out: dict[str, Any] = {}
+        for cam in cameras or self.cameras:
+            out[f"frames/{cam}"] = _take(self.array(f"frames/{cam}"), sel)
+        for name in ("actions", "states"):
+            out[name] = _take(self.array(name), sel)
+        return out
+
+    # -- writing ------------------------------------------------------------------------------------
+    def append(self, episode: Episode) -> EpisodeRecord:
+        """Write one episode and commit it (atomically: either all of it is in the store or none)."""
+        if not self.writable:
+            raise StoreError(f"{self.path}: opened read-only; open with mode='a' to append")
+        if self.has_key(episode.key):
+            raise StoreError(f"{self.path}: episode '{episode.key}' is already in the store")
+        n = len(episode)
+        self._validate(episode, n)
+        start, stop = self.num_frames, self.num_frames + n
+        arrays: dict[str, np.ndarray] = {f"frames/{c}": episode.frames[c] for c in self.cameras}
+        arrays["actions"] = episode.trajectory.actions.astype(np.float32)
+        arrays["states"] = episode.trajectory.states.astype(np.float32)
+        for name, value in (("native_actions", episode.native_actions), ("native_states", episode.native_states)):
+            if value is not None:
+                value = np.asarray(value, np.float32).reshape(n, -1)
+                if not self.has_array(name):
+                    if self.records:
+                        raise StoreError(f"{episode.source}: has {name} but earlier episodes of this store do not")
+                    _create_vector_array(self._group, name, value.shape[1])
+                arrays[name] = value
+            elif self.has_array(name):
+                raise StoreError(f"{episode.source}: has no {name}, but earlier episodes of this store do")
+        for name, value in arrays.items():
+            arr = self.array(name)
+            if value.shape[1:] != arr.shape[1:]:
+                raise StoreError(
+                    f"{episode.source}: {name} has shape {value.shape[1:]} per step, the store {arr.shape[1:]}"
+                )
+            arr.resize((stop, *arr.shape[1:]))
+            arr[start:stop] = value
+        record = EpisodeRecord(
+            index=len(self.records),
+            offset=start,
+            length=n,
+            key=episode.key,
+            instruction=episode.instruction,
+            task=episode.task,
+            subtasks=[(int(a), int(b), str(t)) for a, b, t in episode.subtasks],
+            embodiment=episode.embodiment,
+            fps=float(episode.fps),
+            source=episode.source,
+            success=episode.success,
+            action_mask=mask_to_str(episode.trajectory.action_mask),
+            state_mask=mask_to_str(episode.trajectory.state_mask),
+        )
+        _append_log(self.path / LOG_NAME, record)
+        self.records.append(record)
+        self._keys.add(record.key)
+        self._offsets = np.append(self._offsets[:-1], [start, stop])
+        return record
+
+    def _validate(self, episode: Episode, n: int) -> None:
+        where = episode.source or episode.key
+        if n == 0:
+            raise StoreError(f"{where}: an episode needs at least one step")
+        missing = [c for c in self.cameras if c not in episode.frames]
+        if missing:
+            raise StoreError(f"{where}: missing camera(s) {missing}; the store has {self.cameras}")
+        h, w = self.image_size
+        for cam in self.cameras:
+            f = episode.frames[cam]
+            if f.dtype != np.uint8 or f.shape != (n, h, w, 3):
+                raise StoreError(f"{where}: camera '{cam}' frames are {f.dtype}{f.shape}, expected uint8{(n, h, w, 3)}")
+        try:
+            episode.trajectory.check(where)
+        except ValueError as e:
+            raise StoreError(str(e)) from e
+        for start, end, text in episode.subtasks:
+            if not (0 <= start < end <= n) or not text:
+                raise StoreError(f"{where}: subtask ({start}, {end}, {text!r}) is not a non-empty range in [0, {n})")
+
+    def _truncate_uncommitted(self) -> None:
+        committed = self.num_frames
+        for name in self._array_names():
+            arr = self.array(name)
+            if arr.shape[0] != committed:
+                arr.resize((committed, *arr.shape[1:]))
+
+    def _array_names(self) -> list[str]:
+        names = [f"frames/{c}" for c in self.cameras] + ["actions", "states"]
+        return names + [n for n in ("native_actions", "native_states") if self.has_array(n)]
+
+    def set_stats(self, stats: dict[str, Any]) -> None:
+        attrs = self.attrs
+        attrs["stats"] = stats
+        self._group.attrs["latbot"] = attrs
+
+    def iter_records(self) -> Iterator[EpisodeRecord]:
+        return iter(self.records)
+
+    def summary(self) -> dict[str, Any]:
+        """What `latbot data info` prints."""
+        from collections import Counter
+
+        return {
+            "path": str(self.path),
+            "format_version": self.attrs["format_version"],
+            "episodes": self.num_episodes,
+            "frames": self.num_frames,
+            "cameras": self.cameras,
+            "image_size": list(self.image_size),
+            "codec": self.attrs["codec"],
+            "source_format": self.attrs.get("source_format", ""),
+            "embodiments": dict(Counter(r.embodiment for r in self.records)),
+            "tasks": dict(Counter(r.task for r in self.records)),
+            "instructions": sorted({r.instruction for r in self.records}),
+            "with_subtasks": sum(1 for r in self.records if r.subtasks),
+            "success": dict(Counter(str(r.success).lower() for r in self.records)),
+            "has_stats": self.stats is not None,
+            "native_actions": self.array("native_actions").shape[1] if self.has_array("native_actions") else None,
+        }
+
+
+def _compressors(codec: str) -> list[Any]:
+    from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
+
+    compressor = {
+        "zstd": [ZstdCodec(level=3)],
+        "lz4": [BloscCodec(cname="lz4", clevel=5, shuffle="noshuffle")],
+        "none": [],
+    }[codec]
+    return [*compressor, Crc32cCodec()]
+
+
+def _create_vector_array(group: Any, name: str, dim: int) -> None:
+    import zarr
+
+    zarr.create_array(
+        group.store,
+        name=name,
+        shape=(0, dim),
+        dtype="float32",
+        chunks=(8192, dim),
+        compressors=_compressors("zstd"),
+        fill_value=float("nan"),
+    )
+
+
+def _take(arr: Any, sel: Any) -> np.ndarray:
+    if isinstance(sel, tuple):  # (contiguous range, indices within it): one read, then pick
+        return arr[sel[0]][sel[1]]
+    return arr[sel]
+
+
+def _read_log(path: Path, repair: bool) -> list[EpisodeRecord]:
+    """Parse the commit log. A torn last line (a kill mid-append) is uncommitted: cut off when `repair`."""
+    if not path.is_file():
+        raise StoreError(f"{path}: the commit log is missing; the store is damaged")
+    data = path.read_bytes()
+    good_end = data.rfind(b"\n") + 1
+    records = []
+    for lineno, line in enumerate(data[:good_end].decode("utf-8").splitlines(), start=1):
+        rec = _record_from_json(line, lineno, path)
+        expected_offset = records[-1].stop if records else 0
+        if rec.index != len(records) or rec.offset != expected_offset:
+            raise StoreError(
+                f"{path}:{lineno}: episode record {rec.index} at offset {rec.offset}, expected episode "
+                f"{len(records)} at offset {expected_offset}; the commit log is damaged"
+            )
+        records.append(rec)
+    if good_end != len(data) and repair:
+        with path.open("r+b") as f:
+            f.truncate(good_end)
+            os.fsync(f.fileno())
+    return records
+
+
+def _append_log(path: Path, record: EpisodeRecord) -> None:
+    line = (json.dumps(asdict(record), ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+    try:
+        os.write(fd, line)
+        os.fsync(fd)
+    finally:
+        os.close(fd)

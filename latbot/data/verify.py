@@ -1,0 +1,108 @@
+"""`latbot data verify`: everything that can be wrong with an episode store, found and reported.
+
+Checks: the format version; the commit log (parseable, contiguous, a torn last record); every array's
+length against the log; every chunk decodes (zstd/lz4 plus a crc32c checksum per chunk catches
+corrupted bytes; a missing chunk reads as NaN for actions/states and is reported); non-finite values in
+valid action/state dimensions; masks and subtask ranges; the manifest.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from latbot.data.spaces import ACTION_DIM, STATE_DIM, mask_from_str
+
+
+@dataclass
+class Problem:
+    where: str
+    what: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.what}"
+
+
+def verify_store(path: str | Path, progress: bool = False) -> list[Problem]:
+    """All problems found in the store at `path` (an empty list means it is sound)."""
+    from latbot.artifacts import read_manifest
+    from latbot.data.store import LOG_NAME, EpisodeStore
+    from latbot.errors import LatBotError
+
+    path = Path(path)
+    try:
+        store = EpisodeStore.open(path)
+    except LatBotError as e:
+        return [Problem(str(path), str(e))]
+    problems: list[Problem] = []
+    log = path / LOG_NAME
+    raw = log.read_bytes()
+    if raw and not raw.endswith(b"\n"):
+        problems.append(
+            Problem(str(log), "the last record is torn (an interrupted write); reopen for append to repair")
+        )
+    try:
+        read_manifest(path, "episode_store")
+    except LatBotError as e:
+        problems.append(Problem(str(path), f"{e} (was the conversion interrupted? rerun it to finish)"))
+    n = store.num_frames
+    for name in store._array_names():
+        try:
+            arr = store.array(name)
+        except LatBotError as e:
+            problems.append(Problem(str(path), str(e)))
+            continue
+        if arr.shape[0] != n:
+            problems.append(Problem(f"{path}/{name}", f"has {arr.shape[0]} frames, the commit log {n}"))
+        problems += _check_chunks(path, name, arr, min(n, arr.shape[0]), store, progress)
+    for rec in store.records:
+        where = f"{path} episode {rec.index} ({rec.key})"
+        try:
+            mask_from_str(rec.action_mask, ACTION_DIM), mask_from_str(rec.state_mask, STATE_DIM)
+        except ValueError as e:
+            problems.append(Problem(where, str(e)))
+        for start, end, text in rec.subtasks:
+            if not (0 <= start < end <= rec.length and text):
+                problems.append(Problem(where, f"subtask ({start}, {end}, {text!r}) outside [0, {rec.length})"))
+    store.close()
+    return problems
+
+
+def _check_chunks(path: Path, name: str, arr, n: int, store, progress: bool) -> list[Problem]:
+    from tqdm import tqdm
+
+    problems = []
+    step = arr.shards[0] if arr.shards else arr.chunks[0]
+    starts = range(0, n, step)
+    for start in tqdm(starts, desc=f"verify {name}", unit="block", disable=not progress, leave=False):
+        stop = min(start + step, n)
+        try:
+            block = arr[start:stop]
+        except Exception as e:  # any decoding failure is a finding, not a crash
+            problems.append(Problem(f"{path}/{name}", f"frames {start}:{stop} cannot be read: {type(e).__name__}: {e}"))
+            continue
+        if name in ("actions", "states") and not np.isfinite(block).all():
+            problems += _nonfinite(path, name, block, start, store)
+    return problems
+
+
+def _nonfinite(path: Path, name: str, block: np.ndarray, start: int, store) -> list[Problem]:
+    out = []
+    for row in np.unique(np.argwhere(~np.isfinite(block))[:, 0]):
+        frame = start + int(row)
+        ep = store.records[store.episode_of_frame(frame)]
+        mask = ep.masks()[0 if name == "actions" else 1]
+        dims = np.flatnonzero(~np.isfinite(block[row]) & mask)
+        if dims.size:
+            out.append(
+                Problem(
+                    f"{path}/{name}",
+                    f"NaN/inf at frame {frame} (episode {ep.index}, step {frame - ep.offset}), dims {dims.tolist()}",
+                )
+            )
+            if len(out) >= 20:
+                out.append(Problem(f"{path}/{name}", "… more non-finite values omitted"))
+                break
+    return out
