@@ -219,7 +219,7 @@ class MixtureSampler(Sampler[int]):
         world_size: int = 1,
         num_samples: int | None = None,
     ):
-        if len(sizes) != len(weights) or not sizes:
+        if len(sizes) != len(weights) or len(sizes) == 0:
             raise ValueError("sizes and weights must be non-empty and of equal length")
         if any(w <= 0 for w in weights) or any(s <= 0 for s in sizes):
             raise ValueError(f"weights and sizes must be positive, got {list(weights)} and {list(sizes)}")

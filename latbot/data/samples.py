@@ -1,5 +1,6 @@
-"""Builders of small source datasets in each real on-disk schema (LeRobot v2.1 / v3.0, LIBERO HDF5,
-EgoDex HDF5 + mp4), for the adapter tests and the loader benchmark. Nothing is downloaded.
+"""Small source datasets written in each real on-disk schema (LeRobot v2.1 / v3.0, LIBERO HDF5, EgoDex
+HDF5 + mp4), for the tests, the loader benchmark and the demo: a way to try every adapter without
+downloading anything. The schemas follow docs/data.md (and the formats' own loaders).
 
 Frames are synthetic but structured (a gradient plus a square that moves with time), so a frame read
 from the wrong step or camera is detectable."""
