@@ -21,7 +21,7 @@ def convert(
     image_size: int = typer.Option(224, help="Square training resolution; frames are resized once, here."),
     resize: str = typer.Option("pad", help="Non-square sources: pad (letterbox), crop (centre) or stretch."),
     cameras: list[str] = typer.Option([], "--camera", help="Cameras to keep (repeatable; default: all)."),
-    codec: str = typer.Option("zstd", help="Frame compression: zstd, lz4 or none."),
+    codec: str = typer.Option("lz4", help="Frame compression: lz4 (fast), zstd (smaller for renders) or none."),
     config: Path | None = typer.Option(None, help="YAML file with the adapter's options (its Config)."),
     overrides: list[str] = typer.Option([], "--set", "-s", help="Adapter option KEY=VALUE (YAML value)."),
     limit: int | None = typer.Option(None, help="Convert at most this many episodes."),

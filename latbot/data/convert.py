@@ -28,7 +28,7 @@ def convert(
     image_size: int = 224,
     resize_mode: str = "pad",
     cameras: list[str] | None = None,
-    codec: str = "zstd",
+    codec: str = "lz4",
     chunk_frames: int = 8,
     shard_frames: int = 256,
     limit: int | None = None,

@@ -127,7 +127,7 @@ class EpisodeStore:
         image_size: tuple[int, int],
         chunk_frames: int = 8,
         shard_frames: int = 256,
-        codec: str = "zstd",
+        codec: str = "lz4",
         source_format: str = "",
     ) -> EpisodeStore:
         """A new, empty store (the directory must not hold one already)."""

@@ -55,11 +55,13 @@ def decode_frames(
     stop: float | None = None,
     expected: int | None = None,
     tolerance: float = 1e-4,
+    threaded: bool = True,
 ) -> Iterator[np.ndarray]:
     """RGB frames (H, W, 3) uint8 of `path` whose timestamps lie in [start, stop) seconds.
 
     Seeks to `start` first (LeRobot v3.0 concatenates many episodes in one mp4). With `expected`, a
-    video that ends early raises a `VideoError` naming the file (a truncated download, say)."""
+    video that ends early raises a `VideoError` naming the file (a truncated download, say).
+    `threaded` lets FFmpeg use every core (conversion); DataLoader workers should pass False."""
     import av
 
     path = Path(path)
@@ -69,7 +71,8 @@ def decode_frames(
     try:
         with av.open(str(path)) as container:
             stream = container.streams.video[0]
-            stream.thread_type = "AUTO"
+            if threaded:
+                stream.thread_type = "AUTO"
             if start > 0:
                 container.seek(int(max(0.0, start - 1.0) / stream.time_base), stream=stream, backward=True)
             for frame in container.decode(stream):
