@@ -21,12 +21,22 @@ $(STAMP): pyproject.toml plugins/latbot-example-plugin/pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]' -e plugins/latbot-example-plugin
 	touch $@
 
+DEMO ?= demo
+
+# Until the CPU quickstart lands, the demo runs the furthest real pipeline: sample sources written in
+# each real format -> episode stores -> verified -> inspected; plugins and a stage-1 recipe checked.
 demo: $(STAMP)
 	$(BIN)/latbot --version
 	$(BIN)/latbot plugins list
 	$(BIN)/latbot plugins check
-	$(BIN)/latbot recipe validate recipes/examples/lam_example_plugin.yaml
-	$(BIN)/latbot recipe show recipes/examples/lam_example_plugin.yaml
+	$(BIN)/python -m latbot.data.samples $(DEMO)/sources
+	$(BIN)/latbot data convert $(DEMO)/sources/lerobot_v30 --format lerobot --out $(DEMO)/stores/lerobot_v30 --image-size 64
+	$(BIN)/latbot data convert $(DEMO)/sources/lerobot_v21 --format lerobot --out $(DEMO)/stores/lerobot_v21 --image-size 64
+	$(BIN)/latbot data convert $(DEMO)/sources/libero --format libero_hdf5 --out $(DEMO)/stores/libero --image-size 64
+	$(BIN)/latbot data convert $(DEMO)/sources/egodex --format egodex --out $(DEMO)/stores/egodex --image-size 64
+	for s in lerobot_v30 lerobot_v21 libero egodex; do $(BIN)/latbot data verify $(DEMO)/stores/$$s || exit 1; done
+	$(BIN)/latbot data info $(DEMO)/stores/egodex
+	$(BIN)/latbot recipe show recipes/examples/lam_example_plugin.yaml --set data.sources='[{store: $(DEMO)/stores/libero}]'
 
 lint: $(STAMP)
 	$(BIN)/ruff check latbot plugins tests tools

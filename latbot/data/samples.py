@@ -300,3 +300,23 @@ def make_egodex(
             f.attrs["environment"] = "kitchen"
         encode_video(folder / f"{i}.mp4", synthetic_frames(steps, height, width, seed=i), 30, codec="libx264")
     return root
+
+
+def write_all(root: Path) -> dict[str, Path]:
+    """One small dataset per supported format under `root` (what `make demo` converts)."""
+    root = Path(root)
+    return {
+        "lerobot_v30": make_lerobot_v30(root / "lerobot_v30", episodes=4, steps=24, size=96, codec="libsvtav1"),
+        "lerobot_v21": make_lerobot_v21(root / "lerobot_v21", episodes=3, steps=24, size=96, codec="libx264"),
+        "libero": make_libero_hdf5(
+            root / "libero/KITCHEN_SCENE1_put_the_black_bowl_on_the_plate_demo.hdf5", demos=4, steps=24, size=128
+        ),
+        "egodex": make_egodex(root / "egodex", episodes=2, steps=24, width=320, height=180),
+    }
+
+
+if __name__ == "__main__":
+    import sys
+
+    for name, path in write_all(Path(sys.argv[1] if len(sys.argv) > 1 else "demo/sources")).items():
+        print(f"{name:12s} {path}")

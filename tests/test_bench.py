@@ -1,0 +1,41 @@
+"""The loader benchmark runs and writes its JSON (its figures are measured by running it, not here)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from tests.conftest import REPO
+
+
+def test_loader_benchmark_quick_mode_writes_every_case(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "tools/bench/bench_loader.py"),
+            "--quick",
+            "--out",
+            str(out),
+            "--workdir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(out.read_text())
+    for case in (
+        "zarr_zstd",
+        "zarr_lz4",
+        "zarr_none",
+        "raw_npy",
+        "pyav_av1",
+        "pyav_h264",
+        "1080p_pyav_decode_resize",
+        "1080p_zarr_zstd",
+    ):
+        assert report["results"][case]["frames_per_s"] > 0 and report["results"][case]["bytes"] > 0
+    assert {"zarr_zstd_vs_pyav_av1", "zarr_zstd_vs_raw", "zarr_zstd_vs_zarr_uncompressed"} <= set(report["ratios"])
