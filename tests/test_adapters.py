@@ -229,3 +229,12 @@ def test_unified_space_constants_are_consistent():
     assert covered == list(range(44))
     covered = sorted(i for s in spaces.STATE_SLICES.values() for i in range(s.start, s.stop))
     assert covered == list(range(46))
+
+
+def test_lerobot_decord_backend_reads_the_same_h264_frames_as_pyav(tmp_path):
+    src = make_lerobot_v21(tmp_path / "src", episodes=2, steps=12, codec="libx264")
+    convert(adapter("lerobot"), src, tmp_path / "pyav", image_size=SIZE, progress=False)
+    convert(adapter("lerobot", video_backend="decord"), src, tmp_path / "decord", image_size=SIZE, progress=False)
+    with EpisodeStore.open(tmp_path / "pyav") as a, EpisodeStore.open(tmp_path / "decord") as b:
+        for ep in range(2):
+            np.testing.assert_array_equal(a.read(ep, slice(None))["frames/top"], b.read(ep, slice(None))["frames/top"])
