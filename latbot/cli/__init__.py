@@ -6,7 +6,7 @@ from __future__ import annotations
 import typer
 
 from latbot import __version__
-from latbot.cli import data, plugins, recipe, train
+from latbot.cli import data, plugins, recipe, sim, train
 
 app = typer.Typer(
     name="latbot",
@@ -35,7 +35,9 @@ def _root(
 app.command("train")(train.train)
 app.add_typer(recipe.app, name="recipe")
 app.add_typer(plugins.app, name="plugins")
+data.app.command("gen-sim")(sim.gen_sim)
 app.add_typer(data.app, name="data")
+app.add_typer(sim.eval_app, name="eval")
 
 
 def main() -> None:

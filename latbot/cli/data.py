@@ -50,6 +50,11 @@ def convert(
 
 
 def _adapter_config(fmt: str, config: Path | None, overrides: list[str]):
+    return _options("datasets", fmt, config, overrides)
+
+
+def _options(kind: str, name: str, config: Path | None, overrides: list[str]):
+    """A plugin's `Config` from an optional YAML file plus `--set KEY=VALUE` overrides."""
     import yaml
     from pydantic import ValidationError
 
@@ -57,21 +62,21 @@ def _adapter_config(fmt: str, config: Path | None, overrides: list[str]):
     from latbot.errors import RecipeError
     from latbot.recipes.loader import RecipeSource, apply_overrides
 
-    cls = registry.get("datasets", fmt)
+    cls = registry.get(kind, name)
     data = {}
     if config is not None:
         try:
             data = yaml.safe_load(config.read_text()) or {}
         except (OSError, yaml.YAMLError) as e:
-            raise RecipeError(f"{config}: cannot read adapter options: {e}") from e
-    source = RecipeSource({**data, "type": fmt}, {}, str(config or "--set"))
+            raise RecipeError(f"{config}: cannot read {name} options: {e}") from e
+    source = RecipeSource({**data, "type": name}, {}, str(config or "--set"))
     apply_overrides(source, overrides)
     try:
         return cls.Config.model_validate(source.data)
     except ValidationError as e:
         err = e.errors()[0]
         where = ".".join(str(p) for p in err["loc"])
-        raise RecipeError(f"{config or '--set'}: {fmt} option {where}: {err['msg']}") from None
+        raise RecipeError(f"{config or '--set'}: {name} option {where}: {err['msg']}") from None
 
 
 @app.command()

@@ -1,0 +1,1 @@
+"""Simulators (registry kind `simulators`): demonstrations into episode stores, and closed-loop evaluation."""
