@@ -22,13 +22,14 @@ $(STAMP): pyproject.toml plugins/latbot-example-plugin/pyproject.toml
 	bash tools/install_system_deps.sh
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,sim]' -e plugins/latbot-example-plugin
+	$(BIN)/python -m pip install --quiet -e '.[dev,sim,libero]' -e plugins/latbot-example-plugin
 	touch $@
 
 DEMO ?= demo
 
 # Until the CPU quickstart lands, the demo runs the furthest real pipeline: sample sources written in
-# each real format -> episode stores -> verified -> inspected; plugins and a stage-1 recipe checked.
+# each real format -> episode stores -> verified -> inspected; MetaWorld expert demonstrations -> a store,
+# and the closed-loop harness on the experts; plugins and a stage-1 recipe checked.
 demo: $(STAMP)
 	$(BIN)/latbot --version
 	$(BIN)/latbot plugins list
@@ -40,6 +41,9 @@ demo: $(STAMP)
 	$(BIN)/latbot data convert $(DEMO)/sources/egodex --format egodex --out $(DEMO)/stores/egodex --image-size 64
 	for s in lerobot_v30 lerobot_v21 libero egodex; do $(BIN)/latbot data verify $(DEMO)/stores/$$s || exit 1; done
 	$(BIN)/latbot data info $(DEMO)/stores/egodex
+	$(BIN)/latbot data gen-sim --sim metaworld --tasks reach,drawer-open --episodes 3 --image-size 64 --out $(DEMO)/stores/metaworld
+	$(BIN)/latbot data verify $(DEMO)/stores/metaworld
+	$(BIN)/latbot eval sim --sim metaworld --policy scripted --tasks reach,drawer-open --episodes 3
 	$(BIN)/latbot recipe show recipes/examples/lam_example_plugin.yaml --set data.sources='[{store: $(DEMO)/stores/libero}]'
 
 lint: $(STAMP)

@@ -135,3 +135,5 @@ def test_table6_mixture_file_validates_and_few_shot_selection(store):
         assert select_episodes(s.records, ["t0"], 1) == [0]
         assert select_episodes(s.records, None, 1) == [0, 1]
         assert select_episodes(s.records, None, None) == [0, 1, 2, 3]
+        assert select_episodes(s.records, None, None, exclude_tasks=["t1"]) == [0, 2]  # pretraining minus held-out
+        assert select_episodes(s.records, ["t1"], 10) == [1, 3]  # fewer demos than k: all of them

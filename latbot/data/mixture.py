@@ -68,9 +68,9 @@ def build_mixture(
     parts = []
     for s in sources:
         episodes = None
-        if s.tasks is not None or s.demos_per_task is not None:
+        if s.tasks is not None or s.exclude_tasks or s.demos_per_task is not None:
             with EpisodeStore.open(s.store) as store:
-                episodes = select_episodes(store.records, s.tasks, s.demos_per_task)
+                episodes = select_episodes(store.records, s.tasks, s.demos_per_task, s.exclude_tasks)
         parts.append(
             ClipDataset(s.store, num_frames, s.frame_stride, episodes=episodes, cameras=cameras, normalize=normalize)
         )
@@ -80,12 +80,15 @@ def build_mixture(
     return ConcatDataset(parts), sampler
 
 
-def select_episodes(records, tasks: list[str] | None, demos_per_task: int | None) -> list[int]:
-    """Episode indices of the given tasks, at most `demos_per_task` (the first ones) per task."""
+def select_episodes(
+    records, tasks: list[str] | None, demos_per_task: int | None, exclude_tasks: list[str] = ()
+) -> list[int]:
+    """Few-shot splits: episode indices of `tasks` (None = all) minus `exclude_tasks`, at most
+    `demos_per_task` per task (the first ones in store order, so a 10-demo subset is inside the 50-demo one)."""
     counts: dict[str, int] = {}
     chosen = []
     for r in records:
-        if tasks is not None and r.task not in tasks:
+        if (tasks is not None and r.task not in tasks) or r.task in exclude_tasks:
             continue
         if demos_per_task is not None and counts.get(r.task, 0) >= demos_per_task:
             continue

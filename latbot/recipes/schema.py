@@ -67,7 +67,12 @@ class DataSource(Section):
         1, ge=1, description="Frames skipped between clip frames, so clips of every source span a similar time."
     )
     tasks: list[str] | None = Field(None, description="Keep only episodes of these tasks (None = all).")
-    demos_per_task: int | None = Field(None, ge=1, description="Few-shot subset: first k episodes per task.")
+    exclude_tasks: list[str] = Field(
+        default_factory=list, description="Drop these tasks (e.g. the held-out tasks when pretraining)."
+    )
+    demos_per_task: int | None = Field(
+        None, ge=1, description="Few-shot subset: the first k episodes of each task (10, 50; None = all)."
+    )
 
 
 class DataConfig(Section):

@@ -125,9 +125,11 @@ def evaluate(
 
 
 def _instruction(sim, task: str) -> str:
+    if hasattr(sim, "instruction"):
+        return sim.instruction(task)
     from latbot.sim.metaworld_tasks import TASKS
 
-    return TASKS[task].instruction if sim.config.type == "metaworld" and task in TASKS else task
+    return TASKS[task].instruction if task in TASKS else task
 
 
 def run_episode(
