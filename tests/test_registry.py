@@ -55,7 +55,7 @@ def test_unknown_name_suggests_the_closest_and_lists_all(fresh_registry):
     with pytest.raises(UnknownPluginError) as e:
         fresh_registry.get("encoders", "tiny_cnv")
     msg = str(e.value)
-    assert "did you mean 'tiny_conv'?" in msg and "available encoders: tiny_conv" in msg
+    assert "did you mean 'tiny_conv'?" in msg and "available encoders: " in msg and "tiny_conv)" in msg
 
 
 def test_unknown_kind_lists_the_kinds(fresh_registry):

@@ -56,9 +56,10 @@ class TinyConvEncoder(nn.Module):
         return self.words(torch.tensor(ids, device=device), torch.tensor(offsets, device=device))  # (B, D)
 
     def forward(self, frames: torch.Tensor, instructions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """frames (B, T, 3, H, W) in [0, 1], instructions: B strings → (Z_sce (B, Ns, D), Z_mot (B, Nm, D))."""
+        """frames (B, T, 3, H, W) uint8 or in [0, 1], instructions: B strings → (Z_sce (B, Ns, D), Z_mot (B, Nm, D))."""
         b, t = frames.shape[:2]
-        feats = self.stem(frames.flatten(0, 1) * 2 - 1)  # (B·T, D, h, w)
+        x = frames.float() / 255 if frames.dtype == torch.uint8 else frames.float()
+        feats = self.stem(x.flatten(0, 1) * 2 - 1)  # (B·T, D, h, w)
         feats = feats.flatten(2).transpose(1, 2).unflatten(0, (b, t))  # (B, T, h·w, D)
         feats = feats + self.frame_embed(torch.arange(t, device=frames.device))[None, :, None]
         memory = torch.cat([feats.flatten(1, 2), self._instruction_tokens(instructions, frames.device)[:, None]], 1)

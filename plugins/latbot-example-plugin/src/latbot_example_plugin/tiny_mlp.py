@@ -38,14 +38,23 @@ class TinyMlpDecoder(nn.Module):
     def predict(self, z_sce: torch.Tensor, z_mot: torch.Tensor, frame_t: torch.Tensor):
         """z (B, N, D), frame_t (B, 3, H, W) → future frame (B, 3, H, W), actions (B, K, A)."""
         g = self.config.residual_grid
+        frame_t = _unit(frame_t)
         residual = self.image_head(z_sce.mean(1)).view(-1, 3, g, g)
         frame = frame_t + F.interpolate(residual, size=frame_t.shape[-2:], mode="bilinear", align_corners=False)
         actions = self.action_head(z_mot.mean(1)).view(-1, self.config.horizon, self.config.action_dim)
         return frame, actions
 
-    def forward(self, z_sce, z_mot, frame_t, frame_future, actions, action_mask) -> dict[str, torch.Tensor]:
-        """actions (B, K, A) and action_mask (B, A) → {"image": scalar, "action": scalar}."""
+    def forward(self, z_sce, z_mot, frame_t, frame_future, actions=None, action_mask=None) -> dict[str, torch.Tensor]:
+        """actions (B, K, A) and action_mask (B, A) → {"image": scalar, "action": scalar}; without actions
+        (the image-only ablation) only "image"."""
         frame, pred = self.predict(z_sce, z_mot, frame_t)
-        mask = action_mask[:, None, :].to(pred.dtype)  # (B, 1, A)
-        action_loss = ((pred - actions) ** 2 * mask).sum() / (mask.sum() * pred.shape[1]).clamp_min(1)
-        return {"image": F.mse_loss(frame, frame_future), "action": action_loss}
+        losses = {"image": F.mse_loss(frame, _unit(frame_future))}
+        if actions is not None:
+            mask = action_mask[:, None, :].to(pred.dtype)  # (B, 1, A)
+            losses["action"] = ((pred - actions) ** 2 * mask).sum() / (mask.sum() * pred.shape[1]).clamp_min(1)
+        return losses
+
+
+def _unit(frame: torch.Tensor) -> torch.Tensor:
+    """uint8 or [0, 1] frames → float in [0, 1]."""
+    return frame.float() / 255 if frame.dtype == torch.uint8 else frame.float()

@@ -1,0 +1,1 @@
+"""Unified decoders (registry kind `decoders`): latents → future frame + action sequence, by flow matching."""

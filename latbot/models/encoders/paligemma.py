@@ -1,0 +1,109 @@
+"""`paligemma`: PaliGemma (transformers' PaliGemmaModel) as the LAM encoder; PaliGemma-3B (pi0.5's VLM).
+
+Each frame is 256 image tokens (SigLIP So400m/14 at 224²), frames back to back, then `<bos>` and the
+text, as PaliGemma's processor lays out images; pixels are resized (bicubic) and scaled to [−1, 1].
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from latbot.config import PluginConfig
+from latbot.models.encoders.vlm import IMAGE_SLOT, VLMLatentEncoder
+from latbot.models.loading import load_pretrained, lora
+
+
+class PaliGemmaEncoder(VLMLatentEncoder):
+    class Config(PluginConfig):
+        type: Literal["paligemma"] = "paligemma"
+        pretrained: str | None = Field(None, description="Hub id or local directory (from_pretrained); None: preset.")
+        preset: Literal["paligemma_3b", "tiny"] = Field("paligemma_3b", description="Architecture without weights.")
+        num_frames: int = Field(16, ge=1)
+        num_scene_tokens: int = Field(64, ge=1)
+        num_motion_tokens: int = Field(64, ge=1)
+        freeze_vision: bool = True
+        lora_rank: int = Field(0, ge=0)
+        attn_implementation: Literal["sdpa", "eager"] = "sdpa"
+
+    @classmethod
+    def tiny_config(cls) -> Config:
+        """A CPU-sized configuration of the same architecture, for contract tests."""
+        return cls.Config(preset="tiny", num_frames=2, num_scene_tokens=4, num_motion_tokens=4)
+
+    image_mean = (0.5, 0.5, 0.5)
+    image_std = (0.5, 0.5, 0.5)
+
+    def __init__(self, config: Config):
+        super().__init__()
+        self.config = config
+        from transformers import PaliGemmaModel
+
+        self.vlm, self.tokenizer = load_pretrained(
+            config.pretrained, PaliGemmaModel, "paligemma", lambda: presets(config.preset), config.attn_implementation
+        )
+        vision = self.vlm.config.vision_config
+        self.tokens_per_frame = (vision.image_size // vision.patch_size) ** 2
+        self._init_latents()
+        if config.lora_rank:
+            lora(self.vlm.language_model, config.lora_rank)
+
+    def frame_tokens(self, index: int) -> list[int]:
+        return [IMAGE_SLOT] * self.tokens_per_frame
+
+    def sequence(self, instruction: str, num_frames: int) -> list[int]:
+        ids = super().sequence(instruction, num_frames)
+        first_text = num_frames * self.tokens_per_frame
+        return [*ids[:first_text], self.tokenizer.bos_token_id, *ids[first_text:]]
+
+
+def presets(name: str):
+    from transformers import GemmaConfig, PaliGemmaConfig, SiglipVisionConfig
+
+    if name == "tiny":
+        from latbot.models.tokenizer import build_tiny_tokenizer
+
+        tok = build_tiny_tokenizer()
+        vision = SiglipVisionConfig(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=32,
+            patch_size=8,
+        )
+        text = GemmaConfig(
+            vocab_size=len(tok),
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=1,
+            head_dim=16,
+        )
+        return PaliGemmaConfig(
+            vision_config=vision,
+            text_config=text,
+            image_token_id=tok.convert_tokens_to_ids("<image>"),
+            projection_dim=64,
+        ), tok
+    # PaliGemma-3B as in pi0 / pi0.5: SigLIP So400m/14 @224 + Gemma-2B (reference §5b).
+    vision = SiglipVisionConfig(
+        hidden_size=1152,
+        intermediate_size=4304,
+        num_hidden_layers=27,
+        num_attention_heads=16,
+        image_size=224,
+        patch_size=14,
+    )
+    text = GemmaConfig(
+        vocab_size=257152,
+        hidden_size=2048,
+        intermediate_size=16384,
+        num_hidden_layers=18,
+        num_attention_heads=8,
+        num_key_value_heads=1,
+        head_dim=256,
+    )
+    return PaliGemmaConfig(vision_config=vision, text_config=text, image_token_id=257152, projection_dim=2048), None

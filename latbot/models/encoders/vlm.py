@@ -1,0 +1,143 @@
+"""What InternVL and PaliGemma encoders share: building the token sequence (template, frames, latent
+placeholders), preparing images, injecting the learnable latent embeddings, and reading Z_sce / Z_mot.
+
+Sequence layout per sample (right-padded to the batch maximum)::
+
+    [prefix tokens] [frame 1 image tokens] ... [frame T image tokens] [question] [answer text]
+    [CP_SCE] × Ns  [text]  [CP_MOT] × Nm  [text]
+
+The model's own image-token placeholders receive the projected vision features; the CP positions receive
+`scene_queries` (Ns, D) / `motion_queries` (Nm, D); everything runs through the language model once and
+Z = its last hidden state at the CP positions. Subclasses say how a frame is written (`frame_tokens`),
+how images are normalised, and how the transformers model is built.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from latbot.models.template import ANSWER_END, ANSWER_MOTION, ANSWER_SCENE, QUESTION
+
+SCENE_SLOT, MOTION_SLOT, IMAGE_SLOT = -1, -2, -3  # sentinels in id lists before embedding
+
+
+class VLMLatentEncoder(nn.Module):
+    """Base of the VLM encoders. Subclasses set `self.vlm` (a transformers *Model with vision_tower,
+    multi_modal_projector, language_model), `self.tokenizer`, `self.tokens_per_frame`, `self.image_mean/std`."""
+
+    config: Any
+    vlm: nn.Module
+    tokenizer: Any
+    tokens_per_frame: int
+    image_mean: tuple[float, float, float]
+    image_std: tuple[float, float, float]
+
+    def _init_latents(self) -> None:
+        d = self.width
+        cfg = self.config
+        self.scene_queries = nn.Parameter(torch.randn(cfg.num_scene_tokens, d) * 0.02)
+        self.motion_queries = nn.Parameter(torch.randn(cfg.num_motion_tokens, d) * 0.02)
+        if cfg.freeze_vision:
+            for p in self.vlm.vision_tower.parameters():
+                p.requires_grad_(False)
+
+    @property
+    def width(self) -> int:
+        return self.vlm.config.text_config.hidden_size
+
+    # -- sequence ---------------------------------------------------------------------------------------
+    def _text(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def frame_tokens(self, index: int) -> list[int]:
+        """Token ids of one frame, with IMAGE_SLOT where the vision features go."""
+        raise NotImplementedError
+
+    def prefix_tokens(self) -> list[int]:
+        return []
+
+    def sequence(self, instruction: str, num_frames: int) -> list[int]:
+        ids = self.prefix_tokens()
+        for t in range(num_frames):
+            ids += self.frame_tokens(t)
+        ids += self._text(QUESTION.format(sent=instruction)) + self._text(ANSWER_SCENE)
+        ids += [SCENE_SLOT] * self.config.num_scene_tokens + self._text(ANSWER_MOTION)
+        ids += [MOTION_SLOT] * self.config.num_motion_tokens + self._text(ANSWER_END)
+        return ids
+
+    # -- images ---------------------------------------------------------------------------------------
+    def prepare_images(self, frames: torch.Tensor) -> torch.Tensor:
+        """(..., 3, H, W) uint8 or float in [0, 1] → (..., 3, S, S) normalised as the real processor does
+        (bicubic resize to the vision tower's size, then (x − mean) / std)."""
+        x = frames.float() / 255.0 if frames.dtype == torch.uint8 else frames.float()
+        lead = x.shape[:-3]
+        x = x.reshape(-1, *x.shape[-3:])
+        size = self.image_size
+        if x.shape[-2:] != (size, size):
+            x = nn.functional.interpolate(x, size=(size, size), mode="bicubic", align_corners=False, antialias=True)
+            x = x.clamp(0, 1)
+        mean = torch.tensor(self.image_mean, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.image_std, device=x.device).view(1, 3, 1, 1)
+        return ((x - mean) / std).reshape(*lead, 3, size, size)
+
+    @property
+    def image_size(self) -> int:
+        size = self.vlm.config.vision_config.image_size
+        return size[0] if isinstance(size, (list, tuple)) else size
+
+    # -- forward --------------------------------------------------------------------------------------
+    def embed(self, frames: torch.Tensor, instructions: list[str]) -> dict[str, torch.Tensor]:
+        """Inputs of the language model: embeddings (B, N, D), attention mask (B, N), slot masks."""
+        b, t = frames.shape[:2]
+        if len(instructions) != b:
+            raise ValueError(f"got {len(instructions)} instructions for a batch of {b}")
+        seqs = [self.sequence(text, t) for text in instructions]
+        n = max(map(len, seqs))
+        pad = self.tokenizer.pad_token_id or 0
+        ids = torch.full((b, n), pad, dtype=torch.long)
+        slots = torch.zeros((b, n), dtype=torch.long)
+        mask = torch.zeros((b, n), dtype=torch.long)
+        for i, s in enumerate(seqs):
+            row = torch.tensor(s)
+            ids[i, : len(s)] = row.clamp(min=0)
+            slots[i, : len(s)] = torch.where(row < 0, row, 0)
+            mask[i, : len(s)] = 1
+        device = self.scene_queries.device
+        ids, slots, mask = ids.to(device), slots.to(device), mask.to(device)
+        embeds = self.vlm.get_input_embeddings()(torch.where(slots < 0, pad, ids))  # (B, N, D)
+        pixels = self.prepare_images(frames.flatten(0, 1)).to(embeds.dtype)  # (B·T, 3, S, S)
+        feats = self.vlm.get_image_features(pixel_values=pixels, return_dict=True).pooler_output
+        image_mask = slots == IMAGE_SLOT
+        if image_mask.sum() != feats.shape[0] * feats.shape[1]:
+            raise ValueError(f"{image_mask.sum()} image positions for {tuple(feats.shape[:2])} image features")
+        embeds = embeds.masked_scatter(image_mask[..., None], feats.reshape(-1, feats.shape[-1]).to(embeds.dtype))
+        scene, motion = slots == SCENE_SLOT, slots == MOTION_SLOT
+        embeds = embeds.masked_scatter(scene[..., None], self.scene_queries.expand(b, -1, -1).to(embeds.dtype))
+        embeds = embeds.masked_scatter(motion[..., None], self.motion_queries.expand(b, -1, -1).to(embeds.dtype))
+        return {
+            "inputs_embeds": embeds,
+            "attention_mask": mask,
+            "scene_mask": scene,
+            "motion_mask": motion,
+            "image_mask": image_mask,
+        }
+
+    def forward(self, frames: torch.Tensor, instructions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """frames (B, T, 3, H, W) uint8 or [0, 1]; instructions: B strings → Z_sce (B, Ns, D), Z_mot (B, Nm, D)."""
+        inputs = self.embed(frames, instructions)
+        hidden = self.vlm.language_model(
+            inputs_embeds=inputs["inputs_embeds"], attention_mask=inputs["attention_mask"]
+        ).last_hidden_state
+        b, d = hidden.shape[0], hidden.shape[-1]
+        z_sce = hidden[inputs["scene_mask"]].view(b, -1, d)
+        z_mot = hidden[inputs["motion_mask"]].view(b, -1, d)
+        return z_sce, z_mot
+
+
+def count_parameters(module: nn.Module) -> dict[str, int]:
+    total = sum(p.numel() for p in module.parameters())
+    trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
+    return {"total": total, "trainable": trainable, "frozen": total - trainable}

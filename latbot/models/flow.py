@@ -1,0 +1,20 @@
+"""Flow matching as in pi0 / pi0.5 (openpi): t = 1 is noise, t = 0 is data.
+
+Training: t ~ Beta(1.5, 1) · 0.999 + 0.001, x_t = t·ε + (1 − t)·x, the network predicts u = ε − x.
+Sampling (in the decoders): Euler from t = 1 to 0 in `steps` steps, x ← x − v(x, t) / steps.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def sample_time(batch: int, device: torch.device) -> torch.Tensor:
+    """t ~ Beta(1.5, 1) by inverse CDF (F(t) = t^1.5), squeezed into [0.001, 1]; follows torch's RNG."""
+    return (torch.rand(batch, device=device) ** (2.0 / 3.0)) * 0.999 + 0.001
+
+
+def noisy(x: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x_t, target velocity) for data x, noise ε and per-sample time t (B,)."""
+    tt = t.view(-1, *([1] * (x.dim() - 1)))
+    return tt * noise + (1 - tt) * x, noise - x

@@ -1,0 +1,70 @@
+"""The latent action model (paper §3.1–3.2): a VLM encoder + a unified decoder.
+
+    Z_sce, Z_mot = encoder(V_t..V_{t+k}, ℓ)
+    L = L_action + w_img · L_image      (flow matching on A_{t:t+k} and on V_{t+k} given V_t)
+
+Ablations of paper Table 5: `decoupled: false` feeds one group of Ns + Nm tokens to both streams;
+`unified_decoder: false` drops the action stream (image reconstruction only); both off = "UniVLA-style".
+`encode()` is the teacher API of the distillation stage.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from latbot import registry
+from latbot.data.clips import K_ACTION_MASK, K_ACTIONS, K_FRAMES, K_INSTRUCTION
+from latbot.errors import LatBotError
+
+
+class LatentActionModel(nn.Module):
+    def __init__(self, config, num_frames: int):
+        """`config` is a recipe's `model` section (LamModel); `num_frames` the clip length T."""
+        super().__init__()
+        self.config = config
+        self.encoder = registry.build("encoders", config.encoder)
+        self.decoder = registry.build("decoders", config.decoder, latent_width=self.encoder.width)
+        horizon = getattr(config.decoder, "horizon", num_frames - 1)
+        if horizon != num_frames - 1:
+            raise LatBotError(
+                f"model.decoder.horizon is {horizon}, but clips of {num_frames} frames carry {num_frames - 1} "
+                "actions; set model.decoder.horizon to data.num_frames − 1"
+            )
+        enc_frames = getattr(config.encoder, "num_frames", num_frames)
+        if enc_frames != num_frames:
+            raise LatBotError(
+                f"model.encoder.num_frames is {enc_frames}, data.num_frames is {num_frames}; make them equal"
+            )
+
+    def encode(self, frames: torch.Tensor, instructions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """frames (B, T, 3, H, W), instructions (B) → Z_sce (B, Ns, D), Z_mot (B, Nm, D)."""
+        return self.encoder(frames, instructions)
+
+    def latents(self, frames, instructions):
+        """The tokens each decoder stream is conditioned on (decoupled, or one shared group)."""
+        z_sce, z_mot = self.encode(frames, instructions)
+        if not self.config.decoupled:
+            z = torch.cat([z_sce, z_mot], dim=1)  # one group of Ns + Nm tokens feeds both streams
+            return z, z
+        return z_sce, z_mot
+
+    def forward(self, batch: dict) -> dict[str, torch.Tensor]:
+        """A LAM clip batch (latbot.data.clips) → {"loss", "image", "action"}."""
+        frames = batch[K_FRAMES]  # (B, T, 3, H, W)
+        z_sce, z_mot = self.latents(frames, list(batch[K_INSTRUCTION]))
+        unified = self.config.unified_decoder
+        losses = self.decoder(
+            z_sce,
+            z_mot,
+            frames[:, 0],
+            frames[:, -1],
+            batch[K_ACTIONS] if unified else None,
+            batch[K_ACTION_MASK] if unified else None,
+        )
+        action = losses.get("action", torch.zeros((), device=losses["image"].device))
+        return {
+            "loss": action + self.config.image_loss_weight * losses["image"],
+            "image": losses["image"],
+            "action": action,
+        }
