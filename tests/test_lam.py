@@ -147,3 +147,33 @@ def test_pretrained_directory_loads_through_a_recipe_with_identical_outputs(tmp_
     pali(pali.Config(preset="tiny")).vlm.save_pretrained(tmp_path / "pali")
     with pytest.raises(ModelBuildError, match="holds a 'paligemma' model, but this encoder needs 'internvl'"):
         build([f"model.encoder.pretrained={tmp_path / 'pali'}"])
+
+
+def test_real_size_recipes_count_parameters_on_the_meta_device():
+    import json
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "latbot",
+            "recipe",
+            "show",
+            str(REPO / "recipes/lam_internvl.yaml"),
+            "--params",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    parts = json.loads(proc.stdout)["components"]
+    encoder = sum(parts[k]["total"] for k in ("encoder.vision_tower", "encoder.projector", "encoder.language_model"))
+    lm_head = 151936 * 2048  # untied in the published checkpoint; the encoder does not need it
+    assert abs((encoder + lm_head) / 1e9 - 2.35) < 0.02  # InternVL3.5-2B ≈ 2.3B
+    assert abs(parts["decoder.transformer"]["total"] / 1e9 - 1.60) < 0.01  # SANA-1.6B
+    assert parts["encoder.vision_tower"]["trainable"] == 0 and parts["decoder.vae"]["trainable"] == 0

@@ -17,11 +17,28 @@ SetOpt = typer.Option([], "--set", "-s", help=SET_HELP)
 
 @app.command()
 @user_errors
-def show(path: Path = RecipeArg, overrides: list[str] = SetOpt) -> None:
+def show(
+    path: Path = RecipeArg,
+    overrides: list[str] = SetOpt,
+    params: bool = typer.Option(False, "--params", help="Parameter counts (built on the meta device, no weights)."),
+    as_json: bool = typer.Option(False, "--json", help="With --params: machine-readable output."),
+) -> None:
     """Print the fully resolved recipe (bases merged, overrides applied, every default filled in)."""
     from latbot.recipes import load_recipe, to_yaml
 
-    typer.echo(to_yaml(load_recipe(path, overrides)), nl=False)
+    recipe = load_recipe(path, overrides)
+    if not params:
+        typer.echo(to_yaml(recipe), nl=False)
+        return
+    from latbot.models.params import parameter_report
+
+    report = parameter_report(recipe)
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+        return
+    typer.echo(f"{'component':<26} {'total':>15} {'trainable':>15} {'frozen':>15}")
+    for name, c in [*report["components"].items(), ("TOTAL", report["total"])]:
+        typer.echo(f"{name:<26} {c['total']:>15,} {c['trainable']:>15,} {c['frozen']:>15,}")
 
 
 @app.command()

@@ -1,0 +1,58 @@
+"""Parameter counts of a recipe's model without weights: built on the meta device (no memory), from the
+architecture presets (a `pretrained` path is not read)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from latbot.errors import NotAvailableError
+
+
+def _count(module: nn.Module) -> dict[str, int]:
+    total = sum(p.numel() for p in module.parameters())
+    trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
+    return {"total": total, "trainable": trainable, "frozen": total - trainable}
+
+
+def _without_weights(config):
+    fields = type(config).model_fields
+    return config.model_copy(update={"pretrained": None}) if "pretrained" in fields else config
+
+
+def parameter_report(recipe) -> dict[str, Any]:
+    """{"total": {...}, "components": {name: {total, trainable, frozen}}} for the recipe's model."""
+    if recipe.stage != "lam":
+        raise NotAvailableError(f"--params: stage '{recipe.stage}' is not available yet (stages with models: lam)")
+    from latbot.models.lam import LatentActionModel
+
+    model_cfg = recipe.model.model_copy(
+        update={"encoder": _without_weights(recipe.model.encoder), "decoder": _without_weights(recipe.model.decoder)}
+    )
+    with torch.device("meta"):
+        model = LatentActionModel(model_cfg, recipe.data.num_frames)
+    parts: dict[str, nn.Module] = {}
+    enc, dec = model.encoder, model.decoder
+    vlm = getattr(enc, "vlm", None)
+    if vlm is not None:
+        parts |= {
+            "encoder.vision_tower": vlm.vision_tower,
+            "encoder.projector": vlm.multi_modal_projector,
+            "encoder.language_model": vlm.language_model,
+        }
+    for name in ("transformer", "vae"):
+        if isinstance(getattr(dec, name, None), nn.Module):
+            parts[f"decoder.{name}"] = getattr(dec, name)
+    components = {name: _count(m) for name, m in parts.items()}
+    for owner, prefix in ((enc, "encoder"), (dec, "decoder")):
+        covered = {id(p) for name, m in parts.items() if name.startswith(prefix) for p in m.parameters()}
+        rest = [p for p in owner.parameters() if id(p) not in covered]
+        label = f"{prefix}.other" if covered else prefix
+        components[label] = {
+            "total": sum(p.numel() for p in rest),
+            "trainable": sum(p.numel() for p in rest if p.requires_grad),
+            "frozen": sum(p.numel() for p in rest if not p.requires_grad),
+        }
+    return {"total": _count(model), "components": components}
