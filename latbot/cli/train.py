@@ -9,8 +9,8 @@ import typer
 
 from latbot.cli._common import SET_HELP, user_errors
 
-# stage -> "module:function(recipe, resume: Path | None)". Each stage adds itself here when it lands.
-STAGE_RUNNERS: dict[str, str] = {}
+# stage -> "module:function(recipe, resume: Path | None, recipe_path: Path)". Stages add themselves here.
+STAGE_RUNNERS: dict[str, str] = {"lam": "latbot.train.stages:run_lam"}
 
 
 @user_errors
@@ -27,6 +27,8 @@ def train(
     recipe = load_recipe(path, overrides)
     if resume is not None and not resume.is_dir():
         raise LatBotError(f"--resume {resume}: no such run directory")
+    if resume is not None and overrides:
+        raise LatBotError("--resume continues the run with its saved recipe; --set cannot change it")
     runner = STAGE_RUNNERS.get(recipe.stage)
     if runner is None:
         available = ", ".join(STAGE_RUNNERS) or "none yet"
@@ -35,4 +37,4 @@ def train(
             f"{__version__} (stages available: {available})"
         )
     module, _, func = runner.partition(":")
-    getattr(importlib.import_module(module), func)(recipe, resume=resume)
+    getattr(importlib.import_module(module), func)(recipe, resume=resume, recipe_path=path)

@@ -37,6 +37,22 @@ class LatentActionModel(nn.Module):
                 f"model.encoder.num_frames is {enc_frames}, data.num_frames is {num_frames}; make them equal"
             )
 
+    @classmethod
+    def from_checkpoint(cls, run_dir, device: str = "cpu") -> LatentActionModel:
+        """A trained LAM from a `latbot train` run directory (manifest kind "lam"), in eval mode."""
+        from pathlib import Path
+
+        from safetensors.torch import load_file
+
+        from latbot.artifacts import read_manifest
+        from latbot.recipes import recipe_from_dict
+
+        manifest = read_manifest(run_dir, kind="lam")
+        recipe = recipe_from_dict(manifest.recipe, f"{run_dir}/latbot.json")
+        model = cls(recipe.model, recipe.data.num_frames)
+        model.load_state_dict(load_file(str(Path(run_dir) / "weights" / "model.safetensors"), device=device))
+        return model.eval()
+
     def encode(self, frames: torch.Tensor, instructions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """frames (B, T, 3, H, W), instructions (B) → Z_sce (B, Ns, D), Z_mot (B, Nm, D)."""
         return self.encoder(frames, instructions)

@@ -1,0 +1,204 @@
+"""The training loop shared by every stage. Read it top to bottom: set-up, resume, steps, export.
+
+A stage supplies a model whose `forward(batch)` returns a dict with "loss" (and any other scalars to log),
+and a dataset + sampler. The loop owns everything else: which parameters train, AdamW, the paper's
+schedule, gradient accumulation to the global batch, clipping, bf16 autocast, activation checkpointing,
+FSDP2, NaN detection, checkpoints with exact resume, metrics, and the exported weights + manifest.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from latbot.errors import LatBotError
+from latbot.recipes.loader import to_dict
+from latbot.train import checkpoint, distributed
+from latbot.train.metrics import MetricsLog, environment
+from latbot.train.schedule import lr_at
+
+
+class TrainingError(LatBotError):
+    """Training cannot go on (a non-finite loss, an inconsistent batch size, ...)."""
+
+
+def select_trainable(model: torch.nn.Module, trainable: list[str], frozen: list[str]) -> int:
+    """requires_grad = (already trainable) ∧ (matches `trainable`) ∧ ¬(matches `frozen`); returns the count.
+    A recipe can freeze more than the model does, never unfreeze what the model froze on purpose."""
+    n = 0
+    for name, p in model.named_parameters():
+        keep = p.requires_grad and any(fnmatch.fnmatch(name, g) for g in trainable)
+        keep = keep and not any(fnmatch.fnmatch(name, g) for g in frozen)
+        p.requires_grad_(keep)
+        n += p.numel() if keep else 0
+    if n == 0:
+        raise TrainingError("train.trainable / train.frozen leave no parameter to train")
+    return n
+
+
+def train(
+    recipe,
+    run_dir: Path,
+    build_model: Callable[[], torch.nn.Module],
+    build_data: Callable[[distributed.World], tuple[Any, Any]],
+    world: distributed.World,
+    resume: bool,
+    on_log: Callable[[torch.nn.Module, dict], dict[str, float]] | None = None,
+) -> torch.nn.Module:
+    tc = recipe.train
+    # -- set-up: seeds, model, what trains, memory savers, sharding, optimizer ------------------------------
+    torch.manual_seed(tc.seed * 1000 + world.rank)
+    model = build_model().to(world.device)
+    trainable = select_trainable(model, tc.trainable, tc.frozen)
+    if tc.activation_checkpointing:
+        distributed.checkpoint_activations(model)
+    if recipe.dist.strategy == "fsdp":
+        distributed.shard(model, world, recipe.dist.reshard_after_forward)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=tc.lr, betas=tc.betas, eps=tc.eps, weight_decay=tc.weight_decay)
+    per_step = tc.micro_batch_size * world.size
+    if tc.global_batch_size % per_step:
+        raise TrainingError(
+            f"train.global_batch_size ({tc.global_batch_size}) must be a multiple of micro_batch_size × processes "
+            f"({tc.micro_batch_size} × {world.size})"
+        )
+    accum = tc.global_batch_size // per_step
+    dataset, sampler = build_data(world)
+
+    # -- resume: model, optimizer, RNG of this rank, data position --------------------------------------------
+    start, consumed = 0, 0
+    if resume:
+        state = checkpoint.load(run_dir, model, optimizer, world)
+        start, consumed = state["step"], state["samples"]
+    sampler.position = consumed
+    loader = DataLoader(
+        dataset,
+        batch_size=tc.micro_batch_size,
+        sampler=sampler,
+        num_workers=recipe.data.num_workers,
+        generator=torch.Generator().manual_seed(tc.seed),
+        persistent_workers=False,
+    )
+    batches = iter(loader)
+    log = MetricsLog(run_dir, world.main, recipe.log.tensorboard, resume_step=start if resume else None)
+    if world.main:
+        print(
+            f"training {trainable:,} parameters, {accum} micro-batch(es) of {tc.micro_batch_size} per step "
+            f"on {world.size} process(es), steps {start}→{tc.steps}: {run_dir}"
+        )
+    autocast = torch.autocast(world.device.type, dtype=torch.bfloat16, enabled=tc.precision == "bf16")
+
+    # -- the loop -------------------------------------------------------------------------------------------
+    bar = tqdm(
+        range(start, tc.steps),
+        initial=start,
+        total=tc.steps,
+        disable=not (world.main and recipe.log.progress),
+        desc="train",
+        unit="step",
+        dynamic_ncols=True,
+    )
+    t_last, samples_since = time.perf_counter(), 0
+    model.train()
+    for step in bar:
+        lr = lr_at(step, tc.lr, tc.min_lr, tc.warmup_steps, tc.steps)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        totals: dict[str, torch.Tensor] = {}
+        for _ in range(accum):
+            batch = next(batches)
+            with autocast:
+                out = model(batch)
+            (out["loss"] / accum).backward()
+            for k, v in out.items():
+                totals[k] = totals.get(k, 0.0) + v.detach().float() / accum
+        if world.size > 1:
+            import torch.distributed as dist
+
+            for v in totals.values():
+                dist.all_reduce(v, op=dist.ReduceOp.AVG)
+        loss = float(totals["loss"])
+        if not math.isfinite(loss):
+            good = checkpoint.latest(run_dir)
+            raise TrainingError(
+                f"the loss became {loss} at step {step + 1}; stopped without saving. The last good checkpoint is "
+                f"{good or 'none'} (lower train.lr, check the data with `latbot data verify`)"
+            )
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, tc.grad_clip) if tc.grad_clip else None
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        consumed += tc.micro_batch_size * accum
+        samples_since += tc.global_batch_size
+        done = step + 1
+        if done % recipe.log.every_steps == 0 or done == tc.steps or done == start + 1:
+            now = time.perf_counter()
+            values = {k: float(v) for k, v in totals.items()} | {
+                "lr": lr,
+                "samples_per_s": samples_since / (now - t_last),
+            }
+            if grad_norm is not None:
+                values["grad_norm"] = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
+            if on_log is not None:
+                values |= on_log(model, batch)
+            log.log(done, values)
+            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", sps=f"{values['samples_per_s']:.1f}")
+            t_last, samples_since = now, 0
+        if done % tc.checkpoint_every == 0 or done == tc.steps:
+            checkpoint.save(run_dir, done, model, optimizer, world, {"samples": consumed}, tc.keep_last)
+    bar.close()
+    log.close()
+    return model
+
+
+def prepare_run(recipe, recipe_path: Path | None, resume: Path | None, world: distributed.World) -> tuple[Path, Any]:
+    """The run directory (new, or the one being resumed) with the resolved recipe and environment saved.
+    Resuming uses the recipe saved in the run, so a checkpoint needs nothing else."""
+    from latbot.recipes import recipe_from_dict
+
+    if resume is not None:
+        saved = Path(resume) / "recipe.yaml"
+        if not saved.is_file():
+            raise TrainingError(f"--resume {resume}: not a LatBot run directory (no recipe.yaml)")
+        return Path(resume), recipe_from_dict(yaml.safe_load(saved.read_text()), str(saved))
+    name = (
+        recipe.log.run_name or f"{recipe_path.stem if recipe_path else recipe.stage}-{time.strftime('%Y%m%d-%H%M%S')}"
+    )
+    run_dir = Path(recipe.log.out_dir) / name
+    if world.main:
+        if (run_dir / "checkpoints").exists():
+            raise TrainingError(f"{run_dir} already holds a run; resume it with --resume {run_dir} or set log.run_name")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "recipe.yaml").write_text(yaml.safe_dump(to_dict(recipe), sort_keys=False))
+        (run_dir / "env.json").write_text(json.dumps(environment(world.size), indent=2))
+    distributed.barrier(world)
+    return run_dir, recipe
+
+
+def export(run_dir: Path, model: torch.nn.Module, kind: str, recipe, parents, world, extra: dict) -> None:
+    """Full weights as safetensors (rank 0) plus the run's `latbot.json` manifest."""
+    from safetensors.torch import save_file
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if world.main:
+        from latbot.artifacts import write_manifest
+
+        weights = Path(run_dir) / "weights"
+        weights.mkdir(exist_ok=True)
+        save_file({k: v.contiguous() for k, v in state.items()}, str(weights / "model.safetensors"))
+        from latbot.artifacts import hash_directory
+
+        write_manifest(
+            run_dir, kind, recipe=to_dict(recipe), parents=parents, extra=extra, content_hash=hash_directory(weights)
+        )
+    distributed.barrier(world)

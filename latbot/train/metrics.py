@@ -1,0 +1,72 @@
+"""Run logging: a JSONL metrics file, TensorBoard scalars, and the run's environment."""
+
+from __future__ import annotations
+
+import json
+import platform
+import socket
+import subprocess
+from pathlib import Path
+from typing import Any
+
+
+class MetricsLog:
+    """Appends one JSON object per logged step to `metrics.jsonl` (and TensorBoard when enabled).
+    On resume, records past the resumed step (written after the checkpoint) are dropped first."""
+
+    def __init__(self, run_dir: Path, enabled: bool, tensorboard: bool, resume_step: int | None = None):
+        self.path = Path(run_dir) / "metrics.jsonl"
+        self.enabled = enabled
+        self.writer = None
+        if not enabled:
+            return
+        if resume_step is not None and self.path.is_file():
+            kept = [
+                line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= resume_step
+            ]
+            self.path.write_text("".join(line + "\n" for line in kept))
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(Path(run_dir) / "tb"))
+
+    def log(self, step: int, values: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        with self.path.open("a") as f:
+            f.write(json.dumps({"step": step, **values}) + "\n")
+        if self.writer is not None:
+            for k, v in values.items():
+                self.writer.add_scalar(k, v, step)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def environment(world_size: int) -> dict[str, Any]:
+    """Versions, git commit and machine, saved with every run."""
+    import importlib.metadata as md
+
+    versions = {}
+    for name in ("latbot", "torch", "transformers", "diffusers", "numpy", "zarr"):
+        try:
+            versions[name] = md.version(name)
+        except md.PackageNotFoundError:
+            versions[name] = None
+    try:
+        commit = (
+            subprocess.run(
+                ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent
+            ).stdout.strip()
+            or None
+        )
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return {
+        "versions": versions,
+        "python": platform.python_version(),
+        "git_commit": commit,
+        "host": socket.gethostname(),
+        "world_size": world_size,
+    }
