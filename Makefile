@@ -29,7 +29,7 @@ DEMO ?= demo
 
 # Until the CPU quickstart lands, the demo runs the furthest real pipeline: sample sources written in
 # each real format -> episode stores -> verified -> inspected; MetaWorld expert demonstrations -> a store,
-# and the closed-loop harness on the experts; plugins and a stage-1 recipe checked.
+# the closed-loop harness on the experts, and a short tiny-LAM pretraining run on that store.
 demo: $(STAMP)
 	$(BIN)/latbot --version
 	$(BIN)/latbot plugins list
@@ -44,7 +44,9 @@ demo: $(STAMP)
 	$(BIN)/latbot data gen-sim --sim metaworld --tasks reach,drawer-open --episodes 3 --image-size 64 --out $(DEMO)/stores/metaworld
 	$(BIN)/latbot data verify $(DEMO)/stores/metaworld
 	$(BIN)/latbot eval sim --sim metaworld --policy scripted --tasks reach,drawer-open --episodes 3
-	$(BIN)/latbot recipe show recipes/examples/lam_example_plugin.yaml --set data.sources='[{store: $(DEMO)/stores/libero}]'
+	rm -rf $(DEMO)/runs/lam
+	$(BIN)/latbot train recipes/tiny/lam.yaml --set data.sources='[{store: $(DEMO)/stores/metaworld}]' \
+	    --set train.steps=40 --set train.checkpoint_every=20 --set log.out_dir=$(DEMO)/runs --set log.run_name=lam
 
 lint: $(STAMP)
 	$(BIN)/ruff check latbot plugins tests tools

@@ -231,3 +231,38 @@ def test_exported_lam_loads_back_for_encoding(store, tmp_path):
         timeout=300,
     )
     assert again.returncode == 2 and "no checkpoint here" in again.stderr
+
+
+def test_activation_checkpointing_and_trainable_globs():
+    from latbot.models.lam import LatentActionModel
+    from latbot.recipes import load_recipe
+    from latbot.train.distributed import checkpoint_activations
+    from latbot.train.loop import TrainingError, select_trainable
+
+    recipe = load_recipe(REPO / "recipes/tiny/lam.yaml")
+    batch = {
+        "frames": torch.randint(0, 255, (2, 4, 3, 32, 32), dtype=torch.uint8),
+        "instruction": ["a", "b"],
+        "actions": torch.randn(2, 3, 44),
+        "action_mask": torch.ones(2, 44, dtype=torch.bool),
+    }
+    grads = []
+    for with_ac in (False, True):
+        torch.manual_seed(0)
+        model = LatentActionModel(recipe.model, 4)
+        if with_ac:
+            assert checkpoint_activations(model) > 0
+        torch.manual_seed(1)
+        model(batch)["loss"].backward()
+        grads.append(model.encoder.scene_queries.grad.clone())
+    torch.testing.assert_close(grads[0], grads[1])  # recomputation changes memory, not results
+
+    torch.manual_seed(0)
+    model = LatentActionModel(recipe.model, 4)
+    frozen_vision = sum(p.numel() for p in model.encoder.vlm.vision_tower.parameters())
+    n = select_trainable(model, ["*"], ["decoder.*"])
+    assert all(not p.requires_grad for p in model.decoder.parameters())
+    assert not any(p.requires_grad for p in model.encoder.vlm.vision_tower.parameters())  # never unfrozen
+    assert n == sum(p.numel() for p in model.encoder.parameters()) - frozen_vision
+    with pytest.raises(TrainingError, match="no parameter to train"):
+        select_trainable(model, ["nothing.*"], [])

@@ -29,6 +29,17 @@ def _parents(sources):
     return [parent_ref(s.store, "episode_store") for s in sources]
 
 
+def _stats(sources) -> dict:
+    """Normalisation statistics of every source store, saved with the weights that were trained on them."""
+    from latbot.data.store import EpisodeStore
+
+    out = {}
+    for s in sources:
+        with EpisodeStore.open(s.store) as store:
+            out[str(s.store)] = store.stats
+    return out
+
+
 def run_lam(recipe, resume: Path | None = None, recipe_path: Path | None = None) -> Path:
     """Stage 1: pretrain the latent action model on LAM clips from the recipe's stores."""
     from latbot.data.mixture import build_mixture
@@ -66,7 +77,9 @@ def run_lam(recipe, resume: Path | None = None, recipe_path: Path | None = None)
             resume is not None,
             on_log=diagnostics if recipe.dist.strategy == "none" else None,
         )
-        export(run_dir, model, "lam", recipe, parents, world, {"steps": recipe.train.steps})
+        export(
+            run_dir, model, "lam", recipe, parents, world, {"steps": recipe.train.steps, "data_stats": _stats(sources)}
+        )
         if world.main:
             print(f"done: {run_dir}")
         return run_dir
