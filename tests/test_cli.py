@@ -100,14 +100,20 @@ def test_plugins_check_fails_on_a_broken_plugin_and_autoload_switch_hides_it(tmp
     assert hidden.returncode == 0 and "bad_one" not in hidden.stdout
 
 
-def test_train_validates_then_reports_the_unavailable_stage(tmp_path):
-    proc = latbot("train", str(EXAMPLE))
-    assert proc.returncode == 2
-    assert "stage 'lam' is not available" in proc.stderr and "the recipe is valid" in proc.stderr
+def test_train_errors_are_one_line_and_create_nothing(tmp_path, monkeypatch):
+    out = ["--set", f"log.out_dir={tmp_path / 'runs'}"]
+    proc = latbot("train", str(REPO / "recipes/tiny/lam.yaml"), *out)
+    assert proc.returncode == 2 and "data.sources is empty" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "runs").exists()  # nothing half-written
     bad = latbot("train", str(EXAMPLE), "--set", "train.lr=-1")
     assert bad.returncode == 2 and "--set train.lr=-1: train.lr: Input should be greater than 0" in bad.stderr
     missing = latbot("train", str(EXAMPLE), "--resume", str(tmp_path / "nope"))
     assert missing.returncode == 2 and "no such run directory" in missing.stderr
+    from latbot.cli import train as train_cli
+
+    monkeypatch.setattr(train_cli, "STAGE_RUNNERS", {})
+    result = runner.invoke(app, ["train", str(EXAMPLE)])
+    assert result.exit_code == 2 and "stage 'lam' is not available" in result.stderr
 
 
 def test_shell_completion_completes_commands_and_options():

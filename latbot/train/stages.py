@@ -46,6 +46,8 @@ def run_lam(recipe, resume: Path | None = None, recipe_path: Path | None = None)
     from latbot.models.diagnostics import effective_rank
     from latbot.models.lam import LatentActionModel
 
+    if resume is None:
+        _sources(recipe)  # a recipe without data fails before anything is created on disk
     world = distributed.init(recipe.dist.backend)
     try:
         run_dir, recipe = prepare_run(recipe, recipe_path, resume, world)
