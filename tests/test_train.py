@@ -221,6 +221,12 @@ def test_exported_lam_loads_back_for_encoding(store, tmp_path):
     model = LatentActionModel.from_checkpoint(run)
     z_sce, z_mot = model.encode(torch.zeros(1, 4, 3, 32, 32, dtype=torch.uint8), ["reach"])
     assert z_sce.shape == (1, 8, model.encoder.width) and np.isfinite(z_mot.detach().numpy()).all()
+    from latbot.models.diagnostics import diagnose_checkpoint
+
+    report = diagnose_checkpoint(run, store, samples=24)
+    assert report["samples"] == 24 and report["effective_rank"]["z_mot"] >= 1
+    assert set(report["action_mse"]) == {"right_pos", "right_gripper"}  # the store's embodiment fills these
+    assert np.isfinite([report["psnr_db"], *report["probe_r2"].values()]).all()
     shutil.rmtree(run / "checkpoints")
     again = subprocess.run(
         [sys.executable, "-m", "latbot", "train", str(REPO / "recipes/tiny/lam.yaml"), "--resume", str(run)],
