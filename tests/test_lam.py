@@ -82,18 +82,22 @@ def sampled_action_error(model, batch) -> float:
 
 def test_tiny_lam_fits_a_handful_of_clips_and_z_mot_probes_actions(store):
     dataset = ClipDataset(store, num_frames=4)
-    batch = next(iter(DataLoader(dataset, batch_size=6, shuffle=True, generator=torch.Generator().manual_seed(0))))
+    batch = next(iter(DataLoader(dataset, batch_size=4, shuffle=True, generator=torch.Generator().manual_seed(0))))
     model = build()
     untrained_error = sampled_action_error(model, batch)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-3)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=3e-3)
     losses = []
-    for _ in range(500):
+    for step in range(1500):
+        for group in opt.param_groups:
+            group["lr"] = 3e-3 * min(1.0, (step + 1) / 50)
         out = model(batch)
         opt.zero_grad()
         out["loss"].backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         losses.append(out["loss"].item())
-    assert np.mean(losses[-20:]) < np.mean(losses[:20]) / 2
+    assert np.mean(losses[-50:]) < np.mean(losses[:20]) / 10  # overfits: the loss drops by ≥ 10×
     assert sampled_action_error(model, batch) < untrained_error / 4  # generated actions approach the truth
 
     # Z_mot linear probe of the true actions, held out, vs the same probe on random features

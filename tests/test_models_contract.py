@@ -113,3 +113,25 @@ def test_real_size_encoders_build_on_the_meta_device(name, expected_billions):
     assert abs(total / 1e9 - expected_billions) < 0.02, total
     vision = sum(p.numel() for p in enc.vlm.vision_tower.parameters())
     assert sum(p.numel() for p in enc.parameters() if p.requires_grad) == total - vision  # vision tower frozen
+
+
+def test_sana_decoder_loads_a_saved_diffusers_checkpoint_with_identical_outputs(tmp_path):
+    cls = registry.get("decoders", "sana")
+    torch.manual_seed(0)
+    original = cls(cls.tiny_config(), latent_width=24)
+    original.transformer.save_pretrained(tmp_path / "sana" / "transformer")
+    original.vae.save_pretrained(tmp_path / "sana" / "vae")
+    loaded = cls(cls.tiny_config().model_copy(update={"pretrained": str(tmp_path / "sana")}), latent_width=24)
+    loaded.load_state_dict(
+        {k: v for k, v in original.state_dict().items() if not k.startswith(("transformer.", "vae."))}, strict=False
+    )
+    z = torch.randn(1, 3, 24)
+    f = frames(b=1, t=2, size=16)
+    a = original.sample(z, z, f[:, 0], generator=torch.Generator().manual_seed(0))
+    b = loaded.sample(z, z, f[:, 0], generator=torch.Generator().manual_seed(0))
+    for x, y in zip(a, b, strict=True):
+        torch.testing.assert_close(x, y)
+    from latbot.models.loading import ModelBuildError
+
+    with pytest.raises(ModelBuildError, match="cannot load a SANA checkpoint"):
+        cls(cls.tiny_config().model_copy(update={"pretrained": str(tmp_path / "missing")}), latent_width=24)
