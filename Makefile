@@ -47,6 +47,8 @@ demo: $(STAMP)
 	rm -rf $(DEMO)/runs/lam
 	$(BIN)/latbot train recipes/tiny/lam.yaml --set data.sources='[{store: $(DEMO)/stores/metaworld}]' \
 	    --set train.steps=40 --set train.checkpoint_every=20 --set log.out_dir=$(DEMO)/runs --set log.run_name=lam
+	$(BIN)/latbot viz episode $(DEMO)/stores/metaworld --episode 0-1 --checkpoint $(DEMO)/runs/lam --out $(DEMO)/episodes.rrd
+	$(BIN)/latbot grounding-analysis --checkpoint $(DEMO)/runs/lam --data $(DEMO)/stores/metaworld --samples 4 --out $(DEMO)/grounding
 
 lint: $(STAMP)
 	$(BIN)/ruff check latbot plugins tests tools

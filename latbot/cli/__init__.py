@@ -6,7 +6,7 @@ from __future__ import annotations
 import typer
 
 from latbot import __version__
-from latbot.cli import data, plugins, recipe, sim, train
+from latbot.cli import analysis, data, plugins, recipe, sim, train, viz
 
 app = typer.Typer(
     name="latbot",
@@ -33,11 +33,13 @@ def _root(
 
 
 app.command("train")(train.train)
+app.command("grounding-analysis")(analysis.grounding_analysis)
 app.add_typer(recipe.app, name="recipe")
 app.add_typer(plugins.app, name="plugins")
 data.app.command("gen-sim")(sim.gen_sim)
 app.add_typer(data.app, name="data")
 app.add_typer(sim.eval_app, name="eval")
+app.add_typer(viz.app, name="viz")
 
 
 def main() -> None:

@@ -57,6 +57,11 @@ class PaliGemmaEncoder(VLMLatentEncoder):
         first_text = num_frames * self.tokens_per_frame
         return [*ids[:first_text], self.tokenizer.bos_token_id, *ids[first_text:]]
 
+    def grounding_sequence(self, instruction: str) -> list[int]:
+        from latbot.models.template import QUESTION
+
+        return [*self.frame_tokens(0), self.tokenizer.bos_token_id, *self._text(QUESTION.format(sent=instruction))]
+
 
 def presets(name: str):
     from transformers import GemmaConfig, PaliGemmaConfig, SiglipVisionConfig

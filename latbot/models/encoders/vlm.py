@@ -89,12 +89,16 @@ class VLMLatentEncoder(nn.Module):
         return size[0] if isinstance(size, (list, tuple)) else size
 
     # -- forward --------------------------------------------------------------------------------------
-    def embed(self, frames: torch.Tensor, instructions: list[str]) -> dict[str, torch.Tensor]:
+    def grounding_sequence(self, instruction: str) -> list[int]:
+        """One frame and the question, no answer: the last token is the query of the grounding analysis."""
+        return self.prefix_tokens() + self.frame_tokens(0) + self._text(QUESTION.format(sent=instruction))
+
+    def embed(self, frames: torch.Tensor, instructions: list[str], seqs: list[list[int]] | None = None) -> dict:
         """Inputs of the language model: embeddings (B, N, D), attention mask (B, N), slot masks."""
         b, t = frames.shape[:2]
         if len(instructions) != b:
             raise ValueError(f"got {len(instructions)} instructions for a batch of {b}")
-        seqs = [self.sequence(text, t) for text in instructions]
+        seqs = seqs or [self.sequence(text, t) for text in instructions]
         n = max(map(len, seqs))
         pad = self.tokenizer.pad_token_id or 0
         ids = torch.full((b, n), pad, dtype=torch.long)
@@ -115,8 +119,10 @@ class VLMLatentEncoder(nn.Module):
             raise ValueError(f"{image_mask.sum()} image positions for {tuple(feats.shape[:2])} image features")
         embeds = embeds.masked_scatter(image_mask[..., None], feats.reshape(-1, feats.shape[-1]).to(embeds.dtype))
         scene, motion = slots == SCENE_SLOT, slots == MOTION_SLOT
-        embeds = embeds.masked_scatter(scene[..., None], self.scene_queries.expand(b, -1, -1).to(embeds.dtype))
-        embeds = embeds.masked_scatter(motion[..., None], self.motion_queries.expand(b, -1, -1).to(embeds.dtype))
+        if scene.any():
+            embeds = embeds.masked_scatter(scene[..., None], self.scene_queries.expand(b, -1, -1).to(embeds.dtype))
+        if motion.any():
+            embeds = embeds.masked_scatter(motion[..., None], self.motion_queries.expand(b, -1, -1).to(embeds.dtype))
         return {
             "inputs_embeds": embeds,
             "attention_mask": mask,
@@ -135,6 +141,29 @@ class VLMLatentEncoder(nn.Module):
         z_sce = hidden[inputs["scene_mask"]].view(b, -1, d)
         z_mot = hidden[inputs["motion_mask"]].view(b, -1, d)
         return z_sce, z_mot
+
+
+def image_attention(encoder: VLMLatentEncoder, frames: torch.Tensor, instructions: list[str]) -> torch.Tensor:
+    """Attention of the last text token to the image tokens of one frame, at every layer and head.
+
+    frames (B, 3, H, W) → (B, L, heads, n_image_tokens), with eager attention (SDPA returns no weights)."""
+    vlm = encoder.vlm
+    previous = vlm.config._attn_implementation
+    vlm.set_attn_implementation("eager")
+    try:
+        seqs = [encoder.grounding_sequence(text) for text in instructions]
+        inputs = encoder.embed(frames[:, None], instructions, seqs)
+        out = vlm.language_model(
+            inputs_embeds=inputs["inputs_embeds"], attention_mask=inputs["attention_mask"], output_attentions=True
+        )
+    finally:
+        vlm.set_attn_implementation(previous)
+    att = torch.stack(out.attentions, dim=1)  # (B, L, heads, N, N)
+    last = inputs["attention_mask"].sum(1) - 1  # the last real token of each (right-padded) row
+    rows = att[torch.arange(att.shape[0]), :, :, last]  # (B, L, heads, N)
+    mask = inputs["image_mask"]
+    n = int(mask[0].sum())
+    return torch.stack([rows[i][..., mask[i]] for i in range(len(rows))]).reshape(len(rows), *rows.shape[1:3], n)
 
 
 def count_parameters(module: nn.Module) -> dict[str, int]:

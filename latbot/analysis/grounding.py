@@ -1,0 +1,175 @@
+"""Attention grounding by spatial entropy (paper supp. 7; Kang et al., CVPR 2025).
+
+For each layer and head: the last text token's attention to the image tokens; the first P² entries as a
+P×P map; binarised above its mean; 8-connected components C_i; H = −Σ p_i log p_i with
+p_i = |C_i| / Σ_j |C_j| (the paper's definition, by pixel count) or, with `weighted=True`, p_i = attention
+mass of C_i / total mass above the mean (the original method). One blob → 0; k equal blobs → log k.
+A map with nothing above its mean (uniform, all zero) has no component: H = +inf (never the best head).
+Everything is vectorised over samples × layers × heads (one `scipy.ndimage.label` call).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def spatial_entropy(maps: np.ndarray, weighted: bool = False) -> np.ndarray:
+    """maps (..., P, P) → entropy (...,) in nats."""
+    from scipy import ndimage
+
+    maps = np.asarray(maps, dtype=np.float64)
+    lead, (p, q) = maps.shape[:-2], maps.shape[-2:]
+    flat = maps.reshape(-1, p, q)
+    above = flat - flat.mean(axis=(1, 2), keepdims=True)
+    binary = above > 1e-12
+    structure = np.zeros((3, 3, 3), bool)
+    structure[1] = True  # 8-connectivity inside each map, never across maps
+    labels, count = ndimage.label(binary, structure=structure)
+    out = np.full(len(flat), np.inf)
+    if count:
+        weights = np.where(binary, above, 0.0).ravel() if weighted else binary.ravel().astype(np.float64)
+        size = np.bincount(labels.ravel(), weights=weights, minlength=count + 1)[1:]  # per component
+        owner = np.zeros(count, np.int64)  # the map each component belongs to
+        owner[labels.ravel()[labels.ravel() > 0] - 1] = np.repeat(np.arange(len(flat)), p * q)[labels.ravel() > 0]
+        total = np.bincount(owner, weights=size, minlength=len(flat))
+        prob = size / total[owner]
+        ent = np.bincount(owner, weights=-prob * np.log(prob), minlength=len(flat))
+        has = np.bincount(owner, minlength=len(flat)) > 0
+        out[has] = ent[has]
+    return out.reshape(lead)
+
+
+def to_maps(attention: np.ndarray) -> np.ndarray:
+    """(..., n_image_tokens) → (..., P, P) from the first P² entries, P = ⌊√n⌋."""
+    p = math.isqrt(attention.shape[-1])
+    return attention[..., : p * p].reshape(*attention.shape[:-1], p, p)
+
+
+def analyze_encoder(encoder, frames, instructions: list[str], weighted: bool = False) -> dict[str, np.ndarray]:
+    """Entropy (B, L, H) of every head, and for each sample the lowest-entropy map and its (layer, head)."""
+    import torch
+
+    from latbot.models.encoders.vlm import image_attention
+
+    with torch.no_grad():
+        att = image_attention(encoder, frames, instructions).float().numpy()  # (B, L, H, n)
+    maps = to_maps(att)
+    entropy = spatial_entropy(maps, weighted)
+    b, _layers, heads = entropy.shape
+    flat = entropy.reshape(b, -1)
+    best = np.argmin(np.where(np.isfinite(flat), flat, np.inf), axis=1)
+    return {
+        "entropy": entropy,
+        "maps": maps,
+        "best": np.stack([best // heads, best % heads], 1),
+        "best_map": maps.reshape(b, -1, *maps.shape[-2:])[np.arange(b), best],
+    }
+
+
+def overlay(frame: np.ndarray, heat: np.ndarray, title: str) -> Any:
+    """A PIL image: the frame with the attention map (upsampled, red) blended over it, and a title."""
+    from PIL import Image, ImageDraw
+
+    h, w = frame.shape[:2]
+    m = heat - heat.min()
+    m = m / m.max() if m.max() > 0 else m
+    up = np.asarray(Image.fromarray((m * 255).astype(np.uint8)).resize((w, h), Image.Resampling.BILINEAR)) / 255.0
+    red = np.zeros_like(frame, dtype=np.float64)
+    red[..., 0] = 255
+    mixed = (frame * (1 - 0.6 * up[..., None]) + red * 0.6 * up[..., None]).astype(np.uint8)
+    canvas = Image.new("RGB", (max(w, 160), h + 14), "white")
+    canvas.paste(Image.fromarray(mixed), (0, 14))
+    ImageDraw.Draw(canvas).text((2, 1), title, fill="black")
+    return canvas
+
+
+def run(
+    checkpoints: list[str | Path],
+    store: str | Path,
+    out: str | Path,
+    samples: int = 8,
+    weighted: bool = False,
+    image_size: int = 128,
+) -> dict[str, Any]:
+    """The CLI's analysis: first frames + instructions of `samples` episodes, every checkpoint's encoder;
+    writes heads.csv, summary.json, one PNG per sample (checkpoints side by side) and grounding.rrd."""
+    import csv
+    import json
+
+    import torch
+    from PIL import Image
+
+    from latbot.data.store import EpisodeStore
+    from latbot.models.lam import LatentActionModel
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with EpisodeStore.open(store) as s:
+        picks = list(range(min(samples, s.num_episodes)))
+        cam = s.cameras[0]
+        frames = np.stack([s.read(i, np.array([0]))[f"frames/{cam}"][0] for i in picks])  # (B, H, W, 3)
+        texts = [s.records[i].instruction for i in picks]
+    results, paths = {}, {}
+    for k, ckpt in enumerate(checkpoints):
+        label = "AB"[k] if k < 2 else str(k)  # the same checkpoint may be given twice: labels, not paths, are keys
+        encoder = LatentActionModel.from_checkpoint(ckpt).encoder
+        results[label] = analyze_encoder(encoder, torch.from_numpy(frames).permute(0, 3, 1, 2), texts, weighted)
+        paths[label] = str(ckpt)
+    with (out / "heads.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["model", "checkpoint", "sample", "layer", "head", "entropy"])
+        for label, r in results.items():
+            for (i, layer, head), value in np.ndenumerate(r["entropy"]):
+                writer.writerow([label, paths[label], picks[i], layer, head, value])
+    summary = {
+        label: {
+            "checkpoint": paths[label],
+            "mean_entropy_per_head": np.where(np.isfinite(r["entropy"]), r["entropy"], np.nan).mean(0).tolist(),
+            "lowest": [
+                {
+                    "sample": picks[i],
+                    "layer": int(lh[0]),
+                    "head": int(lh[1]),
+                    "entropy": float(r["entropy"][i, lh[0], lh[1]]),
+                }
+                for i, lh in enumerate(r["best"])
+            ],
+        }
+        for label, r in results.items()
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=True))
+    big = np.stack([np.asarray(Image.fromarray(f).resize((image_size, image_size))) for f in frames])
+    for i, sample in enumerate(picks):
+        tiles = []
+        for label, r in results.items():
+            layer, head = r["best"][i]
+            tiles.append(
+                overlay(big[i], r["best_map"][i], f"{label}: L{layer} H{head} H={r['entropy'][i, layer, head]:.2f}")
+            )
+        sheet = Image.new("RGB", (sum(t.width for t in tiles), tiles[0].height), "white")
+        x = 0
+        for t in tiles:
+            sheet.paste(t, (x, 0))
+            x += t.width
+        sheet.save(out / f"sample_{sample:04d}.png")
+    _record(out / "grounding.rrd", big, texts, picks, results)
+    return summary
+
+
+def _record(path: Path, frames: np.ndarray, texts: list[str], picks: list[int], results: dict) -> None:
+    import rerun as rr
+
+    rec = rr.RecordingStream("latbot_grounding")
+    rec.save(str(path))
+    for i, sample in enumerate(picks):
+        rec.set_time("sample", sequence=sample)
+        rec.log("frame", rr.Image(frames[i]))
+        rec.log("instruction", rr.TextDocument(texts[i]))
+        for k, (_, r) in enumerate(results.items()):
+            rec.log(f"checkpoint_{k}/lowest_entropy_map", rr.Tensor(r["best_map"][i].astype(np.float32)))
+            rec.log(f"checkpoint_{k}/entropy", rr.Scalars(float(np.min(r["entropy"][i]))))
+    rec.flush()

@@ -1,0 +1,1 @@
+"""Visualisation: rerun recordings of episodes and model predictions."""

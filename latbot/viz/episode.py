@@ -1,0 +1,114 @@
+"""`latbot viz episode`: an episode store's episodes as a rerun recording (.rrd), one timeline `step`.
+
+Logged per episode under `episode_<id>/` (several episodes → several subtrees; the viewer shows one at a
+time): camera frames, the instruction and the active subtask (text), 3-D end-effector / wrist / fingertip
+trajectories from the unified state (valid dims only), and actions as time series per unified slice.
+With a LAM checkpoint: at every step where a clip fits, the generated future frame next to the true one,
+and the generated action sequence against the truth.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from latbot.data.spaces import ACTION_SLICES, ARMS, STATE_POS, STATE_TIPS
+
+
+def record(
+    store_path: str | Path,
+    episodes: list[int],
+    out: str | Path | None = None,
+    checkpoint: str | Path | None = None,
+    spawn: bool = False,
+    max_steps: int | None = None,
+) -> Path | None:
+    import rerun as rr
+
+    from latbot.data.store import EpisodeStore
+    from latbot.errors import LatBotError
+
+    rec = rr.RecordingStream("latbot_episode")
+    if spawn:
+        rec.spawn()
+    else:
+        out = Path(out or "episode.rrd")
+        rec.save(str(out))
+    lam = None
+    if checkpoint is not None:
+        from latbot.models.lam import LatentActionModel
+
+        lam = LatentActionModel.from_checkpoint(checkpoint)
+    with EpisodeStore.open(store_path) as store:
+        for ep in episodes:
+            if not 0 <= ep < store.num_episodes:
+                raise LatBotError(f"--episode {ep}: the store has episodes 0..{store.num_episodes - 1}")
+            _log_episode(rec, store, ep, lam, max_steps)
+    rec.flush()
+    return None if spawn else out
+
+
+def _log_episode(rec, store, ep: int, lam, max_steps: int | None) -> None:
+    import rerun as rr
+
+    r = store.records[ep]
+    n = r.length if max_steps is None else min(r.length, max_steps)
+    data = store.read(ep, slice(0, n))
+    amask, smask = r.masks()
+    root = f"episode_{ep}"
+    rec.set_time("step", sequence=0)
+    rec.log(f"{root}/instruction", rr.TextDocument(f"{r.instruction}\n\n{r.embodiment} · {r.source}"), static=True)
+    for arm in ARMS:
+        if smask[STATE_POS[arm]].all():
+            rec.log(f"{root}/world/{arm}_trajectory", rr.LineStrips3D([data["states"][:, STATE_POS[arm]]]), static=True)
+    for t in range(n):
+        rec.set_time("step", sequence=t)
+        for cam in store.cameras:
+            rec.log(f"{root}/camera/{cam}", rr.Image(data[f"frames/{cam}"][t]))
+        sub = r.subtask_at(t)
+        rec.log(f"{root}/subtask", rr.TextLog(sub or r.instruction))
+        for arm in ARMS:
+            if smask[STATE_POS[arm]].all():
+                rec.log(f"{root}/world/{arm}_ee", rr.Points3D(data["states"][t, STATE_POS[arm]][None], radii=0.01))
+            if smask[STATE_TIPS[arm]].all():
+                rec.log(
+                    f"{root}/world/{arm}_fingertips",
+                    rr.Points3D(data["states"][t, STATE_TIPS[arm]].reshape(5, 3), radii=0.005),
+                )
+        for name, sl in ACTION_SLICES.items():
+            if amask[sl].any():
+                rec.log(f"{root}/actions/{name}", rr.Scalars(data["actions"][t, sl][amask[sl]].astype(np.float64)))
+    if lam is not None:
+        _log_predictions(rec, store, ep, lam, root, n)
+
+
+def _log_predictions(rec, store, ep: int, lam, root: str, n: int) -> None:
+    import rerun as rr
+    import torch
+
+    frames_per_clip = lam.decoder.config.horizon + 1
+    cam = store.cameras[0]
+    r = store.records[ep]
+    gen = torch.Generator().manual_seed(0)
+    for t in range(0, max(0, n - frames_per_clip + 1)):
+        clip = store.read(ep, np.arange(t, t + frames_per_clip))
+        frames = torch.from_numpy(clip[f"frames/{cam}"]).permute(0, 3, 1, 2)[None]
+        with torch.no_grad():
+            z_sce, z_mot = lam.latents(frames, [r.instruction])
+            pred_frame, pred_actions = lam.decoder.sample(
+                z_sce, z_mot, frames[:, 0], with_actions=lam.config.unified_decoder, generator=gen
+            )
+        rec.set_time("step", sequence=t + frames_per_clip - 1)
+        rec.log(f"{root}/lam/future_true", rr.Image(clip[f"frames/{cam}"][-1]))
+        rec.log(
+            f"{root}/lam/future_predicted", rr.Image((pred_frame[0].permute(1, 2, 0).numpy() * 255).astype(np.uint8))
+        )
+        if pred_actions is not None:
+            amask = r.masks()[0]
+            for name, sl in ACTION_SLICES.items():
+                if amask[sl].any():
+                    rec.log(
+                        f"{root}/lam/actions_predicted/{name}",
+                        rr.Scalars(pred_actions[0, -1, sl][torch.from_numpy(amask[sl])].double().numpy()),
+                    )
