@@ -18,3 +18,22 @@ def noisy(x: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> tuple[torch.
     """(x_t, target velocity) for data x, noise ε and per-sample time t (B,)."""
     tt = t.view(-1, *([1] * (x.dim() - 1)))
     return tt * noise + (1 - tt) * x, noise - x
+
+
+@torch.no_grad()
+def integrate(velocity, x_img: torch.Tensor, x_act: torch.Tensor | None, steps: int):
+    """Euler from t = 1 (noise) to 0 (data) for both streams of a unified decoder at once.
+    `velocity(x_img, x_act, t)` returns (v_img, v_act); `x_act` may be None (image stream only)."""
+    dt = 1.0 / steps
+    for k in range(steps):
+        t = torch.full((x_img.shape[0],), 1.0 - k * dt, device=x_img.device)
+        v_img, v_act = velocity(x_img, x_act, t)
+        x_img = x_img - dt * v_img
+        x_act = x_act - dt * v_act if x_act is not None else None
+    return x_img, x_act
+
+
+def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """MSE of (B, K, A) over the dims the (B, A) validity mask marks: the action loss of every decoder."""
+    m = mask[:, None, :].to(pred.dtype)
+    return ((pred - target) ** 2 * m).sum() / (m.sum() * pred.shape[1]).clamp_min(1)

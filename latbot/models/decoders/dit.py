@@ -154,8 +154,7 @@ class DiTDecoder(nn.Module):
         v_img, v_act = self.velocity(x_img, context, x_act, z_sce, z_mot, t)
         losses = {"image": F.mse_loss(v_img, u_img)}
         if actions is not None:
-            mask = action_mask[:, None, :].to(v_act.dtype)  # (B, 1, A): only the embodiment's valid dims
-            losses["action"] = ((v_act - u_act) ** 2 * mask).sum() / (mask.sum() * v_act.shape[1]).clamp_min(1)
+            losses["action"] = flow.masked_mse(v_act, u_act, action_mask)  # only the embodiment's valid dims
         return losses
 
     @torch.no_grad()
@@ -166,10 +165,7 @@ class DiTDecoder(nn.Module):
         b = context.shape[0]
         img = torch.randn(context.shape, generator=generator).to(context)
         act = torch.randn((b, c.horizon, c.action_dim), generator=generator).to(context) if with_actions else None
-        dt = 1.0 / c.sample_steps
-        for k in range(c.sample_steps):
-            t = torch.full((b,), 1.0 - k * dt, device=context.device)
-            v_img, v_act = self.velocity(img, context, act, z_sce, z_mot, t)
-            img = img - dt * v_img
-            act = act - dt * v_act if act is not None else None
+        img, act = flow.integrate(
+            lambda x, a, t: self.velocity(x, context, a, z_sce, z_mot, t), img, act, c.sample_steps
+        )
         return ((img + 1) / 2).clamp(0, 1), act

@@ -139,8 +139,7 @@ class SanaDecoder(nn.Module):
         v_lat, v_act = self.velocity(x_lat, context, x_act, z_sce, z_mot, t)
         losses = {"image": F.mse_loss(v_lat, u_lat)}
         if actions is not None:
-            mask = action_mask[:, None, :].to(v_act.dtype)
-            losses["action"] = ((v_act - u_act) ** 2 * mask).sum() / (mask.sum() * v_act.shape[1]).clamp_min(1)
+            losses["action"] = flow.masked_mse(v_act, u_act, action_mask)
         return losses
 
     @torch.no_grad()
@@ -150,12 +149,9 @@ class SanaDecoder(nn.Module):
         b = context.shape[0]
         lat = torch.randn(context.shape, generator=generator).to(context)
         act = torch.randn((b, c.horizon, c.action_dim), generator=generator).to(context) if with_actions else None
-        dt = 1.0 / c.sample_steps
-        for k in range(c.sample_steps):
-            t = torch.full((b,), 1.0 - k * dt, device=context.device)
-            v_lat, v_act = self.velocity(lat, context, act, z_sce, z_mot, t)
-            lat = lat - dt * v_lat
-            act = act - dt * v_act if act is not None else None
+        lat, act = flow.integrate(
+            lambda x, a, t: self.velocity(x, context, a, z_sce, z_mot, t), lat, act, c.sample_steps
+        )
         return self.to_image(lat), act
 
 

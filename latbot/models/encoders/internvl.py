@@ -11,46 +11,28 @@ from typing import Literal
 
 from pydantic import Field
 
-from latbot.config import PluginConfig
-from latbot.models.encoders.vlm import IMAGE_SLOT, VLMLatentEncoder
-from latbot.models.loading import load_pretrained, lora
+from latbot.models.encoders.vlm import IMAGE_SLOT, VLMEncoderConfig, VLMLatentEncoder
 
 
 class InternVLEncoder(VLMLatentEncoder):
-    class Config(PluginConfig):
+    class Config(VLMEncoderConfig):
         type: Literal["internvl"] = "internvl"
-        pretrained: str | None = Field(None, description="Hub id or local directory (from_pretrained); None: preset.")
         preset: Literal["internvl3_5_2b", "tiny"] = Field("internvl3_5_2b", description="Architecture without weights.")
-        num_frames: int = Field(16, ge=1, description="T, frames per clip (paper: 16).")
-        num_scene_tokens: int = Field(64, ge=1)
-        num_motion_tokens: int = Field(64, ge=1)
-        freeze_vision: bool = True
-        lora_rank: int = Field(0, ge=0, description="LoRA rank on the language model's attention (0: off).")
-        attn_implementation: Literal["sdpa", "eager"] = "sdpa"
-
-    @classmethod
-    def tiny_config(cls) -> Config:
-        """A CPU-sized configuration of the same architecture, for contract tests."""
-        return cls.Config(preset="tiny", num_frames=2, num_scene_tokens=4, num_motion_tokens=4)
 
     image_mean = (0.485, 0.456, 0.406)
     image_std = (0.229, 0.224, 0.225)
 
     def __init__(self, config: Config):
         super().__init__()
-        self.config = config
         from transformers import InternVLModel
 
-        self.vlm, self.tokenizer = load_pretrained(
-            config.pretrained, InternVLModel, "internvl", lambda: presets(config.preset), config.attn_implementation
-        )
+        self._build(config, InternVLModel, "internvl", presets)
+        self._check_length(config.num_frames)
+
+    def _tokens_per_frame(self) -> int:
         vision = self.vlm.config.vision_config
         patches = (vision.image_size[0] // vision.patch_size[0]) ** 2
-        self.tokens_per_frame = int(patches * self.vlm.config.downsample_ratio**2)
-        self._init_latents()
-        if config.lora_rank:
-            lora(self.vlm.language_model, config.lora_rank)
-        self._check_length(config.num_frames)
+        return int(patches * self.vlm.config.downsample_ratio**2)
 
     def _check_length(self, frames: int) -> None:
         limit = getattr(self.vlm.config.text_config, "max_position_embeddings", None)

@@ -10,44 +10,26 @@ from typing import Literal
 
 from pydantic import Field
 
-from latbot.config import PluginConfig
-from latbot.models.encoders.vlm import IMAGE_SLOT, VLMLatentEncoder
-from latbot.models.loading import load_pretrained, lora
+from latbot.models.encoders.vlm import IMAGE_SLOT, VLMEncoderConfig, VLMLatentEncoder
 
 
 class PaliGemmaEncoder(VLMLatentEncoder):
-    class Config(PluginConfig):
+    class Config(VLMEncoderConfig):
         type: Literal["paligemma"] = "paligemma"
-        pretrained: str | None = Field(None, description="Hub id or local directory (from_pretrained); None: preset.")
         preset: Literal["paligemma_3b", "tiny"] = Field("paligemma_3b", description="Architecture without weights.")
-        num_frames: int = Field(16, ge=1)
-        num_scene_tokens: int = Field(64, ge=1)
-        num_motion_tokens: int = Field(64, ge=1)
-        freeze_vision: bool = True
-        lora_rank: int = Field(0, ge=0)
-        attn_implementation: Literal["sdpa", "eager"] = "sdpa"
-
-    @classmethod
-    def tiny_config(cls) -> Config:
-        """A CPU-sized configuration of the same architecture, for contract tests."""
-        return cls.Config(preset="tiny", num_frames=2, num_scene_tokens=4, num_motion_tokens=4)
 
     image_mean = (0.5, 0.5, 0.5)
     image_std = (0.5, 0.5, 0.5)
 
     def __init__(self, config: Config):
         super().__init__()
-        self.config = config
         from transformers import PaliGemmaModel
 
-        self.vlm, self.tokenizer = load_pretrained(
-            config.pretrained, PaliGemmaModel, "paligemma", lambda: presets(config.preset), config.attn_implementation
-        )
+        self._build(config, PaliGemmaModel, "paligemma", presets)
+
+    def _tokens_per_frame(self) -> int:
         vision = self.vlm.config.vision_config
-        self.tokens_per_frame = (vision.image_size // vision.patch_size) ** 2
-        self._init_latents()
-        if config.lora_rank:
-            lora(self.vlm.language_model, config.lora_rank)
+        return (vision.image_size // vision.patch_size) ** 2
 
     def frame_tokens(self, index: int) -> list[int]:
         return [IMAGE_SLOT] * self.tokens_per_frame

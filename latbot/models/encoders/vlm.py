@@ -14,14 +14,29 @@ how images are normalised, and how the transformers model is built.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Literal
 
 import torch
+from pydantic import Field
 from torch import nn
 
+from latbot.config import PluginConfig
 from latbot.models.template import ANSWER_END, ANSWER_MOTION, ANSWER_SCENE, QUESTION
 
 SCENE_SLOT, MOTION_SLOT, IMAGE_SLOT = -1, -2, -3  # sentinels in id lists before embedding
+
+
+class VLMEncoderConfig(PluginConfig):
+    """Fields every VLM encoder shares; each encoder adds its `type` and its `preset` names."""
+
+    pretrained: str | None = Field(None, description="Hub id or local directory (from_pretrained); None: preset.")
+    num_frames: int = Field(16, ge=1, description="T, frames per clip (paper: 16).")
+    num_scene_tokens: int = Field(64, ge=1, description="Positions of [CP_SCE] (paper: 64).")
+    num_motion_tokens: int = Field(64, ge=1, description="Positions of [CP_MOT] (paper: 64).")
+    freeze_vision: bool = True
+    lora_rank: int = Field(0, ge=0, description="LoRA rank on the language model's attention (0: off).")
+    attn_implementation: Literal["sdpa", "eager"] = "sdpa"
 
 
 class VLMLatentEncoder(nn.Module):
@@ -34,6 +49,27 @@ class VLMLatentEncoder(nn.Module):
     tokens_per_frame: int
     image_mean: tuple[float, float, float]
     image_std: tuple[float, float, float]
+
+    @classmethod
+    def tiny_config(cls):
+        """A CPU-sized configuration of the same architecture, for contract tests."""
+        return cls.Config(preset="tiny", num_frames=2, num_scene_tokens=4, num_motion_tokens=4)
+
+    def _build(self, config, model_cls: type, model_type: str, presets: Callable[[str], tuple]) -> None:
+        """Load or build the VLM, then add the learnable latent queries, freezing and LoRA."""
+        from latbot.models.loading import load_pretrained, lora
+
+        self.config = config
+        self.vlm, self.tokenizer = load_pretrained(
+            config.pretrained, model_cls, model_type, lambda: presets(config.preset), config.attn_implementation
+        )
+        self.tokens_per_frame = self._tokens_per_frame()
+        self._init_latents()
+        if config.lora_rank:
+            lora(self.vlm.language_model, config.lora_rank)
+
+    def _tokens_per_frame(self) -> int:
+        raise NotImplementedError
 
     def _init_latents(self) -> None:
         d = self.width
