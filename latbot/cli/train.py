@@ -10,7 +10,11 @@ import typer
 from latbot.cli._common import SET_HELP, user_errors
 
 # stage -> "module:function(recipe, resume: Path | None, recipe_path: Path)". Stages add themselves here.
-STAGE_RUNNERS: dict[str, str] = {"lam": "latbot.train.stages:run_lam"}
+STAGE_RUNNERS: dict[str, str] = {
+    "lam": "latbot.train.stages:run_lam",
+    "distill": "latbot.train.stages:run_distill",
+    "finetune": "latbot.train.stages:run_finetune",
+}
 
 
 @user_errors

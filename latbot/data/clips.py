@@ -8,6 +8,7 @@ Batch keys are constants (`K_*`), defined here once. Shapes per sample (a DataLo
     actions       (T−1, 44) float32             actions       (H, 44) float32, steps t..t+H−1
     states        (T, 46) float32               state         (46,) float32
     action_mask   (44,) bool                    action_mask / state_mask, action_pad (H,) bool
+                                                gripper (H, 2) unnormalised (left, right)
     state_mask    (46,) bool                    native_actions (H, A) when the store has them
     instruction, subtask: str; episode, step: int
 
@@ -45,12 +46,21 @@ K_SUBTASK = "subtask"
 K_EPISODE = "episode"
 K_STEP = "step"
 K_SOURCE = "source"
+K_GRIPPER = "gripper"  # (H, 2) the unified gripper values (left, right) of the chunk, unnormalised
+K_LATENTS = "teacher_latents"  # (Ns + Nm, D) precomputed teacher latents (latbot.data.latent_cache)
 
 
 class _StoreDataset(Dataset):
     """Holds only the store path and an index; the store is opened on first use in each process."""
 
-    def __init__(self, store: str | Path, episodes: Sequence[int] | None, normalize: bool, cameras: list[str] | None):
+    def __init__(
+        self,
+        store: str | Path,
+        episodes: Sequence[int] | None,
+        normalize: bool,
+        cameras: list[str] | None,
+        stats: dict[str, Any] | None = None,
+    ):
         from latbot.data.store import EpisodeStore
 
         self.path = Path(store)
@@ -60,7 +70,7 @@ class _StoreDataset(Dataset):
             missing = [c for c in self.cameras if c not in s.cameras]
             if missing:
                 raise ValueError(f"{self.path}: camera(s) {missing} not in the store (it has {s.cameras})")
-            stats = s.stats
+            stats = stats or s.stats
             self.has_native = s.has_array("native_actions")
         self.action_norm = self.state_norm = None
         if normalize:
@@ -145,8 +155,10 @@ class ChunkDataset(_StoreDataset):
         episodes: Sequence[int] | None = None,
         cameras: list[str] | None = None,
         normalize: bool = True,
+        stats: dict[str, Any] | None = None,
     ):
-        super().__init__(store, episodes, normalize, cameras)
+        """`stats` normalises with other statistics than the store's (one policy trained on several stores)."""
+        super().__init__(store, episodes, normalize, cameras, stats)
         self.horizon = horizon
         self.steps = [(r.index, t) for r in self.records for t in range(r.length)]
 
@@ -161,6 +173,7 @@ class ChunkDataset(_StoreDataset):
         data = self.store.read(episode, np.unique(chunk), self.cameras)
         pos = np.searchsorted(np.unique(chunk), chunk)
         actions = data["actions"][pos]
+        gripper = actions[:, [ACTION_GRIPPER[arm] for arm in ARMS]].astype(np.float32)
         state = data["states"][0]
         if self.action_norm is not None:
             actions, state = self.action_norm.normalize(actions), self.state_norm.normalize(state)
@@ -174,6 +187,7 @@ class ChunkDataset(_StoreDataset):
             K_ACTION_MASK: torch.from_numpy(action_mask),
             K_STATE_MASK: torch.from_numpy(state_mask),
             K_ACTION_PAD: torch.from_numpy(pad),
+            K_GRIPPER: torch.from_numpy(gripper),
             K_INSTRUCTION: rec.instruction,
             K_SUBTASK: subtask if subtask is not None else rec.instruction,
             K_EPISODE: episode,

@@ -19,3 +19,6 @@ STUDENT_QUESTION = (
     "Given the instruction \u201c{sent}\u201d and the current frame, predict how the scene will change and which "
     "actions will drive it."
 )
+
+# After the student's answer, the reasoning target L_r: the current subtask, then the end-of-sequence token.
+SUBTASK_PROMPT = "Current subtask:"

@@ -10,7 +10,14 @@ from __future__ import annotations
 
 import re
 
-from latbot.models.template import ANSWER_END, ANSWER_MOTION, ANSWER_SCENE, QUESTION, STUDENT_QUESTION
+from latbot.models.template import (
+    ANSWER_END,
+    ANSWER_MOTION,
+    ANSWER_SCENE,
+    QUESTION,
+    STUDENT_QUESTION,
+    SUBTASK_PROMPT,
+)
 
 SPECIALS = [
     "[PAD]",
@@ -45,7 +52,9 @@ def build_tiny_tokenizer(extra_words: list[str] = ()):
     vocab: dict[str, int] = {}
     for tok in SPECIALS:
         vocab.setdefault(tok, len(vocab))
-    text = " ".join([QUESTION, ANSWER_SCENE, ANSWER_MOTION, ANSWER_END, STUDENT_QUESTION, *COMMON, *extra_words])
+    text = " ".join(
+        [QUESTION, ANSWER_SCENE, ANSWER_MOTION, ANSWER_END, STUDENT_QUESTION, SUBTASK_PROMPT, *COMMON, *extra_words]
+    )
     for w in _words(text) + [f"{i}" for i in range(100)]:
         vocab.setdefault(w, len(vocab))
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))

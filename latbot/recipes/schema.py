@@ -108,8 +108,13 @@ class DistillModel(Section):
 
     student: StudentSlot = Field(description="Student VLM seeing V_1 and the instruction (kind `students`).")
     teacher: Path | None = Field(None, description="LAM checkpoint directory (its manifest is checked).")
-    teacher_cache: Path | None = Field(None, description="Precomputed teacher latents (Zarr) to distil from.")
-    temperature: float = Field(1.0, gt=0, description="Softmax temperature of the KL term.")
+    teacher_cache: Path | None = Field(
+        None, description="Teacher latents cache (Zarr): built there on first use, then distilled from."
+    )
+    cache_dtype: Literal["float32", "float16"] = Field("float32", description="Storage type of the cached latents.")
+    temperature: float | None = Field(
+        None, gt=0, description="Softmax temperature τ of the KL term; null: 1/√D of the teacher's width."
+    )
     reasoning_weight: float = Field(0.5, ge=0, description="λ_r in L = L_a + λ_r · L_r (paper: 0.5).")
 
 

@@ -40,9 +40,8 @@ class PaliGemmaEncoder(VLMLatentEncoder):
         return [*ids[:first_text], self.tokenizer.bos_token_id, *ids[first_text:]]
 
     def grounding_sequence(self, instruction: str) -> list[int]:
-        from latbot.models.template import QUESTION
-
-        return [*self.frame_tokens(0), self.tokenizer.bos_token_id, *self._text(QUESTION.format(sent=instruction))]
+        question = self._text(self.question_template.format(sent=instruction))
+        return [*self.frame_tokens(0), self.tokenizer.bos_token_id, *question]
 
 
 def presets(name: str):

@@ -43,6 +43,7 @@ class VLMLatentEncoder(nn.Module):
     """Base of the VLM encoders. Subclasses set `self.vlm` (a transformers *Model with vision_tower,
     multi_modal_projector, language_model), `self.tokenizer`, `self.tokens_per_frame`, `self.image_mean/std`."""
 
+    question_template: str = QUESTION  # the question asked about the frames (`{sent}` = the instruction)
     config: Any
     vlm: nn.Module
     tokenizer: Any
@@ -99,7 +100,7 @@ class VLMLatentEncoder(nn.Module):
         ids = self.prefix_tokens()
         for t in range(num_frames):
             ids += self.frame_tokens(t)
-        ids += self._text(QUESTION.format(sent=instruction)) + self._text(ANSWER_SCENE)
+        ids += self._text(self.question_template.format(sent=instruction)) + self._text(ANSWER_SCENE)
         ids += [SCENE_SLOT] * self.config.num_scene_tokens + self._text(ANSWER_MOTION)
         ids += [MOTION_SLOT] * self.config.num_motion_tokens + self._text(ANSWER_END)
         return ids
@@ -127,7 +128,7 @@ class VLMLatentEncoder(nn.Module):
     # -- forward --------------------------------------------------------------------------------------
     def grounding_sequence(self, instruction: str) -> list[int]:
         """One frame and the question, no answer: the last token is the query of the grounding analysis."""
-        return self.prefix_tokens() + self.frame_tokens(0) + self._text(QUESTION.format(sent=instruction))
+        return self.prefix_tokens() + self.frame_tokens(0) + self._text(self.question_template.format(sent=instruction))
 
     def embed(self, frames: torch.Tensor, instructions: list[str], seqs: list[list[int]] | None = None) -> dict:
         """Inputs of the language model: embeddings (B, N, D), attention mask (B, N), slot masks."""

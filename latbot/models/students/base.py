@@ -1,0 +1,98 @@
+"""What every student adds to its VLM: the student question, the projection of Ẑ to the teacher's width,
+the reasoning target (next-token loss on the subtask text) and the hidden states the action expert reads.
+
+Sequence per sample (the encoder's layout, with the student's question and the current frame(s) only)::
+
+    [prefix] [image tokens of V_1 (one block per camera)] [student question]
+    Answer: ... [CP_SCE] × Ns ... [CP_MOT] × Nm .  [Current subtask: <subtask text> <eos>]
+
+The bracketed tail exists only when a subtask is given (distillation); labels sit on the subtask tokens
+and <eos> alone. Causal attention keeps Ẑ (earlier positions) blind to the subtask text.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from latbot.models.template import STUDENT_QUESTION, SUBTASK_PROMPT
+
+IGNORE = -100
+
+
+class VLMStudent:
+    """Mixin placed before a `VLMLatentEncoder` subclass (see students/paligemma.py)."""
+
+    question_template = STUDENT_QUESTION
+
+    def _student_init(self, latent_width: int | None) -> None:
+        d = self.width
+        # Ẑ projected to the teacher's width (identity when the widths agree or no teacher is known yet)
+        self.latent_proj = nn.Linear(d, latent_width) if latent_width and latent_width != d else nn.Identity()
+        self.latent_width = latent_width or d
+
+    @property
+    def num_layers(self) -> int:
+        return self.vlm.config.text_config.num_hidden_layers
+
+    def subtask_tokens(self, subtask: str) -> tuple[list[int], list[int]]:
+        """(ids, labels) of the reasoning tail; labels only on the subtask words and <eos>."""
+        prompt = self._text(SUBTASK_PROMPT)
+        words = self._text(subtask.strip()) + [self.tokenizer.eos_token_id]
+        return prompt + words, [IGNORE] * len(prompt) + words
+
+    def forward(
+        self,
+        frames: torch.Tensor,
+        instructions: list[str],
+        subtasks: list[str] | None = None,
+        hidden_states: bool = False,
+    ) -> dict[str, torch.Tensor]:
+        """frames (B, C, 3, H, W): the C camera images of the current step (distillation: C = 1, V_1).
+
+        Returns "latents" Ẑ = [Z_sce; Z_mot] projected (B, Ns + Nm, D_teacher), "lm_loss" when `subtasks`
+        are given, and with `hidden_states` the language model's per-layer hidden states ("layers", a tuple
+        of L + 1 tensors (B, N, D)) and "attention_mask" (B, N) for the action expert."""
+        b, c = frames.shape[:2]
+        seqs, labels = [], []
+        for i, text in enumerate(instructions):
+            ids = self.sequence(text, c)
+            lab = [IGNORE] * len(ids)
+            if subtasks is not None:
+                tail, tail_labels = self.subtask_tokens(subtasks[i])
+                ids, lab = ids + tail, lab + tail_labels
+            seqs.append(ids)
+            labels.append(lab)
+        inputs = self.embed(frames, instructions, seqs)
+        out = self.vlm.language_model(
+            inputs_embeds=inputs["inputs_embeds"],
+            attention_mask=inputs["attention_mask"],
+            output_hidden_states=hidden_states,
+        )
+        hidden = out.last_hidden_state
+        d = hidden.shape[-1]
+        z = torch.cat([hidden[inputs["scene_mask"]].view(b, -1, d), hidden[inputs["motion_mask"]].view(b, -1, d)], 1)
+        result = {"latents": self.latent_proj(z)}
+        if subtasks is not None:
+            result["lm_loss"] = self._lm_loss(hidden, labels)
+        if hidden_states:
+            result["layers"] = out.hidden_states
+            result["attention_mask"] = inputs["attention_mask"]
+        return result
+
+    def _lm_loss(self, hidden: torch.Tensor, labels: list[list[int]]) -> torch.Tensor:
+        """Next-token cross-entropy at the labelled positions only: position p predicts token p + 1.
+        The output projection is the input embedding matrix (tied, as in Gemma and Qwen3)."""
+        n = hidden.shape[1]
+        target = torch.full((len(labels), n), IGNORE, dtype=torch.long)
+        for i, lab in enumerate(labels):
+            target[i, : len(lab)] = torch.tensor(lab)
+        target = target.to(hidden.device)
+        predict_at = target[:, 1:] != IGNORE  # (B, N−1): the hidden state before each labelled token
+        h = hidden[:, :-1][predict_at]  # (M, D)
+        weight = self.vlm.get_input_embeddings().weight
+        logits = h.float() @ weight.float().T
+        scale = getattr(self.vlm.config.text_config, "final_logit_softcapping", None)
+        if scale:
+            logits = torch.tanh(logits / scale) * scale
+        return nn.functional.cross_entropy(logits, target[:, 1:][predict_at])

@@ -1,0 +1,22 @@
+"""`paligemma` student: PaliGemma (pi0.5's VLM; the paper's default student) — see students/base.py."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from latbot.models.encoders.paligemma import PaliGemmaEncoder
+from latbot.models.students.base import VLMStudent
+
+
+class PaliGemmaStudent(VLMStudent, PaliGemmaEncoder):
+    class Config(PaliGemmaEncoder.Config):
+        type: Literal["paligemma"] = "paligemma"
+        num_frames: int = 1  # images per step the student sees (cameras); distillation uses V_1 only
+
+    def __init__(self, config: Config, latent_width: int | None = None):
+        super().__init__(config)
+        self._student_init(latent_width)
+
+    @classmethod
+    def tiny_config(cls):
+        return cls.Config(preset="tiny", num_scene_tokens=4, num_motion_tokens=4)

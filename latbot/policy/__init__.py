@@ -1,0 +1,154 @@
+"""The inference API: `LatBotPolicy.from_checkpoint(run_dir).predict(observation) -> (H, A) actions`.
+
+An observation is what a robot or a simulator sees at one step::
+
+    {"images": {camera: (H, W, 3) uint8},      # every camera the policy was trained on
+     "state": (S,) float,                      # the robot's native proprioceptive state
+     "instruction": str}                       # ("prompt" is accepted too, as openpi clients send it)
+
+`predict` returns the next H actions in the robot's native units (unnormalised; gripper as its ±1
+command), or in the unified 44-D space with `space="unified"`. Bad input raises `ObservationError`
+naming the key and what was expected. Used by `latbot eval sim` and `latbot serve`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from latbot.errors import LatBotError
+
+
+class ObservationError(LatBotError):
+    """An observation does not match what the policy was trained on."""
+
+
+class LatBotPolicy:
+    def __init__(self, model, target: dict[str, Any], run_dir: str | Path | None = None):
+        from latbot.data.normalize import QuantileNormalizer
+
+        self.model = model.eval()
+        self.target = target
+        self.run_dir = run_dir
+        self.cameras: list[str] = list(target["cameras"])
+        self.image_size = tuple(target["image_size"])
+        self.horizon = model.horizon
+        self.action_norm = QuantileNormalizer.from_stats(target["stats"], "actions")
+        self.state_norm = QuantileNormalizer.from_stats(target["stats"], "states")
+        self.action_mask = np.asarray(target["action_mask"], bool)
+        self.state_mask = np.asarray(target["state_mask"], bool)
+        self.embodiment = target["embodiment"]
+
+    @classmethod
+    def from_checkpoint(cls, run_dir: str | Path, device: str = "cpu") -> LatBotPolicy:
+        """A finetuned policy from a `latbot train` run directory (manifest kind "finetune")."""
+        import warnings
+
+        from safetensors.torch import load_file
+
+        from latbot.artifacts import read_manifest
+        from latbot.models.vla import VisionLanguageAction
+        from latbot.recipes import recipe_from_dict
+
+        manifest = read_manifest(run_dir, kind="finetune")
+        recipe = recipe_from_dict(manifest.recipe, f"{run_dir}/latbot.json")
+        m = recipe.model
+        model = VisionLanguageAction(m.student, m.action_expert, m.action_horizon, manifest.extra.get("latent_width"))
+        model.load_state_dict(load_file(str(Path(run_dir) / "weights" / "model.safetensors"), device=device))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # degenerate dimensions were reported when the policy was trained
+            return cls(model.to(device), manifest.extra["target"], run_dir)
+
+    def reset(self, task: str | None = None, instruction: str | None = None) -> None:
+        """Nothing to reset: the policy is stateless between calls."""
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """What a client needs to know to build observations (sent by `latbot serve` on connect)."""
+        from latbot import __version__
+
+        emb = self._embodiment(required=False)
+        return {
+            "latbot_version": __version__,
+            "checkpoint": str(self.run_dir) if self.run_dir else None,
+            "cameras": self.cameras,
+            "image_size": list(self.image_size),
+            "state_dim": emb.native_state_dim if emb else self.target.get("native_state_dim"),
+            "action_dim": emb.native_action_dim if emb else self.target.get("native_action_dim"),
+            "action_horizon": self.horizon,
+            "embodiment": self.embodiment,
+            "tasks": self.target.get("tasks", []),
+        }
+
+    def _embodiment(self, required: bool = True):
+        from latbot.policy import embodiments
+
+        if not required and self.embodiment not in embodiments.EMBODIMENTS:
+            return None
+        return embodiments.get(self.embodiment)
+
+    # -- input checks ---------------------------------------------------------------------------------------
+    def check(self, observation: Any) -> tuple[np.ndarray, np.ndarray, str]:
+        """→ images (C, H, W, 3) uint8 at the training size, native state (S,) float32, instruction."""
+        if not isinstance(observation, dict):
+            raise ObservationError(f"observation must be a dict, got {type(observation).__name__}")
+        instruction = observation.get("instruction", observation.get("prompt"))
+        if not isinstance(instruction, str) or not instruction.strip():
+            raise ObservationError("observation['instruction'] (or 'prompt') must be a non-empty string")
+        images = observation.get("images")
+        if not isinstance(images, dict):
+            raise ObservationError(f"observation['images'] must be a dict camera → (H, W, 3) uint8; cameras: {self.cameras}")
+        missing = [c for c in self.cameras if c not in images]
+        if missing:
+            raise ObservationError(f"observation['images'] lacks camera(s) {missing}; the policy needs {self.cameras}")
+        frames = []
+        for c in self.cameras:
+            img = images[c]
+            if not isinstance(img, np.ndarray) or img.dtype != np.uint8 or img.ndim != 3 or img.shape[-1] != 3:
+                got = f"{img.dtype}{img.shape}" if isinstance(img, np.ndarray) else type(img).__name__
+                raise ObservationError(f"observation['images']['{c}'] must be a (H, W, 3) uint8 array, got {got}")
+            if img.shape[0] < 8 or img.shape[1] < 8:
+                raise ObservationError(f"observation['images']['{c}'] is {img.shape[:2]}, too small (≥ 8×8)")
+            frames.append(self._resize(img))
+        state = observation.get("state")
+        dim = self._embodiment().native_state_dim
+        try:
+            state = np.asarray(state, np.float32)
+        except (TypeError, ValueError) as e:
+            raise ObservationError(f"observation['state'] must be a ({dim},) float array") from e
+        if state.shape != (dim,) or not np.isfinite(state).all():
+            raise ObservationError(f"observation['state'] must be a finite ({dim},) float array, got shape {state.shape}")
+        return np.stack(frames), state, instruction
+
+    def _resize(self, img: np.ndarray) -> np.ndarray:
+        if img.shape[:2] == self.image_size:
+            return img
+        from latbot.data.video import resize_frame
+
+        return resize_frame(np.ascontiguousarray(img), self.image_size, "stretch")
+
+    # -- inference ------------------------------------------------------------------------------------------
+    def predict(self, observation: dict[str, Any], *, space: str = "native", seed: int = 0) -> np.ndarray:
+        """The next H actions, (H, A) float32 — native units, or the unified 44-D space."""
+        import torch
+
+        if space not in ("native", "unified"):
+            raise ValueError(f"space must be 'native' or 'unified', got {space!r}")
+        frames, native_state, instruction = self.check(observation)
+        emb = self._embodiment()
+        state = self.state_norm.normalize(emb.state_to_unified(native_state)).astype(np.float32)
+        device = next(self.model.parameters()).device
+        x = torch.from_numpy(np.ascontiguousarray(frames.transpose(0, 3, 1, 2)))[None].to(device)
+        s = torch.from_numpy(state)[None].to(device)
+        mask = torch.from_numpy(self.state_mask.astype(np.float32))[None].to(device)
+        with torch.inference_mode():
+            actions, grip = self.model.sample(x, [instruction], s, mask, torch.Generator().manual_seed(seed))
+        actions = self.action_norm.unnormalize(actions[0].float().cpu().numpy().astype(np.float64))
+        from latbot.models.experts.flow import GRIPPER_DIMS
+
+        actions[:, GRIPPER_DIMS] = (grip[0].cpu().numpy() > 0.5).astype(np.float64)
+        actions[:, ~self.action_mask] = 0.0
+        out = actions if space == "unified" else emb.actions_to_native(actions)
+        return np.asarray(out, np.float32)
