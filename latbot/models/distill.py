@@ -40,7 +40,9 @@ def default_temperature(width: int) -> float:
 
 
 class DistillationModel(nn.Module):
-    def __init__(self, student: nn.Module, teacher: nn.Module | None, temperature: float | None, reasoning_weight: float):
+    def __init__(
+        self, student: nn.Module, teacher: nn.Module | None, temperature: float | None, reasoning_weight: float
+    ):
         super().__init__()
         self.student = student
         object.__setattr__(self, "teacher", teacher)  # not a submodule: see the module docstring

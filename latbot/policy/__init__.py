@@ -99,7 +99,9 @@ class LatBotPolicy:
             raise ObservationError("observation['instruction'] (or 'prompt') must be a non-empty string")
         images = observation.get("images")
         if not isinstance(images, dict):
-            raise ObservationError(f"observation['images'] must be a dict camera → (H, W, 3) uint8; cameras: {self.cameras}")
+            raise ObservationError(
+                f"observation['images'] must be a dict camera → (H, W, 3) uint8; cameras: {self.cameras}"
+            )
         missing = [c for c in self.cameras if c not in images]
         if missing:
             raise ObservationError(f"observation['images'] lacks camera(s) {missing}; the policy needs {self.cameras}")
@@ -119,7 +121,9 @@ class LatBotPolicy:
         except (TypeError, ValueError) as e:
             raise ObservationError(f"observation['state'] must be a ({dim},) float array") from e
         if state.shape != (dim,) or not np.isfinite(state).all():
-            raise ObservationError(f"observation['state'] must be a finite ({dim},) float array, got shape {state.shape}")
+            raise ObservationError(
+                f"observation['state'] must be a finite ({dim},) float array, got shape {state.shape}"
+            )
         return np.stack(frames), state, instruction
 
     def _resize(self, img: np.ndarray) -> np.ndarray:

@@ -138,7 +138,11 @@ def run_distill(recipe, resume: Path | None = None, recipe_path: Path | None = N
 
         def build_data(w):
             clips, sampler = build_mixture(
-                sources, recipe.data.num_frames, seed=recipe.train.seed, rank=w.rank, world_size=w.size,
+                sources,
+                recipe.data.num_frames,
+                seed=recipe.train.seed,
+                rank=w.rank,
+                world_size=w.size,
                 cameras=recipe.data.cameras,
             )
             if m.teacher_cache is None:
@@ -146,8 +150,14 @@ def run_distill(recipe, resume: Path | None = None, recipe_path: Path | None = N
             identity = cache_identity(m.teacher, sources, recipe.data.num_frames, recipe.data.cameras)
             if not Path(m.teacher_cache).exists() and w.main:
                 build_cache(
-                    m.teacher_cache, lam, clips, identity, batch_size=recipe.train.micro_batch_size,
-                    dtype=m.cache_dtype, device=w.device, progress=recipe.log.progress,
+                    m.teacher_cache,
+                    lam,
+                    clips,
+                    identity,
+                    batch_size=recipe.train.micro_batch_size,
+                    dtype=m.cache_dtype,
+                    device=w.device,
+                    progress=recipe.log.progress,
                 )
             distributed.barrier(w)
             return CachedLatentDataset(clips, m.teacher_cache, identity), sampler
@@ -192,7 +202,7 @@ def _target(sources, cameras: list[str] | None) -> dict:
             }
             if len(embodiments) > 1 or (target and any(target[k] != this[k] for k in ("embodiment", "action_mask"))):
                 raise TrainingError(
-                    f"finetuning targets one embodiment, the data holds {embodiments + [target.get('embodiment')]}; "
+                    f"finetuning targets one embodiment, the data holds {[*embodiments, target.get('embodiment')]}; "
                     "restrict data.sources[].tasks or use one store per embodiment"
                 )
             if not target:
@@ -269,13 +279,24 @@ def run_finetune(recipe, resume: Path | None = None, recipe_path: Path | None = 
                     )
                 )
             sampler = MixtureSampler(
-                [len(p) for p in parts], [s.weight for s in sources], seed=recipe.train.seed, rank=w.rank,
+                [len(p) for p in parts],
+                [s.weight for s in sources],
+                seed=recipe.train.seed,
+                rank=w.rank,
                 world_size=w.size,
             )
             return ConcatDataset(parts), sampler
 
         model = train(recipe, run_dir, build_model, build_data, world, resume is not None)
-        export(run_dir, model, "finetune", recipe, parents, world, {"target": target, "latent_width": latent_width, "steps": recipe.train.steps})
+        export(
+            run_dir,
+            model,
+            "finetune",
+            recipe,
+            parents,
+            world,
+            {"target": target, "latent_width": latent_width, "steps": recipe.train.steps},
+        )
         if world.main:
             print(f"done: {run_dir}")
         return run_dir

@@ -121,7 +121,9 @@ class FlowActionExpert(nn.Module):
         self.state_in = nn.Linear(STATE_DIM, w)
         self.pos = nn.Parameter(torch.randn(horizon + 1, w) * 0.02)
         self.time_mlp = nn.Sequential(nn.Linear(w, w), nn.SiLU(), nn.Linear(w, w), nn.SiLU())
-        self.blocks = nn.ModuleList(ExpertBlock(w, config.heads, vlm_width, config.mlp_ratio) for _ in range(config.depth))
+        self.blocks = nn.ModuleList(
+            ExpertBlock(w, config.heads, vlm_width, config.mlp_ratio) for _ in range(config.depth)
+        )
         self.final_norm = AdaRMSNorm(w, w)
         self.velocity = nn.Linear(w, ACTION_DIM)
         self.gripper = nn.Linear(w, len(GRIPPER_DIMS))

@@ -38,7 +38,7 @@ class VLMStudent:
     def subtask_tokens(self, subtask: str) -> tuple[list[int], list[int]]:
         """(ids, labels) of the reasoning tail; labels only on the subtask words and <eos>."""
         prompt = self._text(SUBTASK_PROMPT)
-        words = self._text(subtask.strip()) + [self.tokenizer.eos_token_id]
+        words = [*self._text(subtask.strip()), self.tokenizer.eos_token_id]
         return prompt + words, [IGNORE] * len(prompt) + words
 
     def forward(
