@@ -21,6 +21,8 @@ from torch.utils.data import Dataset
 from latbot.data.clips import K_EPISODE, K_FRAMES, K_INSTRUCTION, K_LATENTS, K_STEP, K_SUBTASK
 from latbot.errors import LatBotError
 
+SHARD = 256  # samples per shard file
+
 
 class CacheError(LatBotError):
     """A teacher cache is missing, damaged or belongs to another teacher / data set."""
@@ -61,19 +63,27 @@ def build_cache(
     shutil.rmtree(tmp, ignore_errors=True)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
     arr = None
-    written = 0
+    written, pending = 0, []
     try:
         with torch.no_grad():
             for batch in tqdm(loader, desc="teacher cache", unit="batch", disable=not progress):
                 z_sce, z_mot = teacher.encode(batch[K_FRAMES].to(device), list(batch[K_INSTRUCTION]))
                 z = torch.cat([z_sce, z_mot], 1).float().cpu().numpy().astype(dtype)
                 if arr is None:
+                    # one chunk per sample (random reads), SHARD samples per file (whole shards are written)
                     group = zarr.open_group(str(tmp), mode="w")
+                    shape = (len(dataset), *z.shape[1:])
                     arr = group.create_array(
-                        "latents", shape=(len(dataset), *z.shape[1:]), chunks=(1, *z.shape[1:]), dtype=dtype
+                        "latents", shape=shape, chunks=(1, *shape[1:]), shards=(SHARD, *shape[1:]), dtype=dtype
                     )
-                arr[written : written + len(z)] = z
-                written += len(z)
+                pending.append(z)
+                buffered = sum(len(p) for p in pending)
+                if buffered >= SHARD or written + buffered == len(dataset):
+                    block = np.concatenate(pending)
+                    full = len(block) if written + len(block) == len(dataset) else len(block) // SHARD * SHARD
+                    arr[written : written + full] = block[:full]
+                    written += full
+                    pending = [block[full:]] if full < len(block) else []
         if written != len(dataset):
             raise CacheError(f"wrote {written} of {len(dataset)} latents")
         write_manifest(tmp, "teacher_cache", extra={**identity, "count": written, "shape": list(arr.shape[1:])})
