@@ -50,7 +50,7 @@ class VisionLanguageAction(nn.Module):
         )
 
     @torch.no_grad()
-    def sample(self, frames, instructions, state, state_mask, generator=None):
+    def sample(self, frames, instructions, state, state_mask, action_mask, generator=None):
         """→ normalised actions (B, H, 44), gripper closed-probabilities (B, H, 2)."""
         layers, mask = self.context(frames, instructions)
-        return self.expert.sample(state * state_mask, layers, mask, generator)
+        return self.expert.sample(state * state_mask, layers, mask, action_mask, generator)

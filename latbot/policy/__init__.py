@@ -146,9 +146,10 @@ class LatBotPolicy:
         device = next(self.model.parameters()).device
         x = torch.from_numpy(np.ascontiguousarray(frames.transpose(0, 3, 1, 2)))[None].to(device)
         s = torch.from_numpy(state)[None].to(device)
-        mask = torch.from_numpy(self.state_mask.astype(np.float32))[None].to(device)
+        smask = torch.from_numpy(self.state_mask.astype(np.float32))[None].to(device)
+        amask = torch.from_numpy(self.action_mask)[None].to(device)
         with torch.inference_mode():
-            actions, grip = self.model.sample(x, [instruction], s, mask, torch.Generator().manual_seed(seed))
+            actions, grip = self.model.sample(x, [instruction], s, smask, amask, torch.Generator().manual_seed(seed))
         actions = self.action_norm.unnormalize(actions[0].float().cpu().numpy().astype(np.float64))
         from latbot.models.experts.flow import GRIPPER_DIMS
 

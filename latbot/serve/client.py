@@ -16,11 +16,14 @@ class ServerError(RuntimeError):
 
 class PolicyClient:
     def __init__(self, host: str = "127.0.0.1", port: int = 8000, timeout: float = 30.0):
+        from contextlib import ExitStack
+
         from websockets.sync.client import connect
 
         self.url = f"ws://{host}:{port}"
         self.health_url = f"http://{host}:{port}/healthz"
-        self._ws = connect(self.url, compression=None, max_size=None, open_timeout=timeout)
+        self._stack = ExitStack()
+        self._ws = self._stack.enter_context(connect(self.url, compression=None, max_size=None, open_timeout=timeout))
         self.metadata: dict[str, Any] = unpack(self._ws.recv(timeout=timeout))
 
     def infer(self, observation: dict[str, Any]) -> dict[str, Any]:
@@ -41,7 +44,7 @@ class PolicyClient:
             return json.loads(r.read())
 
     def close(self) -> None:
-        self._ws.close()
+        self._stack.close()
 
     def __enter__(self) -> PolicyClient:
         return self

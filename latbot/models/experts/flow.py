@@ -137,9 +137,12 @@ class FlowActionExpert(nn.Module):
         """Index into the VLM's hidden-state tuple (0 = embeddings, L = last layer) read by block i."""
         return math.ceil((i + 1) * self.vlm_layers / len(self.blocks))
 
-    def forward(self, x_t, t, state, layers, ctx_mask):
+    def forward(self, x_t, t, state, layers, ctx_mask, action_mask=None):
         """x_t (B, H, 44), t (B,), state (B, 46), layers: the VLM's L + 1 hidden states (B, N, D),
-        ctx_mask (B, N) → velocity (B, H, 44), gripper logits (B, H, 2)."""
+        ctx_mask (B, N), action_mask (B, 44): dimensions the embodiment does not have are zeroed in the
+        input → velocity (B, H, 44), gripper logits (B, H, 2)."""
+        if action_mask is not None:
+            x_t = x_t * action_mask[:, None, :].to(x_t.dtype)
         cond = self.time_mlp(sincos(t, self.config.width).to(x_t.dtype))
         tokens = torch.cat([self.state_in(state)[:, None], self.action_in(x_t)], dim=1) + self.pos
         for i, block in enumerate(self.blocks):
@@ -160,7 +163,7 @@ class FlowActionExpert(nn.Module):
         t = self.sample_time(b, actions.device)
         noise = torch.randn_like(actions)
         x_t = t[:, None, None] * noise + (1 - t[:, None, None]) * actions
-        v, logits = self(x_t, t, state, layers, ctx_mask)
+        v, logits = self(x_t, t, state, layers, ctx_mask, action_mask)
         steps = (~pad).float()[:, :, None]  # (B, H, 1)
         ee = (action_mask & self.ee_mask).float()[:, None, :] * steps  # (B, H, 44)
         l_ee = (((v.float() - (noise - actions).float()) ** 2) * ee).sum() / ee.sum().clamp(min=1)
@@ -170,7 +173,7 @@ class FlowActionExpert(nn.Module):
         return {"loss": l_ee + self.config.gripper_weight * l_grip, "ee": l_ee, "gripper": l_grip}
 
     @torch.no_grad()
-    def sample(self, state, layers, ctx_mask, generator: torch.Generator | None = None):
+    def sample(self, state, layers, ctx_mask, action_mask=None, generator: torch.Generator | None = None):
         """Euler integration from noise (t = 1) to data (t = 0) → actions (B, H, 44) normalised,
         gripper probabilities (B, H, 2) from the last step."""
         b = state.shape[0]
@@ -180,6 +183,6 @@ class FlowActionExpert(nn.Module):
         logits = None
         for k in range(steps):
             t = torch.full((b,), 1.0 + k * dt, device=state.device)
-            v, logits = self(x, t, state, layers, ctx_mask)
+            v, logits = self(x, t, state, layers, ctx_mask, action_mask)
             x = x + dt * v
         return x, torch.sigmoid(logits.float())
