@@ -39,3 +39,28 @@ def test_loader_benchmark_quick_mode_writes_every_case(tmp_path):
     ):
         assert report["results"][case]["frames_per_s"] > 0 and report["results"][case]["bytes"] > 0
     assert {"zarr_zstd_vs_pyav_av1", "zarr_zstd_vs_raw", "zarr_zstd_vs_zarr_uncompressed"} <= set(report["ratios"])
+
+
+def test_distill_benchmark_quick_mode_writes_both_cases_and_latency(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "tools/bench/bench_distill.py"),
+            "--quick",
+            "--out",
+            str(out),
+            "--workdir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(out.read_text())
+    case = report["results"]["distillation"]["T4"]
+    assert case["online_samples_per_s"] > 0 and case["cached_samples_per_s"] > 0 and case["cache_bytes"] > 0
+    latency = report["results"]["policy_latency"]
+    assert 0 < latency["predict"]["p50_ms"] <= latency["predict"]["p95_ms"]
+    assert latency["served_openpi_client"]["p50_ms"] > 0

@@ -135,3 +135,41 @@ def test_sana_decoder_loads_a_saved_diffusers_checkpoint_with_identical_outputs(
 
     with pytest.raises(ModelBuildError, match="cannot load a SANA checkpoint"):
         cls(cls.tiny_config().model_copy(update={"pretrained": str(tmp_path / "missing")}), latent_width=24)
+
+
+STUDENTS = registry.names("students")
+EXPERTS = registry.names("action_experts")
+
+
+@pytest.mark.parametrize("name", STUDENTS)
+def test_student_latents_reasoning_loss_and_hidden_states(name):
+    torch.manual_seed(0)
+    cfg = tiny("students", name)
+    student = registry.build("students", cfg, latent_width=40)
+    out = student(frames(t=1), ["pick up the puck", "open the drawer"], subtasks=["reach the puck", "grasp"])
+    assert out["latents"].shape == (2, cfg.num_scene_tokens + cfg.num_motion_tokens, 40)
+    assert out["lm_loss"].ndim == 0 and torch.isfinite(out["lm_loss"])
+    (out["latents"].square().mean() + out["lm_loss"]).backward()
+    queries = [p for n, p in student.named_parameters() if "queries" in n]
+    assert queries and all(p.grad is not None and p.grad.abs().sum() > 0 for p in queries)
+    ctx = student(frames(t=2), ["reach the goal", "push the puck"], hidden_states=True)  # two cameras
+    assert len(ctx["layers"]) == student.num_layers + 1
+    assert ctx["layers"][-1].shape[:2] == ctx["attention_mask"].shape and ctx["layers"][-1].shape[-1] == student.width
+
+
+@pytest.mark.parametrize("name", EXPERTS)
+def test_action_expert_loss_and_sampling_shapes(name):
+    torch.manual_seed(0)
+    expert = registry.build("action_experts", tiny("action_experts", name), vlm_width=24, vlm_layers=3, horizon=5)
+    layers = [torch.randn(2, 7, 24) for _ in range(4)]
+    ctx_mask = torch.ones(2, 7, dtype=torch.bool)
+    mask = torch.ones(2, 44, dtype=torch.bool)
+    out = expert.loss(
+        torch.randn(2, 5, 44), torch.rand(2, 5, 2), mask, torch.zeros(2, 5, dtype=torch.bool), torch.randn(2, 46),
+        layers, ctx_mask,
+    )  # fmt: skip
+    assert {"loss", "ee", "gripper"} <= set(out) and torch.isfinite(out["loss"])
+    out["loss"].backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in expert.parameters())
+    actions, grip = expert.sample(torch.randn(2, 46), layers, ctx_mask, mask, torch.Generator().manual_seed(0))
+    assert actions.shape == (2, 5, 44) and grip.shape == (2, 5, 2) and ((grip >= 0) & (grip <= 1)).all()
