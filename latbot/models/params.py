@@ -8,7 +8,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from latbot.errors import NotAvailableError
 
 
 def _count(module: nn.Module) -> dict[str, int]:
@@ -24,8 +23,8 @@ def _without_weights(config):
 
 def parameter_report(recipe) -> dict[str, Any]:
     """{"total": {...}, "components": {name: {total, trainable, frozen}}} for the recipe's model."""
-    if recipe.stage != "lam":
-        raise NotAvailableError(f"--params: stage '{recipe.stage}' is not available yet (stages with models: lam)")
+    if recipe.stage in ("distill", "finetune"):
+        return _student_report(recipe)
     from latbot.models.lam import LatentActionModel
 
     model_cfg = recipe.model.model_copy(
@@ -55,4 +54,37 @@ def parameter_report(recipe) -> dict[str, Any]:
             "trainable": sum(p.numel() for p in rest if p.requires_grad),
             "frozen": sum(p.numel() for p in rest if not p.requires_grad),
         }
+    return {"total": _count(model), "components": components}
+
+
+def _student_report(recipe) -> dict[str, Any]:
+    """Distillation: the student (the teacher is a LAM run, counted by its own recipe); finetuning: the
+    student and the action expert. The student's projection to the teacher's width is not counted."""
+    from latbot import registry
+
+    m = recipe.model
+    with torch.device("meta"):
+        if recipe.stage == "finetune":
+            from latbot.models.vla import VisionLanguageAction
+
+            model = VisionLanguageAction(_without_weights(m.student), m.action_expert, m.action_horizon)
+            student, expert = model.student, model.expert
+        else:
+            model = student = registry.build("students", _without_weights(m.student))
+            expert = None
+    parts = {
+        "student.vision_tower": student.vlm.vision_tower,
+        "student.projector": student.vlm.multi_modal_projector,
+        "student.language_model": student.vlm.language_model,
+    }
+    components = {name: _count(mod) for name, mod in parts.items()}
+    covered = {id(p) for mod in parts.values() for p in mod.parameters()}
+    rest = [p for p in student.parameters() if id(p) not in covered]
+    components["student.other"] = {
+        "total": sum(p.numel() for p in rest),
+        "trainable": sum(p.numel() for p in rest if p.requires_grad),
+        "frozen": sum(p.numel() for p in rest if not p.requires_grad),
+    }
+    if expert is not None:
+        components["action_expert"] = _count(expert)
     return {"total": _count(model), "components": components}

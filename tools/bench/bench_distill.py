@@ -8,8 +8,9 @@ Set-up: a MetaWorld store (scripted demonstrations, 64²); for each teacher clip
 then the tiny distillation recipe for `--steps` steps twice — the teacher online, and from the teacher
 cache (its one-off build timed separately). Samples/s are the training loop's own figures over the
 steps after the first log. Then `LatBotPolicy.predict` latency (p50/p95 over `--calls` calls) of a
-tiny finetuned policy, directly and through `latbot serve` with openpi's client when it is installed.
-Everything runs in one process, one after the other, at the same thread count.
+tiny finetuned policy, directly and through `latbot serve` (its own process) with openpi's client when
+it is installed. Last, a FLOP estimate of the cache's speed-up at the paper's size (models built on the
+meta device, no weights). Everything runs one case after the other, at the same thread count.
 """
 
 from __future__ import annotations
@@ -39,9 +40,73 @@ def run_stage(recipe: str, out: Path, name: str, *sets: str) -> Path:
 
 
 def throughput(run: Path) -> float:
+    """Median samples/s over the logged intervals after the first (which includes warm-up)."""
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     rates = [r["samples_per_s"] for r in rows[1:]] or [rows[0]["samples_per_s"]]
-    return float(np.mean(rates))
+    return float(np.median(rates))
+
+
+def real_size_estimate() -> dict:
+    """Forward FLOPs ≈ 2 · parameters · tokens (attention's quadratic term left out) per distillation sample
+    at the paper's size: the online teacher (InternVL3.5-2B on 16 frames) against the student's training
+    step (PaliGemma-3B on one frame, forward + backward ≈ 3 forwards). Text lengths are approximate
+    (template words × 1.3) since the real tokenizers are not available offline."""
+    import torch
+
+    from latbot import registry
+    from latbot.models.template import QUESTION, STUDENT_QUESTION
+    from latbot.recipes import load_recipe
+
+    def parts(vlm) -> tuple[int, int]:
+        vision = sum(p.numel() for p in vlm.vision_tower.parameters())
+        lm = vlm.language_model
+        body = sum(p.numel() for p in lm.parameters()) - lm.get_input_embeddings().weight.numel()
+        return vision, body
+
+    lam = load_recipe(REPO / "recipes/lam_internvl.yaml")
+    distill = load_recipe(REPO / "recipes/distill_pi05.yaml")
+    with torch.device("meta"):
+        teacher = registry.build("encoders", lam.model.encoder.model_copy(update={"pretrained": None}))
+        student = registry.build("students", distill.model.student.model_copy(update={"pretrained": None}))
+    t = lam.data.num_frames
+    vc = teacher.vlm.config.vision_config
+    t_patches = t * (vc.image_size[0] // vc.patch_size[0]) ** 2
+    latent = lam.model.encoder.num_scene_tokens + lam.model.encoder.num_motion_tokens
+    t_text = int(len(QUESTION.split()) * 1.3) + 20
+    t_tokens = t * (teacher.tokens_per_frame + 8) + t_text + latent
+    s_text = int(len(STUDENT_QUESTION.split()) * 1.3) + 30  # + the subtask tail
+    s_tokens = student.tokens_per_frame + s_text + latent
+    (tv, tl), (sv, sl) = parts(teacher.vlm), parts(student.vlm)
+    teacher_fwd = 2 * (tv * t_patches + tl * t_tokens)
+    student_train = 3 * 2 * (sv * student.tokens_per_frame + sl * s_tokens)
+    return {
+        "teacher_tokens": {"vision_patches": t_patches, "language": t_tokens},
+        "student_tokens": {"vision_patches": student.tokens_per_frame, "language": s_tokens},
+        "teacher_forward_tflop": teacher_fwd / 1e12,
+        "student_train_tflop": student_train / 1e12,
+        "estimated_speedup": (teacher_fwd + student_train) / student_train,
+    }
+
+
+def serve_latency(run: Path, obs: dict, calls: int) -> dict | None:
+    """Round trips through `latbot serve` in its own process, with openpi's client."""
+    import subprocess
+    import sys
+
+    try:
+        from openpi_client.websocket_client_policy import WebsocketClientPolicy
+    except ImportError:
+        return None
+    cmd = [sys.executable, "-m", "latbot", "serve", "--checkpoint", str(run), "--port", "0"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        line = proc.stdout.readline()
+        port = int(line.split("ws://127.0.0.1:")[1].split()[0])
+        client = WebsocketClientPolicy(host="127.0.0.1", port=port)
+        return latency(lambda: client.infer(obs), calls)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
 
 
 def latency(fn, calls: int) -> dict[str, float]:
@@ -124,19 +189,10 @@ def main() -> None:
         }
         lat = {"predict": latency(lambda: policy.predict(obs), args.calls)}
         print(f"predict: p50 {lat['predict']['p50_ms']:.1f} ms, p95 {lat['predict']['p95_ms']:.1f} ms", flush=True)
-        try:
-            from openpi_client.websocket_client_policy import WebsocketClientPolicy
-
-            from latbot.serve.server import PolicyServer
-
-            with PolicyServer(policy, port=0) as server:
-                client = WebsocketClientPolicy(host="127.0.0.1", port=server.port)
-                lat["served_openpi_client"] = latency(lambda: client.infer(obs), args.calls)
-        except ImportError:
-            lat["served_openpi_client"] = None
+        lat["served_openpi_client"] = serve_latency(ft, obs, args.calls)
         report = {
             "benchmark": "distill_and_policy",
-            "results": {"distillation": cases, "policy_latency": lat},
+            "results": {"distillation": cases, "policy_latency": lat, "real_size_estimate": real_size_estimate()},
             "settings": {
                 "steps": args.steps,
                 "micro_batch": 8,
