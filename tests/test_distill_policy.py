@@ -386,3 +386,16 @@ def test_latbot_serve_command(pipeline):
         timeout=120,
     )
     assert bad.returncode == 2 and "a 'finetune' artifact is expected" in bad.stderr
+
+
+def test_viz_overlays_policy_chunks_and_grounding_reads_students(pipeline, tmp_path):
+    from latbot.analysis.grounding import run as grounding
+    from latbot.viz.episode import record
+    from tests.test_grounding_viz import entities
+
+    rrd = record(pipeline["store"], [0], tmp_path / "ep.rrd", checkpoint=pipeline["ft"], max_steps=12)
+    found = entities(rrd)
+    assert {"episode_0/policy/actions_predicted/right_pos", "episode_0/world/right_policy_chunk"} <= found
+    summary = grounding([pipeline["distill"], pipeline["ft"]], pipeline["store"], tmp_path / "g", samples=2)
+    assert set(summary) == {"A", "B"}
+    assert all(np.isfinite(low["entropy"]) for v in summary.values() for low in v["lowest"])

@@ -87,6 +87,25 @@ def overlay(frame: np.ndarray, heat: np.ndarray, title: str) -> Any:
     return canvas
 
 
+def load_vlm(run_dir: str | Path):
+    """The VLM of a run, whatever stage wrote it: a LAM's encoder, a distilled student, or the student of
+    a finetuned policy (all `VLMLatentEncoder`s), in eval mode."""
+    from latbot.artifacts import read_manifest
+
+    kind = read_manifest(run_dir, kind=("lam", "distill", "finetune")).kind
+    if kind == "lam":
+        from latbot.models.lam import LatentActionModel
+
+        return LatentActionModel.from_checkpoint(run_dir).encoder
+    if kind == "finetune":
+        from latbot.policy import LatBotPolicy
+
+        return LatBotPolicy.from_checkpoint(run_dir).model.student
+    from latbot.models.students.base import student_from_checkpoint
+
+    return student_from_checkpoint(run_dir)
+
+
 def run(
     checkpoints: list[str | Path],
     store: str | Path,
@@ -104,7 +123,6 @@ def run(
     from PIL import Image
 
     from latbot.data.store import EpisodeStore
-    from latbot.models.lam import LatentActionModel
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -116,7 +134,7 @@ def run(
     results, paths = {}, {}
     for k, ckpt in enumerate(checkpoints):
         label = "AB"[k] if k < 2 else str(k)  # the same checkpoint may be given twice: labels, not paths, are keys
-        encoder = LatentActionModel.from_checkpoint(ckpt).encoder
+        encoder = load_vlm(ckpt)
         results[label] = analyze_encoder(encoder, torch.from_numpy(frames).permute(0, 3, 1, 2), texts, weighted)
         paths[label] = str(ckpt)
     with (out / "heads.csv").open("w", newline="") as f:

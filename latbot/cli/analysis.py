@@ -12,7 +12,7 @@ from latbot.cli._common import user_errors
 @user_errors
 def grounding_analysis(
     checkpoints: list[Path] = typer.Option(
-        ..., "--checkpoint", help="Run directory of a trained model (repeat for B)."
+        ..., "--checkpoint", help="A LAM, distillation or finetuning run directory (repeat for B)."
     ),
     data: Path = typer.Option(..., help="Episode store: first frames and instructions are analysed."),
     samples: int = typer.Option(8, min=1, help="Episodes to analyse."),

@@ -30,7 +30,9 @@ def _episodes(specs: list[str]) -> list[int]:
 def episode(
     store: Path = typer.Argument(..., help="Episode store."),
     episodes: list[str] = typer.Option(["0"], "--episode", "-e", help="Index, list (0,3) or range (2-5); repeatable."),
-    checkpoint: Path | None = typer.Option(None, help="LAM run directory: overlay its predictions."),
+    checkpoint: Path | None = typer.Option(
+        None, help="A LAM run (future frames, actions) or a finetuned policy run (action chunks) to overlay."
+    ),
     out: Path = typer.Option(Path("episode.rrd"), "--out", "-o", help="The .rrd file to write."),
     spawn: bool = typer.Option(False, help="Open a live viewer instead of writing a file."),
     max_steps: int | None = typer.Option(None, help="Only the first N steps of each episode."),

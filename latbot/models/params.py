@@ -9,7 +9,6 @@ import torch
 from torch import nn
 
 
-
 def _count(module: nn.Module) -> dict[str, int]:
     total = sum(p.numel() for p in module.parameters())
     trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)

@@ -136,13 +136,21 @@ class LatBotPolicy:
     # -- inference ------------------------------------------------------------------------------------------
     def predict(self, observation: dict[str, Any], *, space: str = "native", seed: int = 0) -> np.ndarray:
         """The next H actions, (H, A) float32 — native units, or the unified 44-D space."""
-        import torch
-
         if space not in ("native", "unified"):
             raise ValueError(f"space must be 'native' or 'unified', got {space!r}")
         frames, native_state, instruction = self.check(observation)
         emb = self._embodiment()
-        state = self.state_norm.normalize(emb.state_to_unified(native_state)).astype(np.float32)
+        actions = self.predict_unified(frames, emb.state_to_unified(native_state), instruction, seed=seed)
+        return actions if space == "unified" else np.asarray(emb.actions_to_native(actions), np.float32)
+
+    def predict_unified(self, frames: np.ndarray, state: np.ndarray, instruction: str, *, seed: int = 0) -> np.ndarray:
+        """Below `predict`: images (C, H, W, 3) uint8 of `self.cameras` at the training size and the unified
+        state (46,) → the unified chunk (H, 44), invalid dimensions zero (used on stored episodes)."""
+        import torch
+
+        from latbot.models.experts.flow import GRIPPER_DIMS
+
+        state = self.state_norm.normalize(np.asarray(state, np.float32)).astype(np.float32)
         device = next(self.model.parameters()).device
         x = torch.from_numpy(np.ascontiguousarray(frames.transpose(0, 3, 1, 2)))[None].to(device)
         s = torch.from_numpy(state)[None].to(device)
@@ -151,9 +159,6 @@ class LatBotPolicy:
         with torch.inference_mode():
             actions, grip = self.model.sample(x, [instruction], s, smask, amask, torch.Generator().manual_seed(seed))
         actions = self.action_norm.unnormalize(actions[0].float().cpu().numpy().astype(np.float64))
-        from latbot.models.experts.flow import GRIPPER_DIMS
-
         actions[:, GRIPPER_DIMS] = (grip[0].cpu().numpy() > 0.5).astype(np.float64)
         actions[:, ~self.action_mask] = 0.0
-        out = actions if space == "unified" else emb.actions_to_native(actions)
-        return np.asarray(out, np.float32)
+        return actions.astype(np.float32)

@@ -4,7 +4,9 @@ Logged per episode under `episode_<id>/` (several episodes → several subtrees;
 time): camera frames, the instruction and the active subtask (text), 3-D end-effector / wrist / fingertip
 trajectories from the unified state (valid dims only), and actions as time series per unified slice.
 With a LAM checkpoint: at every step where a clip fits, the generated future frame next to the true one,
-and the generated action sequence against the truth.
+and the generated action sequence against the truth. With a policy checkpoint (a finetuning run): every
+H steps, the predicted action chunk as time series against the true actions, and its end-effector
+positions (the predicted deltas accumulated from the true state) as a 3-D path next to the true one.
 """
 
 from __future__ import annotations
@@ -35,21 +37,29 @@ def record(
     else:
         out = Path(out or "episode.rrd")
         rec.save(str(out))
-    lam = None
+    lam = policy = None
     if checkpoint is not None:
-        from latbot.models.lam import LatentActionModel
+        from latbot.artifacts import read_manifest
 
-        lam = LatentActionModel.from_checkpoint(checkpoint)
+        kind = read_manifest(checkpoint, kind=("lam", "finetune")).kind
+        if kind == "lam":
+            from latbot.models.lam import LatentActionModel
+
+            lam = LatentActionModel.from_checkpoint(checkpoint)
+        else:
+            from latbot.policy import LatBotPolicy
+
+            policy = LatBotPolicy.from_checkpoint(checkpoint)
     with EpisodeStore.open(store_path) as store:
         for ep in episodes:
             if not 0 <= ep < store.num_episodes:
                 raise LatBotError(f"--episode {ep}: the store has episodes 0..{store.num_episodes - 1}")
-            _log_episode(rec, store, ep, lam, max_steps)
+            _log_episode(rec, store, ep, lam, policy, max_steps)
     rec.flush()
     return None if spawn else out
 
 
-def _log_episode(rec, store, ep: int, lam, max_steps: int | None) -> None:
+def _log_episode(rec, store, ep: int, lam, policy, max_steps: int | None) -> None:
     import rerun as rr
 
     r = store.records[ep]
@@ -81,6 +91,43 @@ def _log_episode(rec, store, ep: int, lam, max_steps: int | None) -> None:
                 rec.log(f"{root}/actions/{name}", rr.Scalars(data["actions"][t, sl][amask[sl]].astype(np.float64)))
     if lam is not None:
         _log_predictions(rec, store, ep, lam, root, n)
+    if policy is not None:
+        _log_policy(rec, store, ep, policy, root, n)
+
+
+def _log_policy(rec, store, ep: int, policy, root: str, n: int) -> None:
+    """Predicted chunks every H steps: per-slice time series and the accumulated 3-D end-effector path."""
+    import rerun as rr
+
+    from latbot.errors import LatBotError
+
+    r = store.records[ep]
+    missing = [c for c in policy.cameras if c not in store.cameras]
+    if missing:
+        raise LatBotError(f"the policy needs camera(s) {missing}; the store has {store.cameras}")
+    if tuple(store.image_size) != policy.image_size:
+        raise LatBotError(f"the policy was trained on {policy.image_size} frames, the store has {store.image_size}")
+    amask, _ = r.masks()
+    data = store.read(ep, slice(0, n), policy.cameras)
+    for t in range(0, n, policy.horizon):
+        frames = np.stack([data[f"frames/{c}"][t] for c in policy.cameras])
+        chunk = policy.predict_unified(frames, data["states"][t], r.instruction)
+        for k, step in enumerate(chunk):
+            if t + k >= n:
+                break
+            rec.set_time("step", sequence=t + k)
+            for name, sl in ACTION_SLICES.items():
+                if amask[sl].any():
+                    rec.log(
+                        f"{root}/policy/actions_predicted/{name}", rr.Scalars(step[sl][amask[sl]].astype(np.float64))
+                    )
+        rec.set_time("step", sequence=t)
+        for arm in ARMS:
+            pos = ACTION_SLICES[f"{arm}_pos"]
+            if amask[pos].all():
+                start = data["states"][t, STATE_POS[arm]]
+                path = np.concatenate([start[None], start + np.cumsum(chunk[:, pos], axis=0)])
+                rec.log(f"{root}/world/{arm}_policy_chunk", rr.LineStrips3D([path]))
 
 
 def _log_predictions(rec, store, ep: int, lam, root: str, n: int) -> None:
