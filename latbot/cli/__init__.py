@@ -6,7 +6,7 @@ from __future__ import annotations
 import typer
 
 from latbot import __version__
-from latbot.cli import analysis, data, plugins, recipe, serve, sim, train, viz
+from latbot.cli import analysis, data, plugins, quickstart, recipe, serve, sim, train, viz
 
 app = typer.Typer(
     name="latbot",
@@ -35,6 +35,7 @@ def _root(
 app.command("train")(train.train)
 app.command("grounding-analysis")(analysis.grounding_analysis)
 app.command("serve")(serve.serve)
+app.command("quickstart")(quickstart.quickstart)
 app.add_typer(recipe.app, name="recipe")
 app.add_typer(plugins.app, name="plugins")
 data.app.command("gen-sim")(sim.gen_sim)

@@ -1,0 +1,262 @@
+"""`latbot quickstart`: the whole method end to end on CPU, in one command, resumable.
+
+    MetaWorld demonstrations (pretraining tasks, held-out tasks)
+      → LAM pretraining on the pretraining tasks                         recipes/quickstart/lam.yaml
+      → distillation into the student on the pretraining tasks           recipes/quickstart/distill.yaml
+      → action-expert finetuning on k demos per held-out task, from the distilled student and from the
+        same student without distillation (the paper's baseline)        recipes/quickstart/finetune.yaml
+      → closed-loop evaluation of both on the held-out tasks
+      → report (report.md, report.json, PNG plots, episode.rrd)
+
+Every stage is the same code path as the real-size recipes (`latbot train`, `latbot eval sim`, ...);
+only the recipes differ. Each stage's artifact keeps its manifest under `--out`; a rerun skips a stage
+whose manifest matches (same recipe, same parents), resumes a training run that was interrupted from
+its last checkpoint, and recomputes what changed (and everything after it).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from latbot.errors import LatBotError
+
+RECIPES = Path(__file__).resolve().parents[2] / "recipes" / "quickstart"
+
+
+@dataclass(frozen=True)
+class Preset:
+    pretrain_tasks: tuple[str, ...]
+    heldout_tasks: tuple[str, ...]
+    pretrain_episodes: int  # demonstrations per pretraining task
+    demos_per_task: int  # few-shot finetuning: demonstrations per held-out task
+    eval_episodes: int  # closed-loop episodes per held-out task and policy
+    recipes: Path
+    overrides: dict[str, tuple[str, ...]] = field(default_factory=dict)  # stage → extra --set
+    image_size: int = 64
+    execute_steps: int = 4
+    report_samples: int = 4
+
+
+PRETRAIN = ("reach", "push", "pick-place", "door-open", "drawer-open", "window-open", "button-press")
+HELDOUT = ("drawer-close", "window-close", "button-press-topdown")
+
+PRESETS: dict[str, Preset] = {
+    "tiny": Preset(PRETRAIN, HELDOUT, 6, 10, 10, RECIPES),
+    "small": Preset(PRETRAIN, HELDOUT, 20, 10, 20, RECIPES / "small", report_samples=8),
+    # the test suite's variant: the same command and code path, minutes instead of a quarter hour
+    "smoke": Preset(
+        ("reach", "drawer-open"),
+        ("drawer-close",),
+        2,
+        2,
+        1,
+        RECIPES,
+        overrides={
+            "lam": ("train.steps=60", "train.checkpoint_every=10", "train.warmup_steps=2"),
+            "distill": ("train.steps=6", "train.checkpoint_every=3", "train.warmup_steps=2"),
+            "finetune": ("train.steps=6", "train.checkpoint_every=3", "train.warmup_steps=2"),
+        },
+        report_samples=2,
+    ),
+}
+
+
+class QuickstartError(LatBotError):
+    """The quickstart cannot go on (a stage failed, an artifact under --out is not what it should be)."""
+
+
+def _say(text: str) -> None:
+    print(f"[quickstart] {text}", flush=True)
+
+
+# -- stages ------------------------------------------------------------------------------------------------
+def _parents_current(manifest) -> bool:
+    from latbot.artifacts import ArtifactError, read_manifest
+
+    for p in manifest.parents:
+        try:
+            if read_manifest(p.path).content_hash != p.content_hash:
+                return False
+        except ArtifactError:
+            return False
+    return True
+
+
+def store_stage(out: Path, name: str, tasks: tuple[str, ...], episodes: int, preset: Preset, seed: int) -> Path:
+    """MetaWorld demonstrations into `out/stores/<name>`; skipped when the store already holds them."""
+    from latbot import registry
+    from latbot.artifacts import ArtifactError, read_manifest
+    from latbot.sim.generate import generate
+
+    path = out / "stores" / name
+    try:
+        m = read_manifest(path, kind="episode_store")
+        if m.extra.get("tasks") == list(tasks) and m.extra.get("seed") == seed and _has(path, tasks, episodes):
+            _say(f"stores/{name}: up to date, skipped")
+            return path
+    except ArtifactError:
+        pass
+    _say(f"stores/{name}: {episodes} demonstrations × {len(tasks)} tasks ({', '.join(tasks)})")
+    sim = registry.get("simulators", "metaworld").Config()
+    generate(sim, list(tasks), episodes, path, image_size=preset.image_size, seed=seed, progress=True)
+    return path
+
+
+def _has(path: Path, tasks: tuple[str, ...], episodes: int) -> bool:
+    from collections import Counter
+
+    from latbot.data.store import EpisodeStore
+
+    with EpisodeStore.open(path) as store:
+        counts = Counter(r.task for r in store.records)
+    return all(counts[t] >= episodes for t in tasks)
+
+
+def train_stage(out: Path, name: str, recipe_path: Path, sets: list[str]) -> Path:
+    """`latbot train` of one recipe into `out/runs/<name>`: skipped when its manifest matches the recipe
+    and its parents, resumed from the last checkpoint when interrupted, retrained when anything changed."""
+    from latbot.artifacts import ArtifactError, read_manifest
+    from latbot.recipes import load_recipe
+    from latbot.recipes.loader import to_dict
+    from latbot.train import checkpoint, stages
+
+    runs = out / "runs"
+    recipe = load_recipe(recipe_path, [*sets, f"log.out_dir={runs}", f"log.run_name={name}"])
+    run_dir = runs / name
+    intended = to_dict(recipe)
+    runner: Callable = getattr(stages, f"run_{recipe.stage}")
+    try:
+        m = read_manifest(run_dir, kind=recipe.stage)
+        if m.recipe == intended and _parents_current(m):
+            _say(f"runs/{name}: up to date, skipped")
+            return run_dir
+        _say(f"runs/{name}: its recipe or inputs changed, training again")
+        shutil.rmtree(run_dir)
+    except ArtifactError:
+        pass
+    if run_dir.exists() and checkpoint.latest(run_dir) is not None:
+        import yaml
+
+        saved = yaml.safe_load((run_dir / "recipe.yaml").read_text())
+        if saved == intended:
+            _say(f"runs/{name}: resuming from {checkpoint.latest(run_dir).name}")
+            return runner(recipe, resume=run_dir)
+    shutil.rmtree(run_dir, ignore_errors=True)
+    _say(f"runs/{name}: training ({recipe.stage}, {recipe.train.steps} steps)")
+    return runner(recipe, recipe_path=recipe_path)
+
+
+def eval_stage(out: Path, name: str, policy_run: Path, preset: Preset) -> dict[str, Any]:
+    """Closed-loop evaluation of a policy on the held-out tasks into `out/eval/<name>`."""
+    from latbot import registry
+    from latbot.artifacts import ArtifactError, parent_ref, read_manifest, write_manifest
+    from latbot.sim.evaluate import evaluate
+
+    path = out / "eval" / name
+    settings = {"tasks": list(preset.heldout_tasks), "episodes": preset.eval_episodes}
+    settings |= {"image_size": preset.image_size, "execute_steps": preset.execute_steps}
+    try:
+        m = read_manifest(path, kind="eval")
+        if m.extra.get("settings") == settings and _parents_current(m):
+            _say(f"eval/{name}: up to date, skipped")
+            return json.loads((path / "report.json").read_text())
+    except ArtifactError:
+        pass
+    _say(f"eval/{name}: {preset.eval_episodes} episodes × {len(preset.heldout_tasks)} held-out tasks")
+    sim = registry.get("simulators", "metaworld").Config()
+    report = evaluate(
+        sim,
+        str(policy_run),
+        list(preset.heldout_tasks),
+        preset.eval_episodes,
+        image_size=preset.image_size,
+        execute_steps=preset.execute_steps,
+    )
+    if report["overall"]["errors"]:
+        first = next(e["error"] for e in report["episodes"] if e["error"])
+        raise QuickstartError(f"eval/{name}: {report['overall']['errors']} episode(s) crashed, e.g. {first}")
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    (path / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_manifest(path, "eval", parents=[parent_ref(policy_run, "finetune")], extra={"settings": settings})
+    return report
+
+
+def _drop_stale_cache(cache: Path, lam: Path) -> None:
+    """A teacher cache built by an earlier LAM would be refused by the distillation stage: rebuild it."""
+    from latbot.artifacts import ArtifactError, read_manifest
+
+    if not cache.exists():
+        return
+    try:
+        stale = read_manifest(cache).extra.get("teacher") != read_manifest(lam).content_hash
+    except ArtifactError:
+        stale = True
+    if stale:
+        _say("cache/teacher_latents: built by another teacher, rebuilding")
+        shutil.rmtree(cache)
+
+
+# -- the pipeline --------------------------------------------------------------------------------------------
+def run(out: str | Path = "quickstart", preset: str = "tiny", seed: int = 0) -> Path:
+    """Run (or finish) the quickstart into `out`; returns the report directory."""
+    if preset not in PRESETS:
+        raise QuickstartError(f"--preset {preset}: choose one of {', '.join(PRESETS)}")
+    p = PRESETS[preset]
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    times_path = out / "stage_times.json"
+    times: dict[str, Any] = json.loads(times_path.read_text()) if times_path.exists() else {}
+
+    def timed(stage: str, fn: Callable[[], Any]) -> Any:
+        t0 = time.perf_counter()
+        result = fn()
+        seconds = time.perf_counter() - t0
+        if seconds > 1.0 or stage not in times:  # a skipped stage keeps the time it took when it ran
+            times[stage] = {"seconds": round(seconds, 1)}
+        times_path.write_text(json.dumps(times, indent=2) + "\n")
+        return result
+
+    t_start = time.perf_counter()
+    pre = timed("stores/pretrain", lambda: store_stage(out, "pretrain", p.pretrain_tasks, p.pretrain_episodes, p, seed))
+    held = timed(
+        "stores/heldout", lambda: store_stage(out, "heldout", p.heldout_tasks, p.demos_per_task, p, seed + 500_000)
+    )
+    extra = p.overrides
+    lam = timed(
+        "runs/lam",
+        lambda: train_stage(
+            out, "lam", p.recipes / "lam.yaml", [f"data.sources=[{{store: {pre}}}]", *extra.get("lam", ())]
+        ),
+    )
+    distill_sets = [
+        f"data.sources=[{{store: {pre}}}]",
+        f"model.teacher={lam}",
+        f"model.teacher_cache={out / 'cache' / 'teacher_latents'}",
+        *extra.get("distill", ()),
+    ]
+    _drop_stale_cache(out / "cache" / "teacher_latents", lam)
+    distill = timed("runs/distill", lambda: train_stage(out, "distill", p.recipes / "distill.yaml", distill_sets))
+    few_shot = f"data.sources=[{{store: {held}, demos_per_task: {p.demos_per_task}}}]"
+    ft = {}
+    for name, parent in (("distilled", distill), ("baseline", None)):
+        sets = [few_shot, f"model.student_checkpoint={parent if parent else 'null'}", *extra.get("finetune", ())]
+        ft[name] = timed(
+            f"runs/ft_{name}",
+            lambda sets=sets, name=name: train_stage(out, f"ft_{name}", p.recipes / "finetune.yaml", sets),
+        )
+    evals = {name: timed(f"eval/{name}", lambda name=name: eval_stage(out, name, ft[name], p)) for name in ft}
+    from latbot.quickstart.report import write_report
+
+    report_dir = timed(
+        "report",
+        lambda: write_report(out, preset, p, {"pretrain": pre, "heldout": held}, lam, distill, ft, evals, times),
+    )
+    _say(f"done in {time.perf_counter() - t_start:.0f} s: {report_dir / 'report.md'}")
+    return report_dir
