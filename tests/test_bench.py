@@ -1,4 +1,4 @@
-"""The loader benchmark runs and writes its JSON (its figures are measured by running it, not here)."""
+"""The benchmarks run and write their JSON (their figures are measured by running them, not here)."""
 
 from __future__ import annotations
 
@@ -9,24 +9,21 @@ import sys
 from tests.conftest import REPO
 
 
-def test_loader_benchmark_quick_mode_writes_every_case(tmp_path):
+def quick(script: str, tmp_path) -> dict:
+    """Run a benchmark in --quick mode and return its JSON report."""
     out = tmp_path / "bench.json"
     proc = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "tools/bench/bench_loader.py"),
-            "--quick",
-            "--out",
-            str(out),
-            "--workdir",
-            str(tmp_path),
-        ],
+        [sys.executable, str(REPO / "tools/bench" / script), "--quick", "--out", str(out), "--workdir", str(tmp_path)],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    report = json.loads(out.read_text())
+    return json.loads(out.read_text())
+
+
+def test_loader_benchmark_quick_mode_writes_every_case(tmp_path):
+    report = quick("bench_loader.py", tmp_path)
     for case in (
         "zarr_zstd",
         "zarr_lz4",
@@ -42,23 +39,7 @@ def test_loader_benchmark_quick_mode_writes_every_case(tmp_path):
 
 
 def test_distill_benchmark_quick_mode_writes_both_cases_and_latency(tmp_path):
-    out = tmp_path / "bench.json"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "tools/bench/bench_distill.py"),
-            "--quick",
-            "--out",
-            str(out),
-            "--workdir",
-            str(tmp_path),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    report = json.loads(out.read_text())
+    report = quick("bench_distill.py", tmp_path)
     case = report["results"]["distillation"]["T4"]
     assert case["online_samples_per_s"] > 0 and case["cached_samples_per_s"] > 0 and case["cache_bytes"] > 0
     latency = report["results"]["policy_latency"]

@@ -41,9 +41,22 @@ def _stats(sources) -> dict:
     return out
 
 
+def _clips(recipe, sources, world):
+    """LAM clips of the recipe's sources and the sampler of this rank."""
+    from latbot.data.mixture import build_mixture
+
+    return build_mixture(
+        sources,
+        recipe.data.num_frames,
+        seed=recipe.train.seed,
+        rank=world.rank,
+        world_size=world.size,
+        cameras=recipe.data.cameras,
+    )
+
+
 def run_lam(recipe, resume: Path | None = None, recipe_path: Path | None = None) -> Path:
     """Stage 1: pretrain the latent action model on LAM clips from the recipe's stores."""
-    from latbot.data.mixture import build_mixture
     from latbot.models.diagnostics import effective_rank
     from latbot.models.lam import LatentActionModel
 
@@ -56,14 +69,7 @@ def run_lam(recipe, resume: Path | None = None, recipe_path: Path | None = None)
         parents = _parents(sources)
 
         def build_data(w):
-            return build_mixture(
-                sources,
-                recipe.data.num_frames,
-                seed=recipe.train.seed,
-                rank=w.rank,
-                world_size=w.size,
-                cameras=recipe.data.cameras,
-            )
+            return _clips(recipe, sources, w)
 
         def diagnostics(model, batch) -> dict[str, float]:
             # latent collapse, watched during training: effective rank of each group over the batch
@@ -121,7 +127,6 @@ def run_distill(recipe, resume: Path | None = None, recipe_path: Path | None = N
     """Stage 2: distil the teacher LAM's latents (and the subtask text) into the student VLM."""
     from latbot.artifacts import parent_ref
     from latbot.data.latent_cache import CachedLatentDataset, build_cache, cache_identity
-    from latbot.data.mixture import build_mixture
     from latbot.models.distill import DistillationModel
 
     if resume is None:
@@ -137,14 +142,7 @@ def run_distill(recipe, resume: Path | None = None, recipe_path: Path | None = N
         width = lam.encoder.width
 
         def build_data(w):
-            clips, sampler = build_mixture(
-                sources,
-                recipe.data.num_frames,
-                seed=recipe.train.seed,
-                rank=w.rank,
-                world_size=w.size,
-                cameras=recipe.data.cameras,
-            )
+            clips, sampler = _clips(recipe, sources, w)
             if m.teacher_cache is None:
                 return clips, sampler
             identity = cache_identity(m.teacher, sources, recipe.data.num_frames, recipe.data.cameras)
