@@ -9,9 +9,10 @@ import torch
 from torch import nn
 
 
-def _count(module: nn.Module) -> dict[str, int]:
-    total = sum(p.numel() for p in module.parameters())
-    trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
+def _count(module_or_params) -> dict[str, int]:
+    params = list(module_or_params.parameters() if isinstance(module_or_params, nn.Module) else module_or_params)
+    total = sum(p.numel() for p in params)
+    trainable = sum(p.numel() for p in params if p.requires_grad)
     return {"total": total, "trainable": trainable, "frozen": total - trainable}
 
 
@@ -48,11 +49,7 @@ def parameter_report(recipe) -> dict[str, Any]:
         covered = {id(p) for name, m in parts.items() if name.startswith(prefix) for p in m.parameters()}
         rest = [p for p in owner.parameters() if id(p) not in covered]
         label = f"{prefix}.other" if covered else prefix
-        components[label] = {
-            "total": sum(p.numel() for p in rest),
-            "trainable": sum(p.numel() for p in rest if p.requires_grad),
-            "frozen": sum(p.numel() for p in rest if not p.requires_grad),
-        }
+        components[label] = _count(rest)
     return {"total": _count(model), "components": components}
 
 
@@ -78,12 +75,7 @@ def _student_report(recipe) -> dict[str, Any]:
     }
     components = {name: _count(mod) for name, mod in parts.items()}
     covered = {id(p) for mod in parts.values() for p in mod.parameters()}
-    rest = [p for p in student.parameters() if id(p) not in covered]
-    components["student.other"] = {
-        "total": sum(p.numel() for p in rest),
-        "trainable": sum(p.numel() for p in rest if p.requires_grad),
-        "frozen": sum(p.numel() for p in rest if not p.requires_grad),
-    }
+    components["student.other"] = _count(p for p in student.parameters() if id(p) not in covered)
     if expert is not None:
         components["action_expert"] = _count(expert)
     return {"total": _count(model), "components": components}

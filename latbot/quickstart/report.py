@@ -106,7 +106,7 @@ def training_curves(runs: dict[str, Path], path: Path) -> dict[str, dict[str, fl
     for ax, (name, run) in zip(axes[0], runs.items(), strict=True):
         rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
         steps = [r["step"] for r in rows]
-        keys = [k for k in rows[-1] if k not in ("step", "lr", "samples_per_s", "grad_norm") and k.find("rank") < 0]
+        keys = [k for k in rows[-1] if k not in ("step", "lr", "samples_per_s", "grad_norm") and "rank" not in k]
         for k in keys:
             ax.plot(steps, [r.get(k, math.nan) for r in rows], label=k, lw=1.2)
         ax.set_title(name)

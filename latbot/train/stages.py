@@ -129,16 +129,17 @@ def run_distill(recipe, resume: Path | None = None, recipe_path: Path | None = N
     from latbot.data.latent_cache import CachedLatentDataset, build_cache, cache_identity
     from latbot.models.distill import DistillationModel
 
-    if resume is None:
+    lam = None
+    if resume is None:  # every check before anything is created on disk; the teacher is loaded once
         _sources(recipe)
-        _load_teacher(recipe)  # every check before anything is created on disk
+        lam = _load_teacher(recipe)
     world = distributed.init(recipe.dist.backend)
     try:
         run_dir, recipe = prepare_run(recipe, recipe_path, resume, world)
         m = recipe.model
         sources = _sources(recipe)
         parents = [parent_ref(m.teacher, "lam"), *_parents(sources)]
-        lam = _load_teacher(recipe)
+        lam = lam or _load_teacher(recipe)  # resuming: the run's saved recipe names the teacher
         width = lam.encoder.width
 
         def build_data(w):
@@ -174,16 +175,19 @@ def run_distill(recipe, resume: Path | None = None, recipe_path: Path | None = N
         distributed.shutdown(world)
 
 
-def _target(sources, cameras: list[str] | None) -> dict:
+def _target(sources, cameras: list[str] | None) -> tuple[dict, list[list[int]]]:
     """What a policy must know about the embodiment it is finetuned for: one embodiment over all sources,
-    its validity masks, cameras, image size, native dimensions and the first store's statistics."""
+    its validity masks, cameras, image size, native dimensions and the first store's statistics; and the
+    episodes each source contributes (tasks / exclude_tasks / demos_per_task)."""
     from latbot.data.mixture import select_episodes
     from latbot.data.store import EpisodeStore
 
     target: dict = {}
+    selection = []
     for s in sources:
         with EpisodeStore.open(s.store) as store:
             chosen = select_episodes(store.records, s.tasks, s.demos_per_task, s.exclude_tasks)
+            selection.append(chosen)
             if not chosen:
                 raise TrainingError(f"{s.store}: no episode left after tasks / exclude_tasks / demos_per_task")
             recs = [store.records[i] for i in chosen]
@@ -209,7 +213,7 @@ def _target(sources, cameras: list[str] | None) -> dict:
                 target = this | {"stats": store.stats, "tasks": sorted({r.task for r in recs})}
             else:
                 target["tasks"] = sorted({*target["tasks"], *(r.task for r in recs)})
-    return target
+    return target, selection
 
 
 def _width(store, name: str) -> int | None:
@@ -220,8 +224,6 @@ def run_finetune(recipe, resume: Path | None = None, recipe_path: Path | None = 
     """Stage 3: train the student VLM (distilled, or plain for the baseline) and the action expert."""
     from latbot.artifacts import parent_ref, read_manifest
     from latbot.data.clips import ChunkDataset, MixtureSampler
-    from latbot.data.mixture import select_episodes
-    from latbot.data.store import EpisodeStore
     from latbot.models.vla import VisionLanguageAction
     from latbot.recipes.loader import to_dict
 
@@ -241,16 +243,15 @@ def run_finetune(recipe, resume: Path | None = None, recipe_path: Path | None = 
             )
         return manifest
 
-    if resume is None:
-        _target(_sources(recipe), recipe.data.cameras)
-        check_parent()
+    checked = None
+    if resume is None:  # every check before anything is created on disk
+        checked = _target(_sources(recipe), recipe.data.cameras), check_parent()
     world = distributed.init(recipe.dist.backend)
     try:
         run_dir, recipe = prepare_run(recipe, recipe_path, resume, world)
         m = recipe.model
         sources = _sources(recipe)
-        target = _target(sources, recipe.data.cameras)
-        parent = check_parent()
+        (target, selection), parent = checked or (_target(sources, recipe.data.cameras), check_parent())
         latent_width = parent.extra["latent_width"] if parent else None
         parents = [parent_ref(m.student_checkpoint, "distill")] if parent else []
         parents += _parents(sources)
@@ -267,15 +268,10 @@ def run_finetune(recipe, resume: Path | None = None, recipe_path: Path | None = 
         def build_data(w):
             from torch.utils.data import ConcatDataset
 
-            parts = []
-            for s in sources:
-                with EpisodeStore.open(s.store) as store:
-                    episodes = select_episodes(store.records, s.tasks, s.demos_per_task, s.exclude_tasks)
-                parts.append(
-                    ChunkDataset(
-                        s.store, m.action_horizon, episodes=episodes, cameras=target["cameras"], stats=target["stats"]
-                    )
-                )
+            parts = [
+                ChunkDataset(s.store, m.action_horizon, episodes=ep, cameras=target["cameras"], stats=target["stats"])
+                for s, ep in zip(sources, selection, strict=True)
+            ]
             sampler = MixtureSampler(
                 [len(p) for p in parts],
                 [s.weight for s in sources],

@@ -6,11 +6,12 @@
 Set-up: a MetaWorld store (scripted demonstrations, 64²); for each teacher clip length T, a tiny LAM
 (recipes/tiny/lam.yaml with T frames, one training step: throughput does not depend on the weights);
 then the tiny distillation recipe for `--steps` steps twice — the teacher online, and from the teacher
-cache (its one-off build timed separately). Samples/s are the training loop's own figures over the
-steps after the first log. Then `LatBotPolicy.predict` latency (p50/p95 over `--calls` calls) of a
-tiny finetuned policy, directly and through `latbot serve` (its own process) with openpi's client when
-it is installed. Last, a FLOP estimate of the cache's speed-up at the paper's size (models built on the
-meta device, no weights). Everything runs one case after the other, at the same thread count.
+cache (its one-off build timed separately). Samples/s: the median of the training loop's own figures
+over the logged intervals after the first (which holds the warm-up). Then `LatBotPolicy.predict`
+latency (p50/p95 over `--calls` calls) of a tiny finetuned policy, directly and through `latbot serve`
+(its own process) with openpi's client when it is installed. Last, a FLOP estimate of the cache's
+speed-up at the paper's size (models built on the meta device, no weights). Everything runs one case
+after the other, at the same thread count.
 """
 
 from __future__ import annotations
