@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 
-from latbot.data.samples import make_lerobot_v30
+from latbot.testing.samples import make_lerobot_v30
 from latbot.data.store import EpisodeStore
 from tests.conftest import REPO
 
