@@ -91,3 +91,16 @@ def checkpoint_activations(model: nn.Module) -> int:
     targets = {id(b) for b in blocks(model)}
     apply_activation_checkpointing(model, check_fn=lambda m: id(m) in targets)
     return len(targets)
+
+
+def broadcast_path(path, world: World):
+    """The main process's `path` on every rank (e.g. a run directory named with a timestamp)."""
+    if world.size == 1:
+        return path
+    import torch.distributed as dist
+
+    box = [str(path) if path is not None else None]
+    dist.broadcast_object_list(box, src=0)  # ranks of one job trust each other
+    from pathlib import Path
+
+    return Path(box[0])
