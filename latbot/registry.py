@@ -1,4 +1,5 @@
-"""The plugin registry: every encoder, decoder, student, action expert, dataset adapter and simulator.
+"""The plugin registry: every encoder, decoder, student, action expert, dataset adapter, simulator and
+embodiment.
 
 Built-ins and third-party plugins are registered the same way, as Python entry points::
 
@@ -33,7 +34,15 @@ from latbot.errors import (
     UnknownPluginError,
 )
 
-KINDS: tuple[str, ...] = ("encoders", "decoders", "students", "action_experts", "datasets", "simulators")
+KINDS: tuple[str, ...] = (
+    "encoders",
+    "decoders",
+    "students",
+    "action_experts",
+    "datasets",
+    "simulators",
+    "embodiments",
+)
 ENTRY_POINT_PREFIX = "latbot."
 AUTOLOAD_ENV = "LATBOT_DISABLE_PLUGIN_AUTOLOAD"
 BUILTIN_DISTRIBUTION = "latbot"

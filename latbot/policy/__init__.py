@@ -85,7 +85,7 @@ class LatBotPolicy:
     def _embodiment(self, required: bool = True):
         from latbot.policy import embodiments
 
-        if not required and self.embodiment not in embodiments.EMBODIMENTS:
+        if not required and not embodiments.is_registered(self.embodiment):
             return None
         return embodiments.get(self.embodiment)
 

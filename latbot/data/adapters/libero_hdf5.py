@@ -8,10 +8,10 @@ Layout read (LIBERO's create_dataset.py; robomimic)::
     /data/demo_<i>/obs/agentview_rgb, /obs/eye_in_hand_rgb   uint8 (T, H, W, 3), rendered upside down
     /data/demo_<i>/dones        (T,)    last = 1 for a successful demo
 
-Unified mapping (docs/data.md): the Panda arm fills the right slot; actions are the commanded deltas
-(axis-angle → Euler), gripper command −1/+1 → 0/1; states are eef position, quaternion, and the gripper
-opening 1 − (q₀ − q₁)/0.08 clipped to [0, 1]. Images are rotated 180° to be upright, then resized.
-Native actions (7) and states (8: eef pos, axis-angle, gripper qpos — openpi's LIBERO state) are kept.
+Native actions (7) and states (8: eef pos, axis-angle, gripper qpos — openpi's LIBERO state, also what
+`latbot.sim.libero` observes) are kept, and mapped into the unified spaces by the `franka_panda`
+embodiment (latbot/data/embodiments/franka_panda.py), the same object a policy uses to answer in native
+units. Images are rotated 180° to be upright, then resized.
 """
 
 from __future__ import annotations
@@ -26,13 +26,12 @@ import numpy as np
 from pydantic import Field
 
 from latbot.config import PluginConfig
+from latbot.data import embodiments
 from latbot.data import rotations as rot
 from latbot.data.adapters.base import DatasetAdapter, SourceEpisode, SourceError, resized
-from latbot.data.spaces import UnifiedTrajectory, fill_arm
 from latbot.data.store import Episode
 
 CAMERAS = {"agentview": "agentview_rgb", "wrist": "eye_in_hand_rgb"}
-PANDA_GRIPPER_OPEN_WIDTH = 0.08  # metres between the fingers fully open
 
 
 class LiberoHdf5Adapter(DatasetAdapter):
@@ -40,7 +39,9 @@ class LiberoHdf5Adapter(DatasetAdapter):
         type: Literal["libero_hdf5"] = "libero_hdf5"
         cameras: list[Literal["agentview", "wrist"]] = Field(["agentview", "wrist"], description="Cameras to keep.")
         fps: float = Field(20.0, gt=0, description="LIBERO's control frequency.")
-        embodiment: str = "franka_panda"
+        embodiment: str = Field(
+            "franka_panda", description="Registered embodiment (native 8-D state, 7-D action) the files come from."
+        )
 
     config: Config
 
@@ -93,27 +94,11 @@ class LiberoHdf5Adapter(DatasetAdapter):
                 frames[cam] = resized((img[::-1, ::-1] for img in data), image_size, resize_mode)
             instruction = _instruction(group, path)
             dones = g["dones"][()] if "dones" in g else None
-        traj = UnifiedTrajectory.empty(length)
         native_states = None
-        if robot is not None:
-            grip_width = robot[:, 0] - robot[:, 1]
-            fill_arm(
-                traj,
-                "right",
-                position=robot[:, 2:5],
-                rotation=rot.quat_to_matrix(robot[:, 5:9]),
-                gripper=1.0 - np.clip(grip_width / PANDA_GRIPPER_OPEN_WIDTH, 0.0, 1.0),
-            )
-            native_states = np.concatenate(
-                [robot[:, 2:5], rot.matrix_to_axis_angle(rot.quat_to_matrix(robot[:, 5:9])), robot[:, 0:2]], axis=1
-            )
-        fill_arm(
-            traj,
-            "right",
-            action_position=actions[:, :3],
-            action_rotation=rot.matrix_to_euler(rot.axis_angle_to_matrix(actions[:, 3:6])),
-            action_gripper=(np.clip(actions[:, 6], -1, 1) + 1) / 2,
-        )
+        if robot is not None:  # gripper qpos (2), eef pos (3), eef quat → eef pos, axis-angle, gripper qpos
+            axis_angle = rot.matrix_to_axis_angle(rot.quat_to_matrix(robot[:, 5:9]))
+            native_states = np.concatenate([robot[:, 2:5], axis_angle, robot[:, 0:2]], axis=1)
+        traj = embodiments.get(self.config.embodiment).trajectory(native_states, actions, where)
         task = re.sub(r"_demo$", "", path.stem)
         return Episode(
             key=f"{path.name}/{demo}",
