@@ -1,9 +1,11 @@
-"""Helpers shared by the CLI modules: turning `LatBotError`s into one-line messages and exit codes."""
+"""Helpers shared by the CLI modules: turning `LatBotError`s into one-line messages and exit codes, and a
+plugin's `Config` from command-line options."""
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import typer
@@ -29,3 +31,29 @@ def user_errors(fn: F) -> F:
 
 
 SET_HELP = "Override a recipe field: --set a.b=VALUE (VALUE is YAML; repeatable)."
+
+
+def plugin_options(kind: str, name: str, config: Path | None, overrides: list[str]):
+    """A plugin's `Config` from an optional YAML file plus `--set KEY=VALUE` overrides."""
+    import yaml
+    from pydantic import ValidationError
+
+    from latbot import registry
+    from latbot.errors import RecipeError
+    from latbot.recipes.loader import RecipeSource, apply_overrides
+
+    cls = registry.get(kind, name)
+    data = {}
+    if config is not None:
+        try:
+            data = yaml.safe_load(config.read_text()) or {}
+        except (OSError, yaml.YAMLError) as e:
+            raise RecipeError(f"{config}: cannot read {name} options: {e}") from e
+    source = RecipeSource({**data, "type": name}, {}, str(config or "--set"))
+    apply_overrides(source, overrides)
+    try:
+        return cls.Config.model_validate(source.data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        raise RecipeError(f"{config or '--set'}: {name} option {where}: {err['msg']}") from None

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from latbot.cli._common import user_errors
+from latbot.cli._common import plugin_options, user_errors
 
 app = typer.Typer(help="Episode stores: convert sources, inspect, verify, recompute statistics.", no_args_is_help=True)
 
@@ -50,33 +50,7 @@ def convert(
 
 
 def _adapter_config(fmt: str, config: Path | None, overrides: list[str]):
-    return _options("datasets", fmt, config, overrides)
-
-
-def _options(kind: str, name: str, config: Path | None, overrides: list[str]):
-    """A plugin's `Config` from an optional YAML file plus `--set KEY=VALUE` overrides."""
-    import yaml
-    from pydantic import ValidationError
-
-    from latbot import registry
-    from latbot.errors import RecipeError
-    from latbot.recipes.loader import RecipeSource, apply_overrides
-
-    cls = registry.get(kind, name)
-    data = {}
-    if config is not None:
-        try:
-            data = yaml.safe_load(config.read_text()) or {}
-        except (OSError, yaml.YAMLError) as e:
-            raise RecipeError(f"{config}: cannot read {name} options: {e}") from e
-    source = RecipeSource({**data, "type": name}, {}, str(config or "--set"))
-    apply_overrides(source, overrides)
-    try:
-        return cls.Config.model_validate(source.data)
-    except ValidationError as e:
-        err = e.errors()[0]
-        where = ".".join(str(p) for p in err["loc"])
-        raise RecipeError(f"{config or '--set'}: {name} option {where}: {err['msg']}") from None
+    return plugin_options("datasets", fmt, config, overrides)
 
 
 @app.command()

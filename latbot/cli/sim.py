@@ -1,4 +1,4 @@
-"""`latbot data gen-sim` and `latbot eval sim`."""
+"""`latbot data gen-sim` and `latbot eval sim`: generic over the simulator (`--sim NAME`)."""
 
 from __future__ import annotations
 
@@ -7,27 +7,28 @@ from pathlib import Path
 
 import typer
 
-from latbot.cli._common import user_errors
+from latbot.cli._common import plugin_options, user_errors
 
 eval_app = typer.Typer(help="Closed-loop evaluation.", no_args_is_help=True)
 
+SIM_HELP = "Simulator (`latbot plugins list --kind simulators`)."
+TASKS_HELP = "Task names or suites of the simulator (MetaWorld: MT10, MT50); repeatable or comma-separated."
+
 
 def _sim_config(name: str, overrides: list[str]):
-    from latbot.cli.data import _options
-
-    return _options("simulators", name, None, overrides)
+    return plugin_options("simulators", name, None, overrides)
 
 
 @user_errors
 def gen_sim(
-    sim: str = typer.Option("metaworld", help="Simulator (`latbot plugins list --kind simulators`)."),
-    tasks: list[str] = typer.Option(
-        ..., "--tasks", help="Task names or suites (MT10, MT50); repeatable or comma-separated."
-    ),
+    sim: str = typer.Option("metaworld", help=SIM_HELP),
+    tasks: list[str] = typer.Option(..., "--tasks", help=TASKS_HELP),
     episodes: int = typer.Option(10, min=1, help="Episodes per task."),
     out: Path = typer.Option(..., "--out", "-o", help="Episode store to create or resume."),
     image_size: int = typer.Option(128, help="Rendered square resolution."),
-    cameras: list[str] = typer.Option(["corner"], "--camera", help="Cameras to record (repeatable)."),
+    cameras: list[str] = typer.Option(
+        [], "--camera", help="Cameras to record (repeatable; default: the simulator's default camera)."
+    ),
     seed: int = typer.Option(0, help="Run seed; every episode's seed derives from it."),
     keep_failures: bool = typer.Option(False, help="Also keep episodes the expert failed."),
     overrides: list[str] = typer.Option([], "--set", "-s", help="Simulator option KEY=VALUE."),
@@ -41,7 +42,7 @@ def gen_sim(
         episodes,
         out,
         image_size=image_size,
-        cameras=cameras,
+        cameras=cameras or None,
         seed=seed,
         keep_failures=keep_failures,
     )
@@ -55,14 +56,15 @@ def gen_sim(
 @eval_app.command("sim")
 @user_errors
 def eval_sim(
-    sim: str = typer.Option("metaworld", help="Simulator."),
+    sim: str = typer.Option("metaworld", help=SIM_HELP),
     policy: str = typer.Option(..., help="'scripted', 'random' or a policy checkpoint directory."),
-    tasks: list[str] = typer.Option(..., "--tasks", help="Task names or suites; repeatable or comma-separated."),
+    tasks: list[str] = typer.Option(..., "--tasks", help=TASKS_HELP),
     episodes: int = typer.Option(10, min=1, help="Episodes per task."),
     seed: int | None = typer.Option(None, help="First evaluation seed (default: away from generation seeds)."),
     image_size: int = typer.Option(128),
     execute_steps: int = typer.Option(4, min=1, help="Actions of each chunk executed before re-planning."),
     video_dir: Path | None = typer.Option(None, help="Write one MP4 per episode here."),
+    video_camera: str | None = typer.Option(None, help="Camera filmed for --video-dir (default: the simulator's)."),
     as_json: bool = typer.Option(False, "--json", help="Print the full report as JSON."),
     out: Path | None = typer.Option(None, help="Also write the JSON report to this file."),
     overrides: list[str] = typer.Option([], "--set", "-s", help="Simulator option KEY=VALUE."),
@@ -79,6 +81,7 @@ def eval_sim(
         image_size=image_size,
         execute_steps=execute_steps,
         video_dir=video_dir,
+        video_camera=video_camera,
     )
     if out is not None:
         out.write_text(json.dumps(report, indent=2))
@@ -92,6 +95,9 @@ def eval_sim(
             f"[{t['ci95'][0]:.2f}, {t['ci95'][1]:.2f}]  len {t['mean_length'] or 0:.0f}"
             + (f"  ({t['errors']} crashed)" if t["errors"] else "")
         )
+        for e in report["episodes"]:
+            if e["task"] == t["task"] and e["error"] is not None:
+                typer.echo(f"    crashed: seed {e['seed']} after {e['steps']} step(s): {e['error']}")
     o = report["overall"]
     typer.echo(
         f"{'overall':<28} {o['successes']:>3}/{o['episodes']:<3} = {o['success_rate'] or 0:.2f}  "

@@ -1,8 +1,8 @@
 """`latbot eval sim`: closed-loop rollouts of a policy, success per task with Wilson 95% intervals.
 
-Evaluation seeds start at `EVAL_SEED_BASE`, away from the generation seeds, so a policy is never
-scored on the exact goal variations it was trained on. A crash inside one episode is recorded for that
-episode (with its error) and the evaluation goes on.
+Generic over the simulator (latbot/sim/base.py). Evaluation seeds start at `EVAL_SEED_BASE`, away from
+the generation seeds, so a policy is never scored on the exact goal variations it was trained on. A
+crash inside one episode is recorded for that episode (with its error) and the evaluation goes on.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from latbot.config import PluginConfig
-from latbot.sim.base import EpisodeResult, Policy, TaskResult
+from latbot.sim.base import EpisodeResult, Policy, SimulatorError, TaskResult
 
 EVAL_SEED_BASE = 1_000_000
 
@@ -37,27 +37,24 @@ class RandomPolicy:
 
 def load_policy(spec: str | Callable[[str], Policy], sim) -> Callable[[str], Policy]:
     """`scripted`, `random`, a policy checkpoint directory, or already a factory → a factory per task."""
-    from latbot.errors import NotAvailableError
-
     if callable(spec):
         return spec
     if spec == "scripted":
         return sim.scripted_policy
     if spec == "random":
         return lambda task: RandomPolicy(sim.action_dim, seed=0)
-    path = Path(spec)
-    from latbot.artifacts import read_manifest
+    from latbot import runs
     from latbot.errors import LatBotError
 
+    path = Path(spec)
     if not path.exists():
         raise LatBotError(f"--policy {spec}: expected 'scripted', 'random' or a policy checkpoint directory")
-
-    read_manifest(path, kind="finetune")  # a clear error for anything that is not a policy checkpoint
-    try:
-        from latbot.policy import LatBotPolicy  # lands with the action-expert stage
-    except ImportError as e:
-        raise NotAvailableError(f"{spec}: policy checkpoints are not loadable in this version of LatBot") from e
-    policy = LatBotPolicy.from_checkpoint(path)
+    policy = runs.load_policy(path)  # a clear error for anything that is not a finished finetuning run
+    if policy.embodiment != sim.embodiment:
+        raise SimulatorError(
+            f"--policy {spec} was trained for embodiment '{policy.embodiment}', but simulator "
+            f"'{sim.config.type}' runs '{sim.embodiment}'"
+        )
     return lambda task: policy
 
 
@@ -71,16 +68,18 @@ def evaluate(
     image_size: int = 128,
     execute_steps: int = 4,
     video_dir: str | Path | None = None,
-    video_camera: str = "corner",
+    video_camera: str | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Run `episodes` closed-loop episodes per task; returns the JSON-able report."""
+    """Run `episodes` closed-loop episodes per task; returns the JSON-able report. Videos (with
+    `video_dir`) film `video_camera`, by default the simulator's `default_camera`."""
     from tqdm import tqdm
 
     from latbot import registry
 
     sim = registry.build("simulators", sim_config)
     names = sim.task_names(tasks)
+    video_camera = video_camera or sim.default_camera
     factory = load_policy(policy, sim)
     results: list[TaskResult] = []
     t_start = time.perf_counter()
@@ -88,7 +87,7 @@ def evaluate(
     try:
         for ti, task in enumerate(names):
             pol = factory(task)
-            task_result = TaskResult(task, _instruction(sim, task))
+            task_result = TaskResult(task, sim.instruction(task))
             for i in range(episodes):
                 s = seed + ti * 10_007 + i
                 result = run_episode(sim, pol, task, s, image_size, execute_steps, video_dir, video_camera)
@@ -107,6 +106,7 @@ def evaluate(
     elapsed = time.perf_counter() - t_start
     return {
         "simulator": sim_config.type,
+        "embodiment": sim.embodiment,
         "policy": policy if isinstance(policy, str) else getattr(policy, "__name__", "custom"),
         "episodes_per_task": episodes,
         "execute_steps": execute_steps,
@@ -122,14 +122,6 @@ def evaluate(
         "seconds_per_episode": elapsed / max(1, len(names) * episodes),
         "episodes": [vars(e) for r in results for e in r.episodes],
     }
-
-
-def _instruction(sim, task: str) -> str:
-    if hasattr(sim, "instruction"):
-        return sim.instruction(task)
-    from latbot.sim.metaworld_tasks import TASKS
-
-    return TASKS[task].instruction if task in TASKS else task
 
 
 def run_episode(

@@ -1,4 +1,9 @@
-"""`latbot data gen-sim`: scripted-expert demonstrations written straight into an episode store."""
+"""`latbot data gen-sim`: scripted-expert demonstrations written straight into an episode store.
+
+Generic over the simulator (latbot/sim/base.py): the simulator supplies tasks, instructions, the expert,
+subtask segments, cameras and its robot; the robot's registered embodiment maps the native states and
+actions into the unified spaces, and both the native and the unified arrays are stored.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from latbot.config import PluginConfig
+from latbot.sim.base import Demonstration
 
 
 @dataclass
@@ -51,7 +57,7 @@ def generate(
 
     sim = registry.build("simulators", sim_config)
     names = sim.task_names(tasks)
-    cameras = cameras or ["corner"]
+    cameras = list(cameras or [sim.default_camera])
     out = Path(out)
     if (out / "zarr.json").exists():
         store = EpisodeStore.open(out, mode="a")
@@ -94,59 +100,61 @@ def generate(
     return result
 
 
-def record_episode(sim, task: str, seed: int, cameras: list[str], image_size: int, key: str):
-    """Run the scripted expert once and return the recorded `Episode` (its `success` says how it ended)."""
-    from latbot.data.spaces import UnifiedTrajectory, fill_arm
-    from latbot.data.store import Episode
-    from latbot.sim.metaworld import subtask_segments
-
+def rollout_expert(sim, task: str, seed: int, cameras: list[str], image_size: int) -> Demonstration:
+    """Run the simulator's scripted expert once from the episode of `seed`: every step's frames, native
+    state, applied action and privileged observation, until success + `sim.hold_steps` or the step limit."""
     env = sim.episode(task, seed, cameras, image_size)
     policy = sim.scripted_policy(task)
     policy.reset(task, env.instruction)
     frames: dict[str, list[np.ndarray]] = {c: [] for c in cameras}
     states, actions, privileged = [], [], []
-    hold = None
+    hold = None  # steps recorded since the task was first solved
     try:
         for _ in range(env.max_steps):
             obs = env.observe(cameras)
-            action = policy.predict(obs)[0]
+            action = np.asarray(policy.predict(obs))[0]
             for c in cameras:
                 frames[c].append(obs["images"][c])
             states.append(obs["state"])
-            privileged.append(obs["privileged"])
-            actions.append(np.clip(action, -1, 1))
+            privileged.append(obs.get("privileged"))
+            actions.append(sim.applied_action(action))
             solved = env.step(action)
             hold = hold if hold is not None else (0 if solved else None)
             if hold is not None:
-                if hold >= sim.config.hold_steps:
+                if hold >= sim.hold_steps:
                     break
                 hold += 1
-        success = hold is not None
-        fps = env.fps
+        return Demonstration(
+            task=task,
+            instruction=env.instruction,
+            frames={c: np.stack(v) for c, v in frames.items()},
+            states=np.stack(states),
+            actions=np.stack(actions),
+            privileged=privileged,
+            success=hold is not None,
+            fps=env.fps,
+        )
     finally:
         env.close()
-    states_a, actions_a, priv = np.stack(states), np.stack(actions), np.stack(privileged)
-    traj = UnifiedTrajectory.empty(len(actions_a))
-    fill_arm(
-        traj,
-        "right",
-        position=states_a[:, :3],
-        gripper=1.0 - np.clip(states_a[:, 3], 0.0, 1.0),
-        action_position=actions_a[:, :3],
-        action_gripper=(actions_a[:, 3] + 1.0) / 2.0,
-    )
-    subtasks = subtask_segments(task, priv[:, :3], priv[:, 4:7], actions_a[:, 3], priv[:, 3])
+
+
+def record_episode(sim, task: str, seed: int, cameras: list[str], image_size: int, key: str):
+    """Run the scripted expert once and return the recorded `Episode` (its `success` says how it ended)."""
+    from latbot.data import embodiments
+    from latbot.data.store import Episode
+
+    demo = rollout_expert(sim, task, seed, cameras, image_size)
     return Episode(
         key=key,
-        frames={c: np.stack(v) for c, v in frames.items()},
-        trajectory=traj,
-        instruction=env.instruction,
+        frames=demo.frames,
+        trajectory=embodiments.get(sim.embodiment).trajectory(demo.states, demo.actions, key),
+        instruction=demo.instruction,
         task=task,
-        subtasks=subtasks,
-        embodiment="sawyer",
-        fps=fps,
+        subtasks=sim.subtask_segments(task, demo),
+        embodiment=sim.embodiment,
+        fps=demo.fps,
         source=f"{sim.config.type}:{task}:seed{seed}",
-        success=success,
-        native_actions=actions_a,
-        native_states=states_a,
+        success=demo.success,
+        native_actions=demo.actions,
+        native_states=demo.states,
     )

@@ -7,8 +7,10 @@ evaluation): `env.seed(7)`, reset, restore the task's official initial state num
 the suite's step limit (spatial 220, object 280, goal 300, libero_10 520, libero_90 400) is reached.
 
 Cameras "agentview" and "wrist" (robot0_eye_in_hand) are rendered upside down by robosuite and rotated
-180° here. Native action (7): dx, dy, dz, axis-angle (3), gripper (−1 open, +1 close). Native state (8):
-eef position, eef axis-angle, gripper finger positions (2) — the LIBERO adapter's native state too.
+180° here. The robot is the `franka_panda` embodiment (latbot/data/embodiments/franka_panda.py), as in
+the `libero_hdf5` adapter: native action (7) dx, dy, dz, axis-angle (3), gripper (−1 open, +1 close);
+native state (8) eef position, eef axis-angle, gripper finger positions (2). No scripted experts: LIBERO
+is for evaluation (its demonstrations come through the `libero_hdf5` adapter).
 Rendering is made cheap as for MetaWorld: no multisampling, shadows or reflections.
 """
 
@@ -22,7 +24,7 @@ from pydantic import Field
 
 from latbot.config import PluginConfig
 from latbot.errors import MissingExtraError
-from latbot.sim.base import SimEpisode, Simulator, SimulatorError
+from latbot.sim.base import SimEpisode, Simulator, SimulatorError, split_names
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
@@ -49,8 +51,9 @@ class LiberoSimulator(Simulator):
         env_seed: int = Field(7, description="env.seed() before reset, as in the official protocol.")
 
     config: Config
-    action_dim = 7
-    state_dim = 8
+    embodiment = "franka_panda"
+    cameras = tuple(CAMERA_KEYS)
+    default_camera = "agentview"
 
     def __init__(self, config: Config):
         super().__init__(config)
@@ -66,22 +69,21 @@ class LiberoSimulator(Simulator):
     def task_names(self, spec: list[str]) -> list[str]:
         """`libero_goal` (every task of the suite), `libero_goal/3` (task 3), `libero_goal/<task name>`."""
         out: list[str] = []
-        for item in spec:
-            for name in filter(None, (x.strip() for x in item.split(","))):
-                suite, _, task = name.partition("/")
-                if suite not in SUITES:
-                    raise SimulatorError(f"unknown LIBERO suite '{suite}' in '{name}' (valid: {', '.join(SUITES)})")
-                names = self._suite(suite).get_task_names()
-                if not task:
-                    out += [f"{suite}/{i}" for i in range(len(names))]
-                elif task.isdigit() and int(task) < len(names):
-                    out.append(f"{suite}/{int(task)}")
-                elif task in names:
-                    out.append(f"{suite}/{names.index(task)}")
-                else:
-                    raise SimulatorError(
-                        f"unknown LIBERO task '{task}' in suite {suite} (0..{len(names) - 1} or a task name)"
-                    )
+        for name in split_names(spec):
+            suite, _, task = name.partition("/")
+            if suite not in SUITES:
+                raise SimulatorError(f"unknown LIBERO suite '{suite}' in '{name}' (valid: {', '.join(SUITES)})")
+            names = self._suite(suite).get_task_names()
+            if not task:
+                out += [f"{suite}/{i}" for i in range(len(names))]
+            elif task.isdigit() and int(task) < len(names):
+                out.append(f"{suite}/{int(task)}")
+            elif task in names:
+                out.append(f"{suite}/{names.index(task)}")
+            else:
+                raise SimulatorError(
+                    f"unknown LIBERO task '{task}' in suite {suite} (0..{len(names) - 1} or a task name)"
+                )
         return list(dict.fromkeys(out))
 
     def instruction(self, task: str) -> str:
@@ -93,9 +95,6 @@ class LiberoSimulator(Simulator):
         if bad:
             raise SimulatorError(f"unknown LIBERO camera(s) {bad} (valid: {', '.join(CAMERA_KEYS)})")
         return LiberoEpisode(self, task, seed, image_size)
-
-    def scripted_policy(self, task: str):
-        raise SimulatorError("LIBERO has no scripted experts: evaluate 'random' or a policy checkpoint")
 
     def _environment(self, task: str, image_size: int):
         if self._live is not None and self._live[:2] == (task, image_size):

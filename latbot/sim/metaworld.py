@@ -5,9 +5,10 @@ no shadows, no reflections, one `mujoco.Renderer` per episode whose GL context i
 every frame (with two live environments a frame can otherwise silently come out black). The "corner"
 cameras are mounted upside down; their frames are flipped to be upright. `MUJOCO_GL` defaults to egl.
 
-Native action: (dx, dy, dz, grip) in [−1, 1] (grip > 0 closes). Native state: hand position (3) and the
-gripper opening (1, 1 = open). In the unified spaces (single arm → right slot): commanded position
-delta, gripper command (−1..1 → 0..1); state position and gripper closure 1 − opening.
+The robot is the `sawyer` embodiment (latbot/data/embodiments/sawyer.py): native action (dx, dy, dz,
+grip) in [−1, 1] (grip > 0 closes), native state hand position (3) and gripper opening (1, 1 = open).
+The experts read the privileged observation (MetaWorld's 39-D vector: hand xyz, gripper opening, object
+xyz, ...), from which the subtask segments of a demonstration are derived (`segments_from_phases`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pydantic import Field
 
 from latbot.config import PluginConfig
 from latbot.errors import MissingExtraError
-from latbot.sim.base import SimEpisode, Simulator, SimulatorError
+from latbot.sim.base import Demonstration, SimEpisode, Simulator, SimulatorError, split_names
 from latbot.sim.metaworld_tasks import MT10, MT50, TASKS
 
 # Headless rendering: must be set before anything imports mujoco (metaworld.policies does).
@@ -48,29 +49,39 @@ class MetaWorldSimulator(Simulator):
         hold_steps: int = Field(5, ge=0, description="Steps recorded after success, so demos end at rest.")
 
     config: Config
-    action_dim = 4
-    state_dim = 4
+    embodiment = "sawyer"
+    cameras = CAMERAS
+    default_camera = "corner"
 
     def task_names(self, spec: list[str]) -> list[str]:
         out: list[str] = []
-        for item in spec:
-            for name in item.split(","):
-                name = name.strip().removesuffix("-v3")
-                if not name:
-                    continue
-                if name in SUITES:
-                    out += SUITES[name]
-                elif name in TASKS:
-                    out.append(name)
-                else:
-                    import difflib
+        for name in split_names(spec):
+            name = name.removesuffix("-v3")
+            if name in SUITES:
+                out += SUITES[name]
+            elif name in TASKS:
+                out.append(name)
+            else:
+                import difflib
 
-                    close = difflib.get_close_matches(name, list(TASKS), n=3)
-                    hint = f"; did you mean {', '.join(close)}?" if close else ""
-                    raise SimulatorError(
-                        f"unknown MetaWorld task '{name}'{hint} (valid: MT10, MT50, {', '.join(TASKS)})"
-                    )
+                close = difflib.get_close_matches(name, list(TASKS), n=3)
+                hint = f"; did you mean {', '.join(close)}?" if close else ""
+                raise SimulatorError(f"unknown MetaWorld task '{name}'{hint} (valid: MT10, MT50, {', '.join(TASKS)})")
         return list(dict.fromkeys(out))
+
+    def instruction(self, task: str) -> str:
+        return TASKS[task].instruction
+
+    @property
+    def hold_steps(self) -> int:
+        return self.config.hold_steps
+
+    def applied_action(self, action: np.ndarray) -> np.ndarray:
+        return np.clip(action, -1, 1)  # as `MetaWorldEpisode.step` applies it
+
+    def subtask_segments(self, task: str, demo: Demonstration) -> list[tuple[int, int, str]]:
+        priv = np.stack(demo.privileged)  # (T, 39): hand xyz, gripper opening, object xyz, ...
+        return segments_from_phases(task, priv[:, :3], priv[:, 4:7], demo.actions[:, 3], priv[:, 3])
 
     def __init__(self, config: Config):
         super().__init__(config)
@@ -178,7 +189,7 @@ class ScriptedPolicy:
             return np.asarray(self.expert.get_action(observation["privileged"]), np.float32)[None]
 
 
-def subtask_segments(
+def segments_from_phases(
     task: str, hand: np.ndarray, obj: np.ndarray, grip_cmd: np.ndarray, opening: np.ndarray
 ) -> list[tuple[int, int, str]]:
     """Subtasks from the expert's phases: "reach the <obj>" until the hand is at the object (or the
