@@ -51,6 +51,10 @@ class DistillationModel(nn.Module):
         self.temperature = temperature or default_temperature(student.latent_width)
         self.reasoning_weight = reasoning_weight
 
+    def repeated_blocks(self) -> list[nn.Module]:
+        """The student's blocks (the teacher is not part of the trained module tree)."""
+        return self.student.repeated_blocks()
+
     def to(self, *args, **kwargs):
         if self.teacher is not None:
             self.teacher.to(*args, **kwargs)

@@ -37,6 +37,10 @@ class LatentActionModel(nn.Module):
                 f"model.encoder.num_frames is {enc_frames}, data.num_frames is {num_frames}; make them equal"
             )
 
+    def repeated_blocks(self) -> list[nn.Module]:
+        """The encoder's blocks (vision tower, language model) and the decoder's: FSDP / checkpointing units."""
+        return [*self.encoder.repeated_blocks(), *self.decoder.repeated_blocks()]
+
     @classmethod
     def from_checkpoint(cls, run_dir, device: str = "cpu") -> LatentActionModel:
         """A trained LAM from a `latbot train` run directory (manifest kind "lam"), in eval mode."""

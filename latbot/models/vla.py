@@ -37,6 +37,9 @@ class VisionLanguageAction(nn.Module):
         )
         self.horizon = horizon
 
+    def repeated_blocks(self) -> list[nn.Module]:
+        return [*self.student.repeated_blocks(), *self.expert.repeated_blocks()]
+
     def context(self, frames: torch.Tensor, instructions: list[str]):
         out = self.student(frames, instructions, hidden_states=True)
         return out["layers"], out["attention_mask"]

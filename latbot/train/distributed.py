@@ -6,7 +6,9 @@ Launch with torchrun for several processes (GPUs, or CPU processes over gloo):
     torchrun --nnodes 4 --node-rank $RANK --master-addr $HOST --master-port 29500 \\
              --nproc-per-node 8 -m latbot train recipes/lam_internvl.yaml                   # four nodes
 
-`dist.strategy: fsdp` shards every transformer block (and then the root) with `fully_shard`.
+`dist.strategy: fsdp` shards every block the model names (`repeated_blocks()`) and then the root with
+`fully_shard`; `train.precision: bf16` adds FSDP2's MixedPrecisionPolicy (bf16 gather and compute, fp32
+gradient reduction, fp32 master weights).
 """
 
 from __future__ import annotations
@@ -62,25 +64,48 @@ def shutdown(world: World) -> None:
 
 
 def blocks(model: nn.Module) -> list[nn.Module]:
-    """The repeated transformer blocks of a model: the units of sharding and activation checkpointing."""
-    found = []
-    for module in model.modules():
-        for name in ("layers", "blocks", "transformer_blocks", "action_blocks"):
-            child = getattr(module, name, None)
-            if isinstance(child, nn.ModuleList):
-                found.extend(child)
+    """The repeated transformer blocks the model names (`repeated_blocks()`, part of every model plugin's
+    contract, docs/plugins.md): the units of sharding and activation checkpointing. Nothing is guessed."""
+    named = getattr(model, "repeated_blocks", None)
+    if not callable(named):
+        from latbot.errors import LatBotError
+
+        raise LatBotError(
+            f"{type(model).__name__} does not name its repeated blocks: give it a method "
+            "`repeated_blocks() -> list[nn.Module]` (an empty list when it has none; docs/plugins.md)"
+        )
+    found = list(named())
+    if len({id(b) for b in found}) != len(found):
+        raise ValueError(f"{type(model).__name__}.repeated_blocks() lists a module twice")
     return found
 
 
-def shard(model: nn.Module, world: World, reshard_after_forward: bool = True) -> nn.Module:
-    """FSDP2: `fully_shard` each block, then the whole model, over all ranks."""
+def mixed_precision(precision: str):
+    """FSDP2's policy for a recipe's `train.precision`: bf16 → parameters all-gathered and computed in bf16,
+    gradients reduced in fp32, and the sharded (master) parameters and optimizer states stay fp32; fp32 →
+    no policy. Forward inputs are not cast: bf16 autocast (the loop) decides each op's dtype, so the
+    residual streams and losses stay fp32 as without FSDP."""
+    if precision != "bf16":
+        return None
+    from torch.distributed.fsdp import MixedPrecisionPolicy
+
+    return MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32, cast_forward_inputs=False)
+
+
+def shard(model: nn.Module, world: World, reshard_after_forward: bool = True, precision: str = "fp32") -> nn.Module:
+    """FSDP2: `fully_shard` each named block, then the whole model (the root unit: everything else), over
+    all ranks, with the mixed-precision policy of `precision`."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
     mesh = init_device_mesh(world.device.type, (world.size,))
+    options = {"mesh": mesh, "reshard_after_forward": reshard_after_forward}
+    policy = mixed_precision(precision)
+    if policy is not None:
+        options["mp_policy"] = policy
     for block in blocks(model):
-        fully_shard(block, mesh=mesh, reshard_after_forward=reshard_after_forward)
-    fully_shard(model, mesh=mesh, reshard_after_forward=reshard_after_forward)
+        fully_shard(block, **options)
+    fully_shard(model, **options)
     return model
 
 
@@ -91,16 +116,3 @@ def checkpoint_activations(model: nn.Module) -> int:
     targets = {id(b) for b in blocks(model)}
     apply_activation_checkpointing(model, check_fn=lambda m: id(m) in targets)
     return len(targets)
-
-
-def broadcast_path(path, world: World):
-    """The main process's `path` on every rank (e.g. a run directory named with a timestamp)."""
-    if world.size == 1:
-        return path
-    import torch.distributed as dist
-
-    box = [str(path) if path is not None else None]
-    dist.broadcast_object_list(box, src=0)  # ranks of one job trust each other
-    from pathlib import Path
-
-    return Path(box[0])

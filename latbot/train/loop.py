@@ -63,7 +63,7 @@ def train(
     if tc.activation_checkpointing:
         distributed.checkpoint_activations(model)
     if recipe.dist.strategy == "fsdp":
-        distributed.shard(model, world, recipe.dist.reshard_after_forward)
+        distributed.shard(model, world, recipe.dist.reshard_after_forward, tc.precision)  # bf16: MixedPrecisionPolicy
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=tc.lr, betas=tc.betas, eps=tc.eps, weight_decay=tc.weight_decay)
     per_step = tc.micro_batch_size * world.size

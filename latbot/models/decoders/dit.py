@@ -117,6 +117,10 @@ class DiTDecoder(nn.Module):
             nn.init.zeros_(out.bias)
         self.latent_width = latent_width
 
+    def repeated_blocks(self) -> list[nn.Module]:
+        """The joint blocks (both streams of one layer form one unit)."""
+        return list(self.blocks)
+
     def to_pixels(self, frame: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) uint8 or [0, 1] → (B, 3, S, S) in [−1, 1] at the decoder's resolution."""
         x = frame.float() / 255.0 if frame.dtype == torch.uint8 else frame.float()
@@ -146,26 +150,17 @@ class DiTDecoder(nn.Module):
     def forward(self, z_sce, z_mot, frame_t, frame_future, actions=None, action_mask=None) -> dict[str, torch.Tensor]:
         """Flow-matching losses. z (B, N, D); frames (B, 3, H, W); actions (B, K, A); action_mask (B, A)."""
         target, context = self.to_pixels(frame_future), self.to_pixels(frame_t)
-        t = flow.sample_time(target.shape[0], target.device)
-        x_img, u_img = flow.noisy(target, torch.randn_like(target), t)
-        x_act = u_act = None
-        if actions is not None:
-            x_act, u_act = flow.noisy(actions, torch.randn_like(actions), t)
-        v_img, v_act = self.velocity(x_img, context, x_act, z_sce, z_mot, t)
-        losses = {"image": F.mse_loss(v_img, u_img)}
-        if actions is not None:
-            losses["action"] = flow.masked_mse(v_act, u_act, action_mask)  # only the embodiment's valid dims
-        return losses
+        return flow.two_stream_losses(
+            lambda x, a, t: self.velocity(x, context, a, z_sce, z_mot, t), target, actions, action_mask
+        )
 
     @torch.no_grad()
     def sample(self, z_sce, z_mot, frame_t, with_actions: bool = True, generator: torch.Generator | None = None):
         """Generate the future frame (B, 3, S, S) in [0, 1] and actions (B, K, A) (or None) from noise."""
         c = self.config
         context = self.to_pixels(frame_t)
-        b = context.shape[0]
-        img = torch.randn(context.shape, generator=generator).to(context)
-        act = torch.randn((b, c.horizon, c.action_dim), generator=generator).to(context) if with_actions else None
-        img, act = flow.integrate(
-            lambda x, a, t: self.velocity(x, context, a, z_sce, z_mot, t), img, act, c.sample_steps
+        shape = (context.shape[0], c.horizon, c.action_dim) if with_actions else None
+        img, act = flow.two_stream_sample(
+            lambda x, a, t: self.velocity(x, context, a, z_sce, z_mot, t), context, shape, c.sample_steps, generator
         )
         return ((img + 1) / 2).clamp(0, 1), act

@@ -67,13 +67,13 @@ class SanaDecoder(nn.Module):
         nn.init.zeros_(self.context_embed.weight)
         nn.init.zeros_(self.context_embed.bias)
         aw, layers = c.action_width, tc.num_layers
-        self.image_norm = nn.ModuleList(nn.LayerNorm(inner, elementwise_affine=False, eps=1e-6) for _ in range(layers))
-        self.image_qkv = nn.ModuleList(nn.Linear(inner, 3 * aw) for _ in range(layers))
-        self.image_out = nn.ModuleList(nn.Linear(aw, inner) for _ in range(layers))
-        for out in self.image_out:
-            nn.init.zeros_(out.weight)
-            nn.init.zeros_(out.bias)
-        self.action_blocks = nn.ModuleList(StreamBlock(aw, c.joint_heads) for _ in range(layers))
+        # created kind by kind (all q/k/v, all outputs, all action blocks) and then grouped per layer, so the
+        # random initialisation is drawn in the same order as before the grouping
+        image_qkv = [nn.Linear(inner, 3 * aw) for _ in range(layers)]
+        image_out = [nn.Linear(aw, inner) for _ in range(layers)]
+        action = [StreamBlock(aw, c.joint_heads) for _ in range(layers)]
+        parts = zip(image_qkv, image_out, action, strict=True)
+        self.joint = nn.ModuleList(JointLayer(qkv, out, block, c.joint_heads) for qkv, out, block in parts)
         self.action_in = nn.Linear(c.action_dim, aw)
         self.action_pos = nn.Parameter(torch.randn(1, c.horizon, aw) * 0.02)
         self.motion_proj = nn.Linear(latent_width, aw)
@@ -82,6 +82,10 @@ class SanaDecoder(nn.Module):
         self.action_out = nn.Linear(aw, c.action_dim)
         nn.init.zeros_(self.action_out.weight)
         nn.init.zeros_(self.action_out.bias)
+
+    def repeated_blocks(self) -> list[nn.Module]:
+        """The SANA transformer blocks and the joint layers between them (two units per layer)."""
+        return [*self.transformer.transformer_blocks, *self.joint]
 
     # -- latents ------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -107,52 +111,58 @@ class SanaDecoder(nn.Module):
         if x_act is not None:
             act = torch.cat([self.action_in(x_act) + self.action_pos[:, : x_act.shape[1]], self.motion_proj(z_mot)], 1)
             cond = self.action_time(timestep_embedding(t, self.config.action_width))
-        for i, block in enumerate(tr.transformer_blocks):
+        for block, joint in zip(tr.transformer_blocks, self.joint, strict=True):
             img = block(img, None, caption, None, timestep, h, w)
             if act is not None:
-                img, act = self._joint(i, img, act, cond)
+                img, act = joint(img, act, cond)
         img = tr.proj_out(tr.norm_out(img, embedded, tr.scale_shift_table))
         img = img.reshape(b, h, w, self.patch, self.patch, -1).permute(0, 5, 1, 3, 2, 4)
         v_lat = img.reshape(b, -1, h * self.patch, w * self.patch)
         v_act = self.action_out(self.action_norm(act[:, : x_act.shape[1]])) if act is not None else None
         return v_lat, v_act
 
-    def _joint(self, i: int, img: torch.Tensor, act: torch.Tensor, cond: torch.Tensor):
-        heads = self.config.joint_heads
-        qi, ki, vi = rearrange(
-            self.image_qkv[i](self.image_norm[i](img)), "b n (three h d) -> three b h n d", three=3, h=heads
-        )
-        (qa, ka, va), mods = self.action_blocks[i].pre(act, cond)
-        q, k, v = (torch.cat(pair, dim=2) for pair in ((qi, qa), (ki, ka), (vi, va)))
-        out = F.scaled_dot_product_attention(q, k, v)
-        n = img.shape[1]
-        img = img + self.image_out[i](rearrange(out[:, :, :n], "b h n d -> b n (h d)"))
-        return img, self.action_blocks[i].post(act, out[:, :, n:], mods)
-
     def forward(self, z_sce, z_mot, frame_t, frame_future, actions=None, action_mask=None) -> dict[str, torch.Tensor]:
+        """Flow-matching losses (latent of V_{t+k}, actions); shapes as in `DiTDecoder.forward`."""
         target, context = self.to_latent(frame_future), self.to_latent(frame_t)
-        t = flow.sample_time(target.shape[0], target.device)
-        x_lat, u_lat = flow.noisy(target, torch.randn_like(target), t)
-        x_act = u_act = None
-        if actions is not None:
-            x_act, u_act = flow.noisy(actions, torch.randn_like(actions), t)
-        v_lat, v_act = self.velocity(x_lat, context, x_act, z_sce, z_mot, t)
-        losses = {"image": F.mse_loss(v_lat, u_lat)}
-        if actions is not None:
-            losses["action"] = flow.masked_mse(v_act, u_act, action_mask)
-        return losses
+        return flow.two_stream_losses(
+            lambda x, a, t: self.velocity(x, context, a, z_sce, z_mot, t), target, actions, action_mask
+        )
 
     @torch.no_grad()
     def sample(self, z_sce, z_mot, frame_t, with_actions: bool = True, generator: torch.Generator | None = None):
         c = self.config
         context = self.to_latent(frame_t)
-        b = context.shape[0]
-        lat = torch.randn(context.shape, generator=generator).to(context)
-        act = torch.randn((b, c.horizon, c.action_dim), generator=generator).to(context) if with_actions else None
-        lat, act = flow.integrate(
-            lambda x, a, t: self.velocity(x, context, a, z_sce, z_mot, t), lat, act, c.sample_steps
+        shape = (context.shape[0], c.horizon, c.action_dim) if with_actions else None
+        lat, act = flow.two_stream_sample(
+            lambda x, a, t: self.velocity(x, context, a, z_sce, z_mot, t), context, shape, c.sample_steps, generator
         )
         return self.to_image(lat), act
+
+
+class JointLayer(nn.Module):
+    """The exchange between the streams after one SANA block: the image tokens' q/k/v and output projection
+    (zero-initialised) and the action stream's block, around one joint attention over both token sets.
+    One module per layer, so that FSDP gathers and activation checkpointing recomputes it as a unit."""
+
+    def __init__(self, image_qkv: nn.Linear, image_out: nn.Linear, action: StreamBlock, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.image_norm = nn.LayerNorm(image_qkv.in_features, elementwise_affine=False, eps=1e-6)
+        self.image_qkv, self.image_out, self.action = image_qkv, image_out, action
+        nn.init.zeros_(self.image_out.weight)
+        nn.init.zeros_(self.image_out.bias)
+
+    def forward(self, img: torch.Tensor, act: torch.Tensor, cond: torch.Tensor):
+        """img (B, Ni, C), act (B, Na, W), cond (B, W) → (img, act)."""
+        qi, ki, vi = rearrange(
+            self.image_qkv(self.image_norm(img)), "b n (three h d) -> three b h n d", three=3, h=self.heads
+        )
+        (qa, ka, va), mods = self.action.pre(act, cond)
+        q, k, v = (torch.cat(pair, dim=2) for pair in ((qi, qa), (ki, ka), (vi, va)))  # (B, H, Ni+Na, d)
+        out = F.scaled_dot_product_attention(q, k, v)
+        n = img.shape[1]
+        img = img + self.image_out(rearrange(out[:, :, :n], "b h n d -> b n (h d)"))
+        return img, self.action.post(act, out[:, :, n:], mods)
 
 
 def _build(c: SanaDecoder.Config):

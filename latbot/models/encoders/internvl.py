@@ -29,6 +29,9 @@ class InternVLEncoder(VLMLatentEncoder):
         self._build(config, InternVLModel, "internvl", presets)
         self._check_length(config.num_frames)
 
+    def vision_blocks(self) -> list:
+        return list(self.vlm.vision_tower.encoder.layer)  # InternViT: 24 layers at real size
+
     def _tokens_per_frame(self) -> int:
         vision = self.vlm.config.vision_config
         patches = (vision.image_size[0] // vision.patch_size[0]) ** 2

@@ -27,6 +27,9 @@ class PaliGemmaEncoder(VLMLatentEncoder):
 
         self._build(config, PaliGemmaModel, "paligemma", presets)
 
+    def vision_blocks(self) -> list:
+        return list(self.vlm.vision_tower.encoder.layers)  # SigLIP So400m: 27 layers at real size
+
     def _tokens_per_frame(self) -> int:
         vision = self.vlm.config.vision_config
         return (vision.image_size // vision.patch_size) ** 2

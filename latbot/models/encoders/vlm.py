@@ -85,6 +85,15 @@ class VLMLatentEncoder(nn.Module):
     def width(self) -> int:
         return self.vlm.config.text_config.hidden_size
 
+    # -- the repeated blocks (units of FSDP sharding and activation checkpointing) ----------------------
+    def vision_blocks(self) -> list[nn.Module]:
+        """The vision tower's transformer layers (where transformers keeps them differs per model)."""
+        raise NotImplementedError
+
+    def repeated_blocks(self) -> list[nn.Module]:
+        """Every transformer layer: the vision tower's, then the language model's."""
+        return [*self.vision_blocks(), *self.vlm.language_model.layers]
+
     # -- sequence ---------------------------------------------------------------------------------------
     def _text(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -146,38 +155,49 @@ class VLMLatentEncoder(nn.Module):
             ids[i, : len(s)] = row.clamp(min=0)
             slots[i, : len(s)] = torch.where(row < 0, row, 0)
             mask[i, : len(s)] = 1
+        # every decision about positions is taken here on the CPU copies, never by reading device tensors back:
+        # the same code then runs on the meta device (`latbot plan`: real-size shapes without weights)
+        image_mask, scene, motion = slots == IMAGE_SLOT, slots == SCENE_SLOT, slots == MOTION_SLOT
+        n_image, any_scene, any_motion = int(image_mask.sum()), bool(scene.any()), bool(motion.any())
+        padded = not bool(mask.all())
         device = self.scene_queries.device
-        ids, slots, mask = ids.to(device), slots.to(device), mask.to(device)
-        embeds = self.vlm.get_input_embeddings()(torch.where(slots < 0, pad, ids))  # (B, N, D)
+        ids, mask = torch.where(slots < 0, pad, ids).to(device), mask.to(device)
+        embeds = self.vlm.get_input_embeddings()(ids)  # (B, N, D)
         pixels = self.prepare_images(frames.flatten(0, 1)).to(embeds.dtype)  # (B·T, 3, S, S)
         feats = self.vlm.get_image_features(pixel_values=pixels, return_dict=True).pooler_output
-        image_mask = slots == IMAGE_SLOT
-        if image_mask.sum() != feats.shape[0] * feats.shape[1]:
-            raise ValueError(f"{image_mask.sum()} image positions for {tuple(feats.shape[:2])} image features")
-        embeds = embeds.masked_scatter(image_mask[..., None], feats.reshape(-1, feats.shape[-1]).to(embeds.dtype))
-        scene, motion = slots == SCENE_SLOT, slots == MOTION_SLOT
-        if scene.any():
-            embeds = embeds.masked_scatter(scene[..., None], self.scene_queries.expand(b, -1, -1).to(embeds.dtype))
-        if motion.any():
-            embeds = embeds.masked_scatter(motion[..., None], self.motion_queries.expand(b, -1, -1).to(embeds.dtype))
+        if n_image != feats.shape[0] * feats.shape[1]:
+            raise ValueError(f"{n_image} image positions for {tuple(feats.shape[:2])} image features")
+        feats = feats.reshape(-1, feats.shape[-1]).to(embeds.dtype)
+        embeds = embeds.masked_scatter(image_mask[..., None].to(device), feats)
+        if any_scene:
+            queries = self.scene_queries.expand(b, -1, -1).to(embeds.dtype)
+            embeds = embeds.masked_scatter(scene[..., None].to(device), queries)
+        if any_motion:
+            queries = self.motion_queries.expand(b, -1, -1).to(embeds.dtype)
+            embeds = embeds.masked_scatter(motion[..., None].to(device), queries)
         return {
             "inputs_embeds": embeds,
             "attention_mask": mask,
-            "scene_mask": scene,
-            "motion_mask": motion,
-            "image_mask": image_mask,
+            "padded": padded,  # False: every row is full length, the mask holds no information
+            "scene_mask": scene.to(device),
+            "motion_mask": motion.to(device),
+            "image_mask": image_mask.to(device),
+            "scene_index": scene.nonzero()[:, 1].view(b, -1).to(device),  # (B, Ns) positions, in order
+            "motion_index": motion.nonzero()[:, 1].view(b, -1).to(device),  # (B, Nm)
         }
+
+    def latent_states(self, hidden: torch.Tensor, inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """The hidden states (B, N, D) at the [CP_SCE] and [CP_MOT] positions → Z_sce (B, Ns, D), Z_mot (B, Nm, D)."""
+        rows = torch.arange(hidden.shape[0], device=hidden.device)[:, None]
+        return hidden[rows, inputs["scene_index"]], hidden[rows, inputs["motion_index"]]
 
     def forward(self, frames: torch.Tensor, instructions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """frames (B, T, 3, H, W) uint8 or [0, 1]; instructions: B strings → Z_sce (B, Ns, D), Z_mot (B, Nm, D)."""
         inputs = self.embed(frames, instructions)
         hidden = self.vlm.language_model(
-            inputs_embeds=inputs["inputs_embeds"], attention_mask=inputs["attention_mask"]
+            inputs_embeds=inputs["inputs_embeds"], attention_mask=inputs["attention_mask"] if inputs["padded"] else None
         ).last_hidden_state
-        b, d = hidden.shape[0], hidden.shape[-1]
-        z_sce = hidden[inputs["scene_mask"]].view(b, -1, d)
-        z_mot = hidden[inputs["motion_mask"]].view(b, -1, d)
-        return z_sce, z_mot
+        return self.latent_states(hidden, inputs)
 
 
 def image_attention(encoder: VLMLatentEncoder, frames: torch.Tensor, instructions: list[str]) -> torch.Tensor:

@@ -11,7 +11,8 @@ Outputs: the flow velocity v(x_t, t) for every unified action dimension, and gri
 right) per step. Training (pi0.5 convention, t = 1 noise, t = 0 data): t ~ Beta(1.5, 1)·0.999 + 0.001,
 x_t = t·ε + (1 − t)·a, target u = ε − a; L_ee = MSE(v, u) on the valid end-effector translation and
 rotation dimensions, L_gripper = BCE(logits, closed) on the valid gripper dimensions. Inference: 10
-Euler steps from noise; the gripper comes from the logits of the last step.
+Euler steps from noise; the gripper comes from the logits of the last step. The flow matching itself
+(time sampling, x_t, the Euler loop) is `latbot.models.flow`, shared with the unified decoders.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from torch.nn import functional as F
 
 from latbot.config import PluginConfig
 from latbot.data.spaces import ACTION_DIM, ACTION_GRIPPER, ACTION_POS, ACTION_ROT, ARMS, STATE_DIM
+from latbot.models import flow
 
 
 def ee_dims() -> torch.Tensor:
@@ -133,6 +135,9 @@ class FlowActionExpert(nn.Module):
     def tiny_config(cls):
         return cls.Config(width=32, depth=2, heads=2)
 
+    def repeated_blocks(self) -> list[nn.Module]:
+        return list(self.blocks)
+
     def layer_for_block(self, i: int) -> int:
         """Index into the VLM's hidden-state tuple (0 = embeddings, L = last layer) read by block i."""
         return math.ceil((i + 1) * self.vlm_layers / len(self.blocks))
@@ -151,22 +156,16 @@ class FlowActionExpert(nn.Module):
         h = h[:, 1:]
         return self.velocity(h), self.gripper(h)
 
-    def sample_time(self, b: int, device) -> torch.Tensor:
-        c = self.config
-        beta = torch.distributions.Beta(torch.tensor(c.time_alpha), torch.tensor(c.time_beta))
-        return (beta.sample((b,)) * 0.999 + 0.001).to(device)
-
     def loss(self, actions, gripper, action_mask, pad, state, layers, ctx_mask) -> dict[str, torch.Tensor]:
         """actions (B, H, 44) normalised; gripper (B, H, 2) unnormalised in [0, 1]; action_mask (B, 44);
         pad (B, H) True past the episode's end; state (B, 46) normalised and masked."""
-        b = actions.shape[0]
-        t = self.sample_time(b, actions.device)
-        noise = torch.randn_like(actions)
-        x_t = t[:, None, None] * noise + (1 - t[:, None, None]) * actions
+        c = self.config
+        t = flow.sample_time_beta(actions.shape[0], c.time_alpha, c.time_beta, actions.device)
+        x_t, u = flow.noisy(actions, torch.randn_like(actions), t)
         v, logits = self(x_t, t, state, layers, ctx_mask, action_mask)
         steps = (~pad).float()[:, :, None]  # (B, H, 1)
         ee = (action_mask & self.ee_mask).float()[:, None, :] * steps  # (B, H, 44)
-        l_ee = (((v.float() - (noise - actions).float()) ** 2) * ee).sum() / ee.sum().clamp(min=1)
+        l_ee = (((v.float() - u.float()) ** 2) * ee).sum() / ee.sum().clamp(min=1)
         gmask = action_mask[:, GRIPPER_DIMS].float()[:, None, :] * steps  # (B, H, 2)
         bce = F.binary_cross_entropy_with_logits(logits.float(), (gripper > 0.5).float(), reduction="none")
         l_grip = (bce * gmask).sum() / gmask.sum().clamp(min=1)
@@ -178,11 +177,11 @@ class FlowActionExpert(nn.Module):
         gripper probabilities (B, H, 2) from the last step."""
         b = state.shape[0]
         x = torch.randn((b, self.horizon, ACTION_DIM), generator=generator, device="cpu").to(state.device, state.dtype)
-        steps = self.config.num_steps
-        dt = -1.0 / steps
-        logits = None
-        for k in range(steps):
-            t = torch.full((b,), 1.0 + k * dt, device=state.device)
-            v, logits = self(x, t, state, layers, ctx_mask, action_mask)
-            x = x + dt * v
-        return x, torch.sigmoid(logits.float())
+        last = {}
+
+        def velocity(x, t):
+            v, last["logits"] = self(x, t, state, layers, ctx_mask, action_mask)
+            return (v,)
+
+        (x,) = flow.integrate(velocity, (x,), self.config.num_steps)
+        return x, torch.sigmoid(last["logits"].float())

@@ -71,7 +71,7 @@ class VLMStudent:
         Returns "latents" Ẑ = [Z_sce; Z_mot] projected (B, Ns + Nm, D_teacher), "lm_loss" when `subtasks`
         are given, and with `hidden_states` the language model's per-layer hidden states ("layers", a tuple
         of L + 1 tensors (B, N, D)) and "attention_mask" (B, N) for the action expert."""
-        b, c = frames.shape[:2]
+        c = frames.shape[1]
         seqs, labels = [], []
         for i, text in enumerate(instructions):
             ids = self.sequence(text, c)
@@ -84,12 +84,11 @@ class VLMStudent:
         inputs = self.embed(frames, instructions, seqs)
         out = self.vlm.language_model(
             inputs_embeds=inputs["inputs_embeds"],
-            attention_mask=inputs["attention_mask"],
+            attention_mask=inputs["attention_mask"] if inputs["padded"] else None,
             output_hidden_states=hidden_states,
         )
         hidden = out.last_hidden_state
-        d = hidden.shape[-1]
-        z = torch.cat([hidden[inputs["scene_mask"]].view(b, -1, d), hidden[inputs["motion_mask"]].view(b, -1, d)], 1)
+        z = torch.cat(self.latent_states(hidden, inputs), 1)  # (B, Ns + Nm, D)
         result = {"latents": self.latent_proj(z)}
         if subtasks is not None:
             result["lm_loss"] = self._lm_loss(hidden, labels)
@@ -105,12 +104,13 @@ class VLMStudent:
         target = torch.full((len(labels), n), IGNORE, dtype=torch.long)
         for i, lab in enumerate(labels):
             target[i, : len(lab)] = torch.tensor(lab)
-        target = target.to(hidden.device)
-        predict_at = target[:, 1:] != IGNORE  # (B, N−1): the hidden state before each labelled token
-        h = hidden[:, :-1][predict_at]  # (M, D)
+        # positions chosen on the CPU (no read-back from the device; runs on the meta device too)
+        rows, cols = (target[:, 1:] != IGNORE).nonzero(as_tuple=True)  # the hidden state before each label
+        h = hidden[rows.to(hidden.device), cols.to(hidden.device)]  # (M, D)
+        labelled = target[rows, cols + 1].to(hidden.device)  # (M,)
         weight = self.vlm.get_input_embeddings().weight
         logits = h.float() @ weight.float().T
         scale = getattr(self.vlm.config.text_config, "final_logit_softcapping", None)
         if scale:
             logits = torch.tanh(logits / scale) * scale
-        return nn.functional.cross_entropy(logits, target[:, 1:][predict_at])
+        return nn.functional.cross_entropy(logits, labelled)

@@ -43,6 +43,10 @@ class TinyConvEncoder(nn.Module):
         self.norm = nn.LayerNorm(d)
         self.mlp = nn.Sequential(nn.Linear(d, 2 * d), nn.GELU(), nn.Linear(2 * d, d))
 
+    def repeated_blocks(self) -> list[nn.Module]:
+        """No repeated transformer blocks: FSDP shards the model as one unit (docs/plugins.md)."""
+        return []
+
     @property
     def width(self) -> int:
         return self.config.width

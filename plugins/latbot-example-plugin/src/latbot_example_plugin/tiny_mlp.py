@@ -35,6 +35,10 @@ class TinyMlpDecoder(nn.Module):
             nn.Linear(latent_width, c), nn.GELU(), nn.Linear(c, config.horizon * config.action_dim)
         )
 
+    def repeated_blocks(self) -> list[nn.Module]:
+        """No repeated transformer blocks: FSDP shards the model as one unit (docs/plugins.md)."""
+        return []
+
     def predict(self, z_sce: torch.Tensor, z_mot: torch.Tensor, frame_t: torch.Tensor):
         """z (B, N, D), frame_t (B, 3, H, W) → future frame (B, 3, H, W), actions (B, K, A)."""
         g = self.config.residual_grid
