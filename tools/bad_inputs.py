@@ -385,7 +385,7 @@ def block_file(store: Path, name: str, index: int = 0) -> Path:
     """The file of block `index` of array `name` (a shard of frames, a chunk of actions/states)."""
     root = store / name / "c"
     files = sorted(p for p in root.rglob("*") if p.is_file())
-    return [p for p in files if p.relative_to(root).parts[0] == str(index)][0]
+    return next(p for p in files if p.relative_to(root).parts[0] == str(index))
 
 
 def read_all(store: Path, name: str) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from latbot.config import PluginConfig
-from latbot.data.store import LOG_NAME, EpisodeStore, StoreError
+from latbot.data.store import LOG_NAME, MAX_IMAGE_SIDE, EpisodeStore, StoreError
 
 
 @dataclass
@@ -39,18 +39,69 @@ def convert(
 
     Episodes already in the store (same source key) are skipped, so rerunning after an interruption
     continues where it stopped. A malformed source episode stops the conversion with a `SourceError`
-    naming the file and key (or, with `skip_bad`, is reported and skipped); committed episodes stay."""
-    from tqdm import tqdm
-
-    from latbot import registry
+    naming the file and key (or, with `skip_bad`, is reported and skipped); committed episodes stay.
+    A conversion that fails before its first episode is committed removes the store it created, so
+    nothing is left behind and a retry starts clean; with `skip_bad`, a run where every episode it tried
+    failed is an error too."""
     from latbot.data.adapters.base import SourceError
-    from latbot.data.video import RESIZE_MODES, VideoError
+    from latbot.data.video import RESIZE_MODES
 
     src, out = Path(src), Path(out)
     if not src.exists():
         raise SourceError(f"{src}: source not found")
     if resize_mode not in RESIZE_MODES:
         raise StoreError(f"--resize: must be one of {', '.join(RESIZE_MODES)}, got {resize_mode!r}")
+    _check_int("--image-size", image_size, MIN_IMAGE_SIZE, MAX_IMAGE_SIDE)
+    _check_int("--limit", limit, 1, 10**9, optional=True)
+    _check_int("chunk_frames", chunk_frames, 1, 65536)
+    _check_int("shard_frames", shard_frames, chunk_frames, 65536)
+    if out.exists() and not out.is_dir():
+        raise StoreError(f"--out {out}: exists and is not a directory; choose another --out")
+    if _never_written(out):
+        _remove_store(out, keep_dir=True)  # a store whose creation was interrupted: start it again
+    created = not (out / "zarr.json").exists()
+    leftover = out.exists()
+    try:
+        return _convert(
+            adapter_config,
+            src,
+            out,
+            image_size,
+            resize_mode,
+            cameras,
+            codec,
+            chunk_frames,
+            shard_frames,
+            limit,
+            skip_bad,
+            progress,
+        )
+    except BaseException:
+        if created and _uncommitted(out):
+            _remove_store(out, keep_dir=leftover)
+        raise
+
+
+def _convert(
+    adapter_config,
+    src,
+    out,
+    image_size,
+    resize_mode,
+    cameras,
+    codec,
+    chunk_frames,
+    shard_frames,
+    limit,
+    skip_bad,
+    progress,
+) -> ConvertResult:
+    from tqdm import tqdm
+
+    from latbot import registry
+    from latbot.data.adapters.base import SourceError
+    from latbot.data.video import VideoError
+
     adapter = registry.build("datasets", adapter_config)
     available = adapter.cameras(src)
     cams = cameras or available
@@ -96,6 +147,10 @@ def convert(
                 continue
             result.added += 1
             bar.set_postfix(frames=store.num_frames)
+        if result.failed and not result.added:
+            raise SourceError(
+                f"{src}: every episode tried failed ({len(result.failed)}); the first: {result.failed[0]}"
+            )
         finalize(store, extra={"source": str(src.resolve()), "adapter": adapter_config.model_dump(mode="json")})
         result.total_episodes = store.num_episodes
     finally:
@@ -103,11 +158,63 @@ def convert(
     return result
 
 
+MIN_IMAGE_SIZE = 8  # pixels; the recipes' data.image_size has the same bounds
+
+
+def _check_int(name: str, value: Any, lo: int, hi: int, optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise StoreError(f"{name}: expected an integer in [{lo}, {hi}], got {value!r}")
+
+
+def _uncommitted(out: Path) -> bool:
+    """True when `out` holds a store (or the start of one) without a single committed episode."""
+    log = out / LOG_NAME
+    try:
+        return out.is_dir() and (not log.exists() or log.stat().st_size == 0)
+    except OSError:
+        return False
+
+
+def _never_written(out: Path) -> bool:
+    """A store directory with group metadata but no commit log and no array data (creation was cut short)."""
+    return (out / "zarr.json").is_file() and not (out / LOG_NAME).exists() and not any(out.rglob("c"))
+
+
+def _remove_store(out: Path, keep_dir: bool) -> None:
+    """Remove what a failed first conversion wrote (only store files: never a user's other files)."""
+    import shutil
+
+    for name in (
+        "zarr.json",
+        LOG_NAME,
+        ".writer.lock",
+        "latbot.json",
+        "frames",
+        "actions",
+        "states",
+        "native_actions",
+        "native_states",
+    ):
+        p = out / name
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        elif p.exists():
+            p.unlink()
+    if not keep_dir:
+        try:
+            out.rmdir()
+        except OSError:
+            pass  # something else is in there: leave it
+
+
 def finalize(store: EpisodeStore, extra: dict[str, Any] | None = None) -> None:
     """Recompute normalisation statistics and write the store's manifest (after any change)."""
     from latbot.artifacts import write_manifest
     from latbot.data.normalize import compute_stats
 
+    store.check_vectors()
     store.set_stats(compute_stats(store))
     digest = hashlib.sha256((store.path / LOG_NAME).read_bytes()).hexdigest()
     summary = {k: v for k, v in store.summary().items() if k in ("episodes", "frames", "cameras", "image_size")}

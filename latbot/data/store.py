@@ -16,6 +16,11 @@ On disk (a directory)::
 An episode is committed when its record is appended (and fsynced) to episodes.jsonl; array data past the
 last committed frame is ignored and overwritten. A conversion killed at any point therefore leaves no
 partial episode, and reopening the store for writing resumes after the last committed one.
+
+A store does not lie: every chunk is written, even one that equals the fill value, so a block file that
+is missing is damage, and reading it raises a `StoreError` (Zarr itself would return fill values: black
+frames, NaN actions); opening checks that every array holds the frames the commit log promises; a block
+that does not decode (crc32c) raises a `StoreError` naming the array and frames.
 File count: frames are stored `shard_frames` per file, so 10^6 episodes of ~200 frames at 256 frames per
 shard is ~8·10^5 files per camera, independent of how the frames are split into episodes.
 """
@@ -25,6 +30,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -40,6 +46,7 @@ LOG_NAME = "episodes.jsonl"
 LOCK_NAME = ".writer.lock"
 CODECS = ("zstd", "lz4", "none")
 STAT_SAMPLE_ROWS = 2_000_000  # quantiles from at most this many rows (a deterministic subsample)
+MAX_IMAGE_SIDE = 4096  # pixels; the recipes' data.image_size has the same bound
 
 
 class StoreError(LatBotError):
@@ -114,6 +121,7 @@ class EpisodeStore:
         self.records = records
         self.writable = writable
         self._lock_fd: int | None = None
+        self._present: dict[str, set[int]] = {}  # block files seen on disk, per array
         self._keys = {r.key for r in records}
         self._offsets = np.array([r.offset for r in records] + [self.num_frames], dtype=np.int64)
 
@@ -140,9 +148,16 @@ class EpisodeStore:
             raise StoreError(f"codec must be one of {CODECS}, got {codec!r}")
         if not cameras or len(set(cameras)) != len(cameras):
             raise StoreError(f"cameras must be a non-empty list of distinct names, got {cameras}")
+        bad = [c for c in cameras if not (isinstance(c, str) and re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_-]*", c))]
+        if bad:
+            raise StoreError(f"camera names must be letters, digits, '_' or '-', got {bad}")
+        h, w = image_size
+        if not (isinstance(h, int) and isinstance(w, int) and 1 <= h <= MAX_IMAGE_SIDE and 1 <= w <= MAX_IMAGE_SIDE):
+            raise StoreError(f"image_size must be two integers in [1, {MAX_IMAGE_SIDE}], got {list(image_size)}")
+        if not (1 <= chunk_frames <= shard_frames <= 65536):
+            raise StoreError(f"need 1 <= chunk_frames ({chunk_frames}) <= shard_frames ({shard_frames}) <= 65536")
         if shard_frames % chunk_frames:
             raise StoreError(f"shard_frames ({shard_frames}) must be a multiple of chunk_frames ({chunk_frames})")
-        h, w = image_size
         attrs = {
             "format_version": STORE_FORMAT_VERSION,
             "cameras": list(cameras),
@@ -155,8 +170,15 @@ class EpisodeStore:
             "state_dim": STATE_DIM,
             "stats": None,
         }
-        path.mkdir(parents=True, exist_ok=True)
-        group = zarr.open_group(str(path), mode="w-", attributes={"latbot": attrs})
+        if path.exists() and not (path.is_dir() and not any(path.iterdir())):
+            raise StoreError(f"{path}: exists and is not an empty directory (nor a store); choose another --out")
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            with _write_every_chunk():
+                group = zarr.open_group(str(path), mode="w-", attributes={"latbot": attrs})
+            (path / LOG_NAME).touch()
+        except OSError as e:
+            raise StoreError(f"{path}: cannot create the store here ({e.strerror or e}); choose another --out") from e
         for cam in cameras:
             zarr.create_array(
                 group.store,
@@ -167,30 +189,35 @@ class EpisodeStore:
                 shards=(shard_frames, h, w, 3),
                 compressors=_compressors(codec),
                 fill_value=0,
+                config={"write_empty_chunks": True},
             )
         for name, dim in (("actions", ACTION_DIM), ("states", STATE_DIM)):
             _create_vector_array(group, name, dim)
-        (path / LOG_NAME).touch()
         return cls._open(path, "a")
 
     @classmethod
-    def open(cls, path: str | Path, mode: str = "r") -> EpisodeStore:
-        """Open an existing store, read-only (`"r"`) or for appending (`"a"`, resumes after the last commit)."""
+    def open(cls, path: str | Path, mode: str = "r", *, check: bool = True) -> EpisodeStore:
+        """Open an existing store, read-only (`"r"`) or for appending (`"a"`, resumes after the last commit).
+        `check=False` skips the array-length check (for `verify`, which reports it as a finding)."""
         if mode not in ("r", "a"):
             raise ValueError(f"mode must be 'r' or 'a', got {mode!r}")
-        return cls._open(Path(path), mode)
+        return cls._open(Path(path), mode, check=check)
 
     @classmethod
-    def _open(cls, path: Path, mode: str) -> EpisodeStore:
+    def _open(cls, path: Path, mode: str, check: bool = True) -> EpisodeStore:
         import zarr
 
         if not (path / "zarr.json").is_file():
             raise StoreError(f"{path}: not an episode store (no zarr.json); create one with `latbot data convert`")
         try:
-            group = zarr.open_group(str(path), mode="r" if mode == "r" else "r+")
-        except Exception as e:
-            raise StoreError(f"{path}: cannot open the Zarr group: {type(e).__name__}: {e}") from e
-        attrs = dict(group.attrs).get("latbot")
+            with _write_every_chunk():
+                group = zarr.open_group(str(path), mode="r" if mode == "r" else "r+")
+            attrs = dict(group.attrs).get("latbot")
+        except Exception as e:  # any Zarr/JSON failure here means the group metadata is damaged
+            raise StoreError(
+                f"{path}: cannot open the Zarr group ({type(e).__name__}: {e}); the store is damaged: "
+                "re-convert it (run `latbot data verify` for details)"
+            ) from e
         if not isinstance(attrs, dict) or "format_version" not in attrs:
             raise StoreError(f"{path}: zarr.json has no latbot attributes; this is not a LatBot episode store")
         if attrs["format_version"] != STORE_FORMAT_VERSION:
@@ -206,11 +233,20 @@ class EpisodeStore:
             except BlockingIOError as e:
                 os.close(lock_fd)
                 raise StoreError(f"{path}: another process is writing to this store") from e
-        records = _read_log(path / LOG_NAME, repair=mode == "a")
-        store = cls(path, group, records, writable=mode == "a")
-        store._lock_fd = lock_fd
-        if mode == "a":
-            store._truncate_uncommitted()
+        try:
+            if mode == "a" and not (path / LOG_NAME).exists() and _all_empty(group, attrs):
+                (path / LOG_NAME).touch()  # created but never committed to (an older LatBot died here): empty
+            records = _read_log(path / LOG_NAME, repair=mode == "a")
+            store = cls(path, group, records, writable=mode == "a")
+            store._lock_fd = lock_fd
+            if check or mode == "a":
+                store._check_lengths()
+            if mode == "a":
+                store._truncate_uncommitted()
+        except BaseException:
+            if lock_fd is not None:
+                os.close(lock_fd)
+            raise
         return store
 
     def close(self) -> None:
@@ -254,9 +290,12 @@ class EpisodeStore:
     def array(self, name: str) -> Any:
         """A Zarr array of the store ("frames/<camera>", "actions", "states", "native_actions", ...)."""
         try:
-            return self._group[name]
+            with _write_every_chunk():
+                return self._group[name]
         except KeyError as e:
-            raise StoreError(f"{self.path}: no array '{name}' in this store") from e
+            raise StoreError(f"{self.path}: no array '{name}' in this store (its zarr.json is missing?)") from e
+        except Exception as e:  # unreadable array metadata
+            raise StoreError(f"{self.path}/{name}: array metadata is damaged ({type(e).__name__}: {e})") from e
 
     def has_array(self, name: str) -> bool:
         return name in self._group
@@ -282,11 +321,63 @@ class EpisodeStore:
             lo, hi = (int(steps.min()), int(steps.max()) + 1) if steps.size else (0, 0)
             sel = (slice(rec.offset + lo, rec.offset + hi), steps - lo)
         out: dict[str, Any] = {}
-        for cam in cameras or self.cameras:
-            out[f"frames/{cam}"] = _take(self.array(f"frames/{cam}"), sel)
-        for name in ("actions", "states"):
-            out[name] = _take(self.array(name), sel)
+        for name in [f"frames/{cam}" for cam in cameras or self.cameras] + ["actions", "states"]:
+            out[name] = self._read_array(name, sel, where=f"episode {episode} ({rec.key})")
         return out
+
+    def read_rows(self, name: str, start: int, stop: int) -> np.ndarray:
+        """Rows [start, stop) of a flat array, checked like `read` (missing or corrupt blocks raise)."""
+        return self._read_array(name, slice(start, stop), where=f"frames {start}:{stop}")
+
+    def _read_array(self, name: str, sel: Any, where: str) -> np.ndarray:
+        arr = self.array(name)
+        rows = sel[0] if isinstance(sel, tuple) else sel
+        self._check_blocks(name, arr, rows.start, rows.stop)
+        try:
+            return _take(arr, sel)
+        except Exception as e:  # a block that does not decode (crc32c, codec): the bytes on disk are damaged
+            raise StoreError(
+                f"{self.path}/{name}: {where} cannot be read ({type(e).__name__}: {e}); the store is damaged: "
+                "run `latbot data verify` and re-convert"
+            ) from e
+
+    def missing_blocks(self, name: str, start: int, stop: int) -> list[tuple[int, int]]:
+        """Row ranges [a, b) within [start, stop) of `name` whose block file (a shard, or a chunk of an
+        unsharded array) is not on disk. Zarr would read them as fill values; here they are damage."""
+        arr = self.array(name)
+        rows = arr.shards[0] if arr.shards else arr.chunks[0]
+        encode = arr.metadata.chunk_key_encoding.encode_chunk_key
+        known = self._present.setdefault(name, set())
+        missing = []
+        for block in range(start // rows, -(-stop // rows) if stop > start else start // rows):
+            if block in known:
+                continue
+            if (self.path / name / encode((block,) + (0,) * (arr.ndim - 1))).is_file():
+                known.add(block)
+            else:
+                missing.append((block * rows, min((block + 1) * rows, arr.shape[0])))
+        return missing
+
+    def _check_blocks(self, name: str, arr: Any, start: int, stop: int) -> None:
+        stop = min(stop, arr.shape[0])
+        missing = self.missing_blocks(name, start, stop) if stop > start else []
+        if missing:
+            a, b = missing[0]
+            raise StoreError(
+                f"{self.path}/{name}: the block holding frames {a}:{b} is missing on disk (deleted or never "
+                "written); the store is damaged: run `latbot data verify` and re-convert"
+            )
+
+    def _check_lengths(self) -> None:
+        """Every array must hold the frames the commit log promises (a shorter one means lost data)."""
+        n = self.num_frames
+        for name in self._array_names():
+            have = self.array(name).shape[0]
+            if have < n:
+                raise StoreError(
+                    f"{self.path}/{name}: holds {have} frames, but the commit log's episodes need {n}; the "
+                    "store is damaged: run `latbot data verify` and re-convert"
+                )
 
     # -- writing ------------------------------------------------------------------------------------
     def append(self, episode: Episode) -> EpisodeRecord:
@@ -371,6 +462,21 @@ class EpisodeStore:
         names = [f"frames/{c}" for c in self.cameras] + ["actions", "states"]
         return names + [n for n in ("native_actions", "native_states") if self.has_array(n)]
 
+    def check_vectors(self) -> None:
+        """Raise a `StoreError` unless actions and states are readable and finite in every valid dimension
+        (what statistics are computed from: `latbot data stats` refuses to write NaN statistics)."""
+        for name, which in (("actions", 0), ("states", 1)):
+            values = self.read_rows(name, 0, self.num_frames)
+            for rec in self.records:
+                mask = rec.masks()[which]
+                bad = ~np.isfinite(values[rec.offset : rec.stop][:, mask])
+                if bad.any():
+                    step = int(np.argwhere(bad)[0][0])
+                    raise StoreError(
+                        f"{self.path}/{name}: non-finite value in episode {rec.index} ({rec.key}) at step {step}; "
+                        "the store is damaged: run `latbot data verify` and re-convert"
+                    )
+
     def set_stats(self, stats: dict[str, Any]) -> None:
         attrs = self.attrs
         attrs["stats"] = stats
@@ -402,6 +508,23 @@ class EpisodeStore:
         }
 
 
+def _write_every_chunk() -> Any:
+    """Zarr skips writing chunks equal to the fill value; a store writes them all, so that a missing block
+    file always means damage (`missing_blocks`). The setting is read when an array is opened."""
+    import zarr
+
+    return zarr.config.set({"array.write_empty_chunks": True})
+
+
+def _all_empty(group: Any, attrs: dict[str, Any]) -> bool:
+    """True when no array of a store holds a frame (nothing was ever written to it)."""
+    names = [f"frames/{c}" for c in attrs.get("cameras", [])] + ["actions", "states"]
+    try:
+        return all(group[n].shape[0] == 0 for n in names)
+    except Exception:
+        return False
+
+
 def _compressors(codec: str) -> list[Any]:
     from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
@@ -424,6 +547,7 @@ def _create_vector_array(group: Any, name: str, dim: int) -> None:
         chunks=(8192, dim),
         compressors=_compressors("zstd"),
         fill_value=float("nan"),
+        config={"write_empty_chunks": True},
     )
 
 

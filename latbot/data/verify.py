@@ -1,9 +1,10 @@
 """`latbot data verify`: everything that can be wrong with an episode store, found and reported.
 
 Checks: the format version; the commit log (parseable, contiguous, a torn last record); every array's
-length against the log; every chunk decodes (zstd/lz4 plus a crc32c checksum per chunk catches
-corrupted bytes; a missing chunk reads as NaN for actions/states and is reported); non-finite values in
-valid action/state dimensions; masks and subtask ranges; the manifest.
+length against the log; every block file (a shard of frames, a chunk of actions/states) is on disk (Zarr
+would read a missing one as fill values; every store chunk is written, so a missing file is damage);
+every chunk decodes (zstd/lz4 plus a crc32c checksum per chunk catches corrupted bytes); non-finite
+values in valid action/state dimensions; masks and subtask ranges; the manifest.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ def verify_store(path: str | Path, progress: bool = False) -> list[Problem]:
 
     path = Path(path)
     try:
-        store = EpisodeStore.open(path)
+        store = EpisodeStore.open(path, check=False)
     except LatBotError as e:
         return [Problem(str(path), str(e))]
     problems: list[Problem] = []
@@ -56,6 +57,8 @@ def verify_store(path: str | Path, progress: bool = False) -> list[Problem]:
             continue
         if arr.shape[0] != n:
             problems.append(Problem(f"{path}/{name}", f"has {arr.shape[0]} frames, the commit log {n}"))
+        for a, b in store.missing_blocks(name, 0, min(n, arr.shape[0])):
+            problems.append(Problem(f"{path}/{name}", f"the block file of frames {a}:{b} is missing (deleted?)"))
         problems += _check_chunks(path, name, arr, min(n, arr.shape[0]), store, progress)
     for rec in store.records:
         where = f"{path} episode {rec.index} ({rec.key})"
@@ -78,6 +81,8 @@ def _check_chunks(path: Path, name: str, arr, n: int, store, progress: bool) -> 
     starts = range(0, n, step)
     for start in tqdm(starts, desc=f"verify {name}", unit="block", disable=not progress, leave=False):
         stop = min(start + step, n)
+        if store.missing_blocks(name, start, stop):
+            continue  # reported once above
         try:
             block = arr[start:stop]
         except Exception as e:  # any decoding failure is a finding, not a crash

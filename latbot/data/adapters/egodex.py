@@ -105,7 +105,11 @@ def _pose(f, joint: str, path: Path, n: int | None = None) -> np.ndarray:
     key = f"transforms/{joint}"
     if key not in f:
         raise SourceError(f"{path}: missing dataset '/{key}'")
-    data = f[key][()].astype(np.float64)
+    node = f[key]
+    if not hasattr(node, "dtype") or node.dtype.kind not in "fiu":
+        got = f"dtype {node.dtype}" if hasattr(node, "dtype") else "a group"
+        raise SourceError(f"{path}:/{key}: expected numeric (N, 4, 4) poses, got {got}")
+    data = node[()].astype(np.float64)
     if data.ndim != 3 or data.shape[1:] != (4, 4) or (n is not None and len(data) != n):
         raise SourceError(f"{path}:/{key}: expected ({n or 'N'}, 4, 4) poses, got {data.shape}")
     if not np.isfinite(data).all():
@@ -149,7 +153,9 @@ def _instruction(attrs: dict, path: Path) -> str:
         v = attrs.get(key)
         if isinstance(v, bytes):
             v = v.decode("utf-8", "replace")
-        return str(v).strip() if v is not None else None
+        if v is not None and not isinstance(v, str):
+            raise SourceError(f"{path}: root attribute '{key}' must be a string, got {type(v).__name__} {v!r:.60}")
+        return v.strip() if v is not None else None
 
     key = "llm_description"
     if text("llm_type") == "reversible" and text("which_llm_description") == "2":

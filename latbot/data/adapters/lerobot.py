@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -46,9 +47,11 @@ class LeRobotAdapter(DatasetAdapter):
         if not path.is_file():
             raise SourceError(f"{src}: no meta/info.json (not a LeRobot dataset directory)")
         try:
-            info = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
+            info = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
             raise SourceError(f"{path}: not valid JSON: {e}") from e
+        if not isinstance(info, dict):
+            raise SourceError(f"{path}: expected a JSON object, got {type(info).__name__}")
         for key in ("codebase_version", "fps", "features", "data_path"):
             if key not in info:
                 raise SourceError(f"{path}: missing key '{key}'")
@@ -57,11 +60,12 @@ class LeRobotAdapter(DatasetAdapter):
                 f"{path}: codebase_version {info['codebase_version']!r} is not supported "
                 f"(supported: {', '.join(SUPPORTED_VERSIONS)}; convert v2.0 datasets with LeRobot first)"
             )
+        _check_info(info, path)
         return info
 
     def _camera_features(self, info: dict[str, Any], where: Path) -> dict[str, str]:
         """store camera name → feature key (e.g. "top" → "observation.images.top")."""
-        feats = {k: v for k, v in info["features"].items() if v.get("dtype") in ("video", "image")}
+        feats = {k: v for k, v in info["features"].items() if v["dtype"] in ("video", "image")}
         keys = self.config.camera_keys or sorted(feats)
         missing = [k for k in keys if k not in feats]
         if missing:
@@ -90,8 +94,14 @@ class LeRobotAdapter(DatasetAdapter):
 
         idx = int(ep["episode_index"])
         chunk = ep.get("data/chunk_index", idx // info.get("chunks_size", 1000))
-        data_file = src / info["data_path"].format(
-            episode_chunk=chunk, episode_index=idx, chunk_index=chunk, file_index=ep.get("data/file_index", 0)
+        data_file = _source_path(
+            src,
+            info,
+            "data_path",
+            episode_chunk=chunk,
+            episode_index=idx,
+            chunk_index=chunk,
+            file_index=ep.get("data/file_index", 0),
         )
         where = f"{data_file} (episode {idx})"
         try:
@@ -101,11 +111,12 @@ class LeRobotAdapter(DatasetAdapter):
         for col in ("episode_index", "frame_index", "timestamp"):
             if col not in table.column_names:
                 raise SourceError(f"{data_file}: missing column '{col}'")
-        rows = np.flatnonzero(table.column("episode_index").to_numpy() == idx)  # v3.0 files hold many episodes
+        ep_col = _numbers(table, "episode_index", where, np.int64)
+        rows = np.flatnonzero(ep_col == idx)  # v3.0 files hold many episodes
         if rows.size == 0:
             raise SourceError(f"{where}: no rows for this episode")
         table = table.take(rows)
-        order = np.argsort(table.column("frame_index").to_numpy(), kind="stable")
+        order = np.argsort(_numbers(table, "frame_index", where, np.int64), kind="stable")
         table = table.take(order)
         length = table.num_rows
         if ep.get("length") is not None and int(ep["length"]) != length:
@@ -113,7 +124,9 @@ class LeRobotAdapter(DatasetAdapter):
         actions = _vector(table, self.config.action_key, where)
         states = _vector(table, self.config.state_key, where)
         traj = unify(actions, states, self.config.arms, where)
-        timestamps = table.column("timestamp").to_numpy().astype(np.float64)
+        timestamps = _numbers(table, "timestamp", where, np.float64)
+        if not np.isfinite(timestamps).all():
+            raise SourceError(f"{where}: column 'timestamp' has a non-finite value")
         feats = self._camera_features(info, src)
         frames = {}
         for cam in cameras:
@@ -150,8 +163,15 @@ class LeRobotAdapter(DatasetAdapter):
         idx = int(ep["episode_index"])
         chunk = ep.get(f"videos/{key}/chunk_index", idx // info.get("chunks_size", 1000))
         file_index = ep.get(f"videos/{key}/file_index", 0)
-        path = src / info["video_path"].format(
-            episode_chunk=chunk, episode_index=idx, video_key=key, chunk_index=chunk, file_index=file_index
+        path = _source_path(
+            src,
+            info,
+            "video_path",
+            episode_chunk=chunk,
+            episode_index=idx,
+            video_key=key,
+            chunk_index=chunk,
+            file_index=file_index,
         )
         offset = float(ep.get(f"videos/{key}/from_timestamp", 0.0))
         fps = float(info["fps"])
@@ -166,7 +186,12 @@ def _vector(table, key: str | None, where: str) -> np.ndarray | None:
         return None
     if key not in table.column_names:
         raise SourceError(f"{where}: missing column '{key}' (set action_key / state_key, or null if absent)")
-    values = np.asarray(table.column(key).to_pylist(), dtype=np.float32)
+    try:
+        values = np.asarray(table.column(key).to_pylist(), dtype=np.float32)
+    except (TypeError, ValueError) as e:
+        raise SourceError(f"{where}: column '{key}' is not a fixed-length numeric vector per frame ({e})") from e
+    if values.ndim not in (1, 2):
+        raise SourceError(f"{where}: column '{key}' has shape {values.shape}, expected one vector per frame")
     if values.ndim == 1:
         values = values[:, None]
     if not np.isfinite(values).all():
@@ -184,7 +209,10 @@ def _parquet_images(table, key: str, where: str) -> Iterator[np.ndarray]:
         data = cell.get("bytes") if isinstance(cell, dict) else None
         if not data:
             raise SourceError(f"{where}: image column '{key}' holds no embedded bytes")
-        yield np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+        try:
+            yield np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+        except (OSError, ValueError) as e:  # PIL's UnidentifiedImageError is an OSError
+            raise SourceError(f"{where}: image column '{key}' holds bytes that are not an image ({e})") from e
 
 
 def _task_segments(table, names: dict[int, str]) -> list[tuple[int, int, str]]:
@@ -205,33 +233,17 @@ def _episodes_v21(src: Path) -> list[dict]:
         if not p.is_file():
             raise SourceError(f"{p}: missing (LeRobot v2.1 keeps episodes and tasks in meta/*.jsonl)")
     names = {}
-    for n, line in enumerate(tasks_path.read_text().splitlines(), 1):
-        if line.strip():
-            try:
-                row = json.loads(line)
-                names[int(row["task_index"])] = row["task"]
-            except (json.JSONDecodeError, KeyError) as e:
-                raise SourceError(f"{tasks_path}:{n}: bad task record ({e})") from e
+    for n, row in _jsonl(tasks_path):
+        where = f"{tasks_path}:{n}"
+        names[_int(row.get("task_index"), where, "task_index")] = _str(row.get("task"), where, "task")
     out = []
-    for n, line in enumerate(eps_path.read_text().splitlines(), 1):
-        if line.strip():
-            try:
-                row = json.loads(line)
-                out.append(
-                    {
-                        "episode_index": row["episode_index"],
-                        "tasks": row.get("tasks", []),
-                        "length": row.get("length"),
-                        "task_names": names,
-                    }
-                )
-            except (json.JSONDecodeError, KeyError) as e:
-                raise SourceError(f"{eps_path}:{n}: bad episode record ({e})") from e
+    for n, row in _jsonl(eps_path):
+        out.append(_episode_row(row, f"{eps_path}:{n}") | {"task_names": names})
+    _unique_episodes(out, eps_path)
     return out
 
 
 def _episodes_v30(src: Path) -> list[dict]:
-    import pyarrow.parquet as pq
 
     files = sorted((src / "meta/episodes").rglob("*.parquet"))
     if not files:
@@ -239,15 +251,15 @@ def _episodes_v30(src: Path) -> list[dict]:
     tasks_path = src / "meta/tasks.parquet"
     if not tasks_path.is_file():
         raise SourceError(f"{tasks_path}: missing")
-    names = _task_names_v30(pq.read_table(tasks_path), tasks_path)
+    names = _task_names_v30(_read_parquet(tasks_path), tasks_path)
     out = []
     for path in files:
-        rows = pq.read_table(path).to_pylist()
-        for row in rows:
+        for n, row in enumerate(_read_parquet(path).to_pylist()):
             for key in ("episode_index", "data/chunk_index", "data/file_index"):
                 if key not in row:
                     raise SourceError(f"{path}: missing column '{key}'")
-            out.append({**row, "task_names": names})
+            out.append({**row, **_episode_row(row, f"{path} row {n}"), "task_names": names})
+    _unique_episodes(out, files[0].parent)
     return sorted(out, key=lambda r: r["episode_index"])
 
 
@@ -260,6 +272,140 @@ def _task_names_v30(table, path: Path) -> dict[int, str]:
     if text_col is None:
         raise SourceError(f"{path}: no task text column (expected 'task' or the pandas index)")
     return {
-        int(i): str(t)
-        for i, t in zip(table.column("task_index").to_pylist(), table.column(text_col).to_pylist(), strict=True)
+        _int(i, f"{path} row {n}", "task_index"): _str(t, f"{path} row {n}", text_col)
+        for n, (i, t) in enumerate(
+            zip(table.column("task_index").to_pylist(), table.column(text_col).to_pylist(), strict=True)
+        )
     }
+
+
+# -- validation of metadata (every field a converter reads is checked for its type and range) ----------
+KNOWN_DTYPES = (
+    "video", "image", "string", "bool", "float16", "float32", "float64",
+    "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
+)  # fmt: skip
+TEMPLATE_FIELDS = ("episode_chunk", "episode_index", "chunk_index", "file_index", "video_key")
+MAX_FPS = 1000.0
+
+
+def _check_info(info: dict[str, Any], path: Path) -> None:
+    fps = info["fps"]
+    if isinstance(fps, bool) or not isinstance(fps, int | float) or not 0 < fps <= MAX_FPS:
+        raise SourceError(f"{path}: 'fps' must be a number in (0, {MAX_FPS:g}], got {fps!r}")
+    feats = info["features"]
+    if not isinstance(feats, dict) or not feats:
+        raise SourceError(
+            f"{path}: 'features' must be a non-empty object feature name → spec, got {type(feats).__name__}"
+        )
+    for key, spec in feats.items():
+        if not isinstance(spec, dict) or not isinstance(spec.get("dtype"), str):
+            raise SourceError(f"{path}: features['{key}'] must be an object with a string 'dtype', got {spec!r:.80}")
+        if spec["dtype"] not in KNOWN_DTYPES:
+            raise SourceError(
+                f"{path}: features['{key}'] has dtype {spec['dtype']!r}, which LeRobot does not define "
+                f"(known: {', '.join(KNOWN_DTYPES)})"
+            )
+        shape = spec.get("shape")
+        if shape is not None and not (
+            isinstance(shape, list) and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape)
+        ):
+            raise SourceError(f"{path}: features['{key}'].shape must be a list of non-negative integers, got {shape!r}")
+    for key in ("data_path", "video_path"):
+        if key in info and not isinstance(info[key], str):
+            raise SourceError(f"{path}: '{key}' must be a path template string, got {info[key]!r}")
+    if any(spec["dtype"] == "video" for spec in feats.values()) and "video_path" not in info:
+        raise SourceError(f"{path}: has video features but no 'video_path'")
+    chunks = info.get("chunks_size", 1000)
+    if isinstance(chunks, bool) or not isinstance(chunks, int) or chunks < 1:
+        raise SourceError(f"{path}: 'chunks_size' must be a positive integer, got {chunks!r}")
+    robot = info.get("robot_type")
+    if robot is not None and not isinstance(robot, str):
+        raise SourceError(f"{path}: 'robot_type' must be a string, got {robot!r}")
+
+
+def _source_path(src: Path, info: dict[str, Any], template_key: str, **fields: Any) -> Path:
+    """A file named by an info.json template, which must stay inside the dataset directory."""
+    where = f"{src}/meta/info.json: '{template_key}'"
+    template = info[template_key]
+    try:
+        rel = template.format(**fields)
+    except (KeyError, IndexError) as e:
+        raise SourceError(
+            f"{where} {template!r} names an unknown field {e}; templates may use {', '.join(TEMPLATE_FIELDS)}"
+        ) from e
+    except ValueError as e:
+        raise SourceError(f"{where} {template!r} is not a valid template ({e})") from e
+    # Lexically, not through symlinks: a Hub cache snapshot links its files to blobs elsewhere.
+    root = os.path.normpath(os.path.abspath(src))
+    full = os.path.normpath(os.path.join(root, rel))
+    if os.path.isabs(rel) or os.path.commonpath([root, full]) != root:
+        raise SourceError(f"{where} {template!r} gives {rel!r}, which is outside the dataset directory {src}")
+    return Path(full)
+
+
+def _int(value: Any, where: str, key: str, minimum: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
+        raise SourceError(f"{where}: '{key}' must be an integer ≥ {minimum}, got {value!r}")
+    return int(value)
+
+
+def _str(value: Any, where: str, key: str) -> str:
+    if not isinstance(value, str):
+        raise SourceError(f"{where}: '{key}' must be a string, got {value!r}")
+    return value
+
+
+def _episode_row(row: Any, where: str) -> dict[str, Any]:
+    """The fields of an episode record that conversion reads, type-checked."""
+    if not isinstance(row, dict):
+        raise SourceError(f"{where}: an episode record must be an object, got {type(row).__name__}")
+    out: dict[str, Any] = {"episode_index": _int(row.get("episode_index"), where, "episode_index")}
+    tasks = row.get("tasks") or []
+    if not (isinstance(tasks, list) and all(isinstance(t, str) for t in tasks)):
+        raise SourceError(f"{where}: 'tasks' must be a list of strings, got {tasks!r:.80}")
+    out["tasks"] = tasks
+    out["length"] = None if row.get("length") is None else _int(row["length"], where, "length", 1)
+    for key, value in row.items():
+        if key.endswith(("chunk_index", "file_index")):
+            out[key] = _int(value, where, key)
+        elif key.endswith(("from_timestamp", "to_timestamp")):
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1e9:
+                raise SourceError(f"{where}: '{key}' must be a time in seconds ≥ 0, got {value!r}")
+    return out
+
+
+def _unique_episodes(rows: list[dict], where: Path) -> None:
+    seen: set[int] = set()
+    for row in rows:
+        if row["episode_index"] in seen:
+            raise SourceError(f"{where}: episode_index {row['episode_index']} is listed twice")
+        seen.add(row["episode_index"])
+
+
+def _jsonl(path: Path) -> Iterator[tuple[int, Any]]:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        raise SourceError(f"{path}: not UTF-8 text ({e})") from e
+    for n, line in enumerate(lines, 1):
+        if line.strip():
+            try:
+                yield n, json.loads(line)
+            except (json.JSONDecodeError, RecursionError) as e:
+                raise SourceError(f"{path}:{n}: not a JSON record ({e})") from e
+
+
+def _read_parquet(path: Path):
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_table(path)
+    except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
+        raise SourceError(f"{path}: cannot read parquet: {e}") from e
+
+
+def _numbers(table, column: str, where: str, dtype) -> np.ndarray:
+    try:
+        return np.asarray(table.column(column).to_numpy(zero_copy_only=False), dtype=dtype)
+    except (TypeError, ValueError) as e:
+        raise SourceError(f"{where}: column '{column}' must hold numbers ({e})") from e
