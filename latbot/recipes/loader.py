@@ -26,10 +26,15 @@ from pydantic import BaseModel, ValidationError
 from latbot import registry
 from latbot.config import PluginConfig
 from latbot.errors import RecipeError, RegistryError
-from latbot.recipes.schema import RECIPE_CLASSES, STAGES, RecipeModel, iter_slots
+from latbot.recipes.schema import RECIPE_CLASSES, STAGES, PluginSlot, RecipeModel, iter_slots
 
 Loc = tuple[str | int, ...]
 BASE_KEY = "base"
+# Bounds on what a recipe file may be (a recipe is a page of YAML; these are far above any real one):
+MAX_RECIPE_BYTES = 1 << 20  # 1 MiB per file
+MAX_DEPTH = 64  # nesting of mappings / lists
+MAX_NODES = 100_000  # values after expanding aliases (a "billion laughs" alias bomb stops here)
+MAX_BASE_DEPTH = 32  # `base:` includes, one inside another
 
 
 class RecipeSource:
@@ -56,37 +61,94 @@ def dotted(loc: Iterable[str | int]) -> str:
 
 
 # -- reading YAML ----------------------------------------------------------------------------------
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with a nesting limit (deep documents would overflow Python's stack)."""
+
+    depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        self.depth += 1
+        try:
+            if self.depth > MAX_DEPTH:
+                mark = self.peek_event().start_mark
+                raise yaml.composer.ComposerError(None, None, f"nested deeper than {MAX_DEPTH} levels", mark)
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+
+def _expanded_size(node: yaml.Node, memo: dict[int, int]) -> int:
+    """How many values `node` stands for once aliases are expanded (shared nodes counted each time)."""
+    if id(node) not in memo:
+        memo[id(node)] = 1  # a cycle (recursive alias) counts once instead of looping
+        if isinstance(node, yaml.MappingNode):
+            total = 1 + sum(_expanded_size(k, memo) + _expanded_size(v, memo) for k, v in node.value)
+        elif isinstance(node, yaml.SequenceNode):
+            total = 1 + sum(_expanded_size(v, memo) for v in node.value)
+        else:
+            total = 1
+        memo[id(node)] = total
+    return memo[id(node)]
+
+
 def _read_yaml(path: Path) -> tuple[Any, dict[Loc, int]]:
     try:
-        text = path.read_text(encoding="utf-8")
+        if path.stat().st_size > MAX_RECIPE_BYTES:
+            raise RecipeError(f"{path}: {path.stat().st_size} bytes, larger than a recipe may be ({MAX_RECIPE_BYTES})")
+        raw = path.read_bytes()
     except FileNotFoundError as e:
         raise RecipeError(f"{path}: recipe file not found") from e
     except OSError as e:
         raise RecipeError(f"{path}: cannot read recipe file: {e.strerror}") from e
-    loader = yaml.SafeLoader(text)
     try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise RecipeError(f"{path}:{line}: not UTF-8 text (byte {raw[e.start]:#04x}); save the recipe as UTF-8") from e
+    loader = None
+    try:
+        loader = _BoundedLoader(text)
         node = loader.get_single_node()
+        if node is not None and _expanded_size(node, {}) > MAX_NODES:
+            raise RecipeError(
+                f"{path}: expands to more than {MAX_NODES} values (YAML aliases `*name` repeat whole subtrees); "
+                "write the recipe out without alias chains"
+            )
         data = loader.construct_document(node) if node is not None else None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         pos = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
-        problem = getattr(e, "problem", None) or str(e)
+        problem = getattr(e, "problem", None) or getattr(e, "reason", None) or str(e)
         raise RecipeError(f"{path}{pos}: invalid YAML: {problem}") from e
+    except RecursionError as e:  # a recursive alias that refers to itself
+        raise RecipeError(f"{path}: invalid YAML: a structure that contains itself (recursive alias)") from e
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     lines: dict[Loc, int] = {}
 
-    def walk(n: yaml.Node, loc: Loc, line: int) -> None:
+    def walk(n: yaml.Node, loc: Loc, line: int, seen: set[int]) -> None:
         lines[loc] = line
+        if id(n) in seen:
+            return  # a recursive alias
+        seen = seen | {id(n)}
         if isinstance(n, yaml.MappingNode):
+            first: dict[str, int] = {}
             for key_node, value_node in n.value:
-                walk(value_node, (*loc, str(key_node.value)), key_node.start_mark.line + 1)
+                key, key_line = str(key_node.value), key_node.start_mark.line + 1
+                if key in first and key != "<<":
+                    raise RecipeError(
+                        f"{path}:{key_line}: {dotted((*loc, key))}: duplicate key (first at line {first[key]}); "
+                        "YAML would silently keep only the last one"
+                    )
+                first[key] = key_line
+                walk(value_node, (*loc, key), key_line, seen)
         elif isinstance(n, yaml.SequenceNode):
             for i, item in enumerate(n.value):
-                walk(item, (*loc, i), item.start_mark.line + 1)
+                walk(item, (*loc, i), item.start_mark.line + 1, seen)
 
     if node is not None:
-        walk(node, (), 1)
+        walk(node, (), 1, set())
     return data, lines
 
 
@@ -109,6 +171,8 @@ def _compose(path: Path, stack: tuple[Path, ...] = ()) -> tuple[dict, dict[Loc, 
     if resolved in stack:
         chain = " -> ".join(str(p) for p in (*stack, resolved))
         raise RecipeError(f"{path}: `base:` includes form a cycle: {chain}")
+    if len(stack) >= MAX_BASE_DEPTH:
+        raise RecipeError(f"{path}: `base:` includes nested deeper than {MAX_BASE_DEPTH} files (from {stack[0]})")
     data, lines = _read_yaml(path)
     if data is None:
         data = {}
@@ -277,10 +341,47 @@ def _resolve_slot(raw: dict, kind: str, loc: Loc, source: RecipeSource) -> tuple
         cls = registry.get(kind, name)
     except RegistryError as e:
         return None, [f"{source.where((*loc, 'type'))}: {dotted((*loc, 'type'))}: {e}"]
+    booleans = _boolean_numbers(raw, cls.Config, loc, source)
+    if booleans:
+        return None, booleans
     try:
         return cls.Config.model_validate(raw), []
     except ValidationError as e:
         return None, _format(e, source, cls.Config, loc)
+
+
+def _number_kind(annotation: Any) -> bool:
+    """True when a field annotation is a number (int/float, maybe Optional or Annotated, or a tuple of them)."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Annotated:
+        return _number_kind(args[0])
+    if origin in (typing.Union, types.UnionType, tuple):
+        parts = [a for a in args if a is not type(None) and a is not Ellipsis]
+        return bool(parts) and all(_number_kind(a) for a in parts)
+    return annotation in (int, float)
+
+
+def _boolean_numbers(data: Any, model: type[BaseModel], loc: Loc, source: RecipeSource) -> list[str]:
+    """`steps: yes` is a boolean in YAML and pydantic would read it as 1: numbers must be written as numbers."""
+    problems: list[str] = []
+    if not isinstance(data, dict):
+        return problems
+    for name, value in data.items():
+        info = model.model_fields.get(name) if isinstance(name, str) else None
+        if info is None:
+            continue
+        here = (*loc, name)
+        values = value if isinstance(value, list | tuple) else [value]
+        if _number_kind(info.annotation) and any(isinstance(v, bool) for v in values):
+            problems.append(f"{source.where(here)}: {dotted(here)}: expected a number, got a boolean ({value!r})")
+            continue
+        if any(isinstance(m, PluginSlot) for m in info.metadata):
+            continue  # checked with the plugin's own Config when the slot is resolved
+        inner = _unwrap_model(info.annotation, index=isinstance(value, list))
+        if isinstance(inner, type) and issubclass(inner, BaseModel):
+            for i, item in enumerate(value) if isinstance(value, list) else [(None, value)]:
+                problems += _boolean_numbers(item, inner, here if i is None else (*here, i), source)
+    return problems
 
 
 def validate(source: RecipeSource) -> RecipeModel:
@@ -294,7 +395,7 @@ def validate(source: RecipeSource) -> RecipeModel:
         raise RecipeError(f"{source.where(('stage',))}: stage: {got}{hint} (expected one of: {', '.join(STAGES)})")
     cls = RECIPE_CLASSES[stage]
     data = copy.deepcopy(source.data)
-    problems: list[str] = []
+    problems: list[str] = _boolean_numbers(data, cls, (), source)
     for loc, _owner, _name, kind, _optional in iter_slots(cls):
         parent: Any = data
         for part in loc[:-1]:

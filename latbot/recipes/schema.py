@@ -62,16 +62,19 @@ class DataSource(Section):
     """One episode store in the training mixture."""
 
     store: Path = Field(description="Episode store directory (written by `latbot data convert` / `gen-sim`).")
-    weight: float = Field(1.0, gt=0, description="Sampling weight in the mixture (normalised over sources).")
+    weight: float = Field(1.0, gt=0, le=1e6, description="Sampling weight in the mixture (normalised over sources).")
     frame_stride: int = Field(
-        1, ge=1, description="Frames skipped between clip frames, so clips of every source span a similar time."
+        1,
+        ge=1,
+        le=1000,
+        description="Frames skipped between clip frames, so clips of every source span a similar time.",
     )
     tasks: list[str] | None = Field(None, description="Keep only episodes of these tasks (None = all).")
     exclude_tasks: list[str] = Field(
         default_factory=list, description="Drop these tasks (e.g. the held-out tasks when pretraining)."
     )
     demos_per_task: int | None = Field(
-        None, ge=1, description="Few-shot subset: the first k episodes of each task (10, 50; None = all)."
+        None, ge=1, le=10**9, description="Few-shot subset: the first k episodes of each task (10, 50; None = all)."
     )
 
 
@@ -80,10 +83,10 @@ class DataConfig(Section):
         default_factory=list, description="Stores to train on; set here or with `--set data.sources=...`."
     )
     mixture: Path | None = Field(None, description="A mixture file (recipes/mixtures/*.yaml) instead of sources.")
-    num_frames: int = Field(16, ge=2, description="Frames per LAM clip, V_t..V_{t+k} (paper: 16).")
-    image_size: int = Field(224, ge=8, description="Square training resolution in pixels.")
+    num_frames: int = Field(16, ge=2, le=1024, description="Frames per LAM clip, V_t..V_{t+k} (paper: 16).")
+    image_size: int = Field(224, ge=8, le=4096, description="Square training resolution in pixels (8 to 4096).")
     cameras: list[str] | None = Field(None, description="Cameras to read (None = the store's first camera).")
-    num_workers: int = Field(2, ge=0, description="DataLoader worker processes per rank.")
+    num_workers: int = Field(2, ge=0, le=256, description="DataLoader worker processes per rank.")
 
     @model_validator(mode="after")
     def _one_source_kind(self) -> DataConfig:
@@ -131,23 +134,29 @@ class FinetuneModel(Section):
 
 # -- training, distribution, evaluation, logging -----------------------------------------------------
 class TrainConfig(Section):
-    steps: int = Field(100_000, ge=1, description="Optimizer steps.")
-    global_batch_size: int = Field(512, ge=1, description="Samples per optimizer step over all ranks (paper: 512).")
-    micro_batch_size: int = Field(8, ge=1, description="Samples per forward pass per rank; the rest is accumulation.")
-    lr: float = Field(1e-4, gt=0, description="Peak learning rate (paper: 1e-4).")
-    min_lr: float = Field(2.5e-6, ge=0, description="Floor of the cosine decay (paper: 2.5e-6).")
-    warmup_steps: int = Field(2000, ge=0, description="Linear warmup steps (paper: 2000).")
-    betas: tuple[float, float] = Field((0.9, 0.95), description="AdamW betas (paper: 0.9, 0.95).")
-    eps: float = Field(1e-8, gt=0)
-    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay (paper silent; see docs).")
-    grad_clip: float | None = Field(1.0, gt=0, description="Max global gradient norm; null disables clipping.")
+    steps: int = Field(100_000, ge=1, le=10**9, description="Optimizer steps (1 to 1e9).")
+    global_batch_size: int = Field(
+        512, ge=1, le=10**6, description="Samples per optimizer step over all ranks (paper: 512)."
+    )
+    micro_batch_size: int = Field(
+        8, ge=1, le=10**5, description="Samples per forward pass per rank; the rest is accumulation."
+    )
+    lr: float = Field(1e-4, gt=0, le=1, description="Peak learning rate, in (0, 1] (paper: 1e-4).")
+    min_lr: float = Field(2.5e-6, ge=0, le=1, description="Floor of the cosine decay (paper: 2.5e-6).")
+    warmup_steps: int = Field(2000, ge=0, le=10**9, description="Linear warmup steps (paper: 2000).")
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = Field(
+        (0.9, 0.95), description="AdamW betas (paper: 0.9, 0.95)."
+    )
+    eps: float = Field(1e-8, gt=0, le=1)
+    weight_decay: float = Field(0.0, ge=0, le=10, description="AdamW weight decay (paper silent; see docs).")
+    grad_clip: float | None = Field(1.0, gt=0, le=1e6, description="Max global gradient norm; null disables clipping.")
     precision: Literal["fp32", "bf16"] = Field("bf16", description="bf16 autocast where the device supports it.")
     activation_checkpointing: bool = False
     trainable: list[str] = Field(["*"], description="Glob patterns of parameter names to train.")
     frozen: list[str] = Field(default_factory=list, description="Glob patterns kept frozen (wins over trainable).")
-    seed: int = 0
-    checkpoint_every: int = Field(1000, ge=1)
-    keep_last: int = Field(3, ge=1, description="Checkpoints kept on disk (older ones are deleted).")
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="Random seed (numpy needs it below 2**32).")
+    checkpoint_every: int = Field(1000, ge=1, le=10**9)
+    keep_last: int = Field(3, ge=1, le=10_000, description="Checkpoints kept on disk (older ones are deleted).")
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
@@ -171,16 +180,16 @@ class DistConfig(Section):
 
 
 class EvalConfig(Section):
-    every_steps: int | None = Field(None, ge=1, description="Evaluate during training every N steps.")
+    every_steps: int | None = Field(None, ge=1, le=10**9, description="Evaluate during training every N steps.")
     simulator: SimulatorSlot | None = Field(None, description="Closed-loop evaluation simulator.")
     tasks: list[str] = Field(default_factory=list)
-    episodes: int = Field(10, ge=1, description="Episodes per task.")
+    episodes: int = Field(10, ge=1, le=100_000, description="Episodes per task.")
 
 
 class LogConfig(Section):
     out_dir: Path = Field(Path("runs"), description="Runs are written to out_dir/run_name.")
     run_name: str | None = Field(None, description="Default: the recipe file's stem and a timestamp.")
-    every_steps: int = Field(10, ge=1)
+    every_steps: int = Field(10, ge=1, le=10**9)
     tensorboard: bool = True
     progress: bool = True
 
