@@ -9,7 +9,8 @@ import typer
 from latbot.cli._common import user_errors
 
 app = typer.Typer(
-    help="Registered encoders, decoders, students, action experts, datasets and simulators.", no_args_is_help=True
+    help="Registered encoders, decoders, students, action experts, datasets, simulators and embodiments.",
+    no_args_is_help=True,
 )
 
 
