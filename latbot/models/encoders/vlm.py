@@ -195,7 +195,9 @@ class VLMLatentEncoder(nn.Module):
         """frames (B, T, 3, H, W) uint8 or [0, 1]; instructions: B strings → Z_sce (B, Ns, D), Z_mot (B, Nm, D)."""
         inputs = self.embed(frames, instructions)
         hidden = self.vlm.language_model(
-            inputs_embeds=inputs["inputs_embeds"], attention_mask=inputs["attention_mask"] if inputs["padded"] else None
+            inputs_embeds=inputs["inputs_embeds"],
+            attention_mask=inputs["attention_mask"] if inputs["padded"] else None,
+            use_cache=False,  # a KV cache is for generation; with activation checkpointing it would grow twice
         ).last_hidden_state
         return self.latent_states(hidden, inputs)
 

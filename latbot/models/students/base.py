@@ -86,6 +86,7 @@ class VLMStudent:
             inputs_embeds=inputs["inputs_embeds"],
             attention_mask=inputs["attention_mask"] if inputs["padded"] else None,
             output_hidden_states=hidden_states,
+            use_cache=False,  # no KV cache in training (with activation checkpointing it would grow twice)
         )
         hidden = out.last_hidden_state
         z = torch.cat(self.latent_states(hidden, inputs), 1)  # (B, Ns + Nm, D)
