@@ -17,6 +17,14 @@ def serve(
     host: str = typer.Option("127.0.0.1", help="Interface to bind; the default accepts local clients only."),
     port: int = typer.Option(8000, min=0, max=65535, help="TCP port (0: any free port)."),
     device: str = typer.Option("cpu", help="torch device for the model, e.g. cuda:0."),
+    max_message_mb: float = typer.Option(
+        32.0, min=0.001, max=4096, help="Largest request (MiB); larger closes (1009)."
+    ),
+    max_connections: int = typer.Option(16, min=1, max=10_000, help="Open connections; more are refused (HTTP 503)."),
+    max_inflight_mb: float = typer.Option(
+        256.0, min=0.001, max=1 << 20, help="Requests waiting for the model (MiB); more are answered 503."
+    ),
+    resize: bool = typer.Option(False, help="Resize images of another size to the policy's (default: 400)."),
 ) -> None:
     """Load the policy once and answer observations with action chunks until interrupted."""
     from latbot.errors import LatBotError
@@ -25,7 +33,15 @@ def serve(
 
     policy = LatBotPolicy.from_checkpoint(checkpoint, device=device)
     try:
-        server = PolicyServer(policy, host, port)
+        server = PolicyServer(
+            policy,
+            host,
+            port,
+            int(max_message_mb * (1 << 20)),
+            max_connections=max_connections,
+            max_inflight=int(max_inflight_mb * (1 << 20)),
+            resize=resize,
+        )
     except OSError as e:
         raise LatBotError(f"cannot listen on {host}:{port} ({e.strerror or e}); choose another --port") from e
     if host not in LOOPBACK:
@@ -33,6 +49,12 @@ def serve(
     typer.echo(
         f"serving {checkpoint} on ws://{server.host}:{server.port} (health: http://{server.host}:{server.port}/healthz)",
     )
+    import signal
+
+    def stop(signum, frame):  # SIGTERM stops like Ctrl-C: close connections, exit within a second
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
