@@ -16,7 +16,7 @@ import tempfile
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -25,16 +25,30 @@ from latbot.errors import ArtifactError
 
 MANIFEST_NAME = "latbot.json"
 
-# The format version each kind is written with. Bump when the on-disk layout changes incompatibly.
+# The format version each kind of artifact other than a training run is written with. Bump when the
+# on-disk layout changes incompatibly. Training runs are one kind per stage; each stage declares its
+# version (`latbot.stages.Stage.format_version`), see `format_version`.
 FORMAT_VERSIONS: dict[str, int] = {
     "episode_store": 1,
-    "lam": 1,
-    "distill": 1,
-    "finetune": 1,
     "teacher_cache": 1,
     "eval": 1,
     "report": 1,
 }
+
+
+def format_version(kind: str) -> int | None:
+    """The format version `kind` is written with: an artifact kind, or a registered stage's runs."""
+    if kind in FORMAT_VERSIONS:
+        return FORMAT_VERSIONS[kind]
+    from latbot.stages import stage, stage_names
+
+    return stage(kind).format_version if kind in stage_names() else None
+
+
+def known_kinds() -> list[str]:
+    from latbot.stages import stage_names
+
+    return [*FORMAT_VERSIONS, *stage_names()]
 
 
 class ParentRef(BaseModel):
@@ -52,6 +66,7 @@ class Manifest(BaseModel):
     format_version: int
     latbot_version: str = __version__
     created: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+    status: Literal["running", "complete"] = "complete"
     recipe: dict[str, Any] | None = None
     parents: list[ParentRef] = Field(default_factory=list)
     content_hash: str
@@ -96,19 +111,22 @@ def write_manifest(
     parents: Iterable[ParentRef] = (),
     extra: dict[str, Any] | None = None,
     content_hash: str | None = None,
+    status: str = "complete",
 ) -> Manifest:
     """Write `latbot.json` into `directory` atomically. The hash is computed unless one is given
     (huge artifacts such as episode stores supply their own, cheaper, hash)."""
-    if kind not in FORMAT_VERSIONS:
-        raise ValueError(f"unknown artifact kind {kind!r}; known: {sorted(FORMAT_VERSIONS)}")
+    version = format_version(kind)
+    if version is None:
+        raise ValueError(f"unknown artifact kind {kind!r}; known: {known_kinds()}")
     root = Path(directory)
     root.mkdir(parents=True, exist_ok=True)
     manifest = Manifest(
         kind=kind,
-        format_version=FORMAT_VERSIONS[kind],
+        format_version=version,
+        status=status,
         recipe=recipe,
         parents=list(parents),
-        content_hash=content_hash or hash_directory(root),
+        content_hash=content_hash if content_hash is not None else hash_directory(root),
         extra=extra or {},
     )
     _atomic_write_text(root / MANIFEST_NAME, manifest.model_dump_json(indent=2) + "\n")
@@ -135,9 +153,9 @@ def read_manifest(directory: str | Path, kind: str | Iterable[str] | None = None
     if wanted is not None and manifest.kind not in wanted:
         expected = " or ".join(sorted(wanted))
         raise ArtifactError(f"{root}: is a '{manifest.kind}' artifact, but a '{expected}' artifact is expected here")
-    supported = FORMAT_VERSIONS.get(manifest.kind)
+    supported = format_version(manifest.kind)
     if supported is None:
-        raise ArtifactError(f"{path}: unknown artifact kind '{manifest.kind}' (known: {', '.join(FORMAT_VERSIONS)})")
+        raise ArtifactError(f"{path}: unknown artifact kind '{manifest.kind}' (known: {', '.join(known_kinds())})")
     if manifest.format_version != supported:
         newer = manifest.format_version > supported
         fix = "upgrade LatBot to read it" if newer else "re-create it with this version of LatBot"

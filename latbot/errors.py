@@ -42,6 +42,10 @@ class ArtifactError(LatBotError):
     """An artifact directory is missing, of the wrong kind or format version, or damaged."""
 
 
+class TrainingError(LatBotError):
+    """A stage cannot start or go on (missing data, an inconsistent batch size, a non-finite loss, ...)."""
+
+
 class NotAvailableError(LatBotError):
     """A capability that this version of LatBot does not provide yet."""
 

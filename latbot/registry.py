@@ -216,6 +216,13 @@ def _check_contract(entry: PluginEntry, cls: Any) -> None:
 
     where = f"{entry.kind} plugin '{entry.name}' ({entry.target}, distribution '{entry.distribution}')"
     config = getattr(cls, "Config", None)
+    if entry.kind == "stages":  # a stage's Config is its recipe, keyed by `stage:` rather than `type:`
+        from latbot.stages.base import check_stage_config
+
+        problem = check_stage_config(config, entry.name)
+        if problem:
+            raise PluginLoadError(f"{where} {problem}")
+        return
     if not isinstance(cls, type) or not (isinstance(config, type) and issubclass(config, PluginConfig)):
         raise PluginLoadError(f"{where} must be a class with a nested `Config(latbot.config.PluginConfig)`")
     type_field = config.model_fields["type"].annotation

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from latbot.artifacts import (
-    FORMAT_VERSIONS,
+    format_version,
     MANIFEST_NAME,
     hash_directory,
     parent_ref,
@@ -35,7 +35,7 @@ def test_round_trip_with_recipe_and_parents(artifact, tmp_path):
     )
     back = read_manifest(artifact, kind="lam")
     assert back == m
-    assert back.format_version == FORMAT_VERSIONS["lam"] and back.recipe == {"stage": "lam"}
+    assert back.format_version == format_version("lam") and back.recipe == {"stage": "lam"}
     assert back.parents[0].kind == "episode_store" and back.parents[0].content_hash == "sha256:given"
     assert not list(artifact.glob(".latbot.json.*"))  # no temp file left behind
 

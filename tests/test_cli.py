@@ -109,11 +109,15 @@ def test_train_errors_are_one_line_and_create_nothing(tmp_path, monkeypatch):
     assert bad.returncode == 2 and "--set train.lr=-1: train.lr: Input should be greater than 0" in bad.stderr
     missing = latbot("train", str(EXAMPLE), "--resume", str(tmp_path / "nope"))
     assert missing.returncode == 2 and "no such run directory" in missing.stderr
-    from latbot.cli import train as train_cli
-
-    monkeypatch.setattr(train_cli, "STAGE_RUNNERS", {})
-    result = runner.invoke(app, ["train", str(EXAMPLE)])
-    assert result.exit_code == 2 and "stage 'lam' is not available" in result.stderr
+    # a stage no installed package registers (stages are plugins of kind `stages`)
+    unknown = EXAMPLE.parent / f"unknown_stage_{os.getpid()}.yaml"  # next to the example: its base: resolves
+    unknown.write_text(EXAMPLE.read_text().replace("stage: lam", "stage: pretrain"))
+    try:
+        result = runner.invoke(app, ["train", str(unknown)])
+    finally:
+        unknown.unlink()
+    assert result.exit_code == 2 and "stage: is 'pretrain'" in result.stderr
+    assert "expected one of: lam, distill, finetune" in result.stderr
 
 
 def test_shell_completion_completes_commands_and_options():

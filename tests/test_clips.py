@@ -12,9 +12,10 @@ from torch.utils.data import DataLoader
 
 from latbot.data.clips import ChunkDataset, ClipDataset, MixtureSampler, aggregate_actions
 from latbot.data.convert import finalize
-from latbot.data.mixture import build_mixture, load_mixture, select_episodes
+from latbot.data.mixture import build_mixture, select_episodes
 from latbot.data.normalize import QuantileNormalizer
 from latbot.data.store import EpisodeStore
+from latbot.recipes.mixture import load_mixture
 from latbot.recipes.schema import DataSource
 from tests.conftest import REPO
 from tests.test_store import episode

@@ -24,11 +24,11 @@ TINY = REPO / "recipes" / "tiny"
 
 
 def run_stage(recipe: str, out: Path, name: str, *sets: str) -> Path:
-    from latbot.train import stages
+    from latbot import stages
 
     recipe_path = TINY / recipe
     r = load_recipe(recipe_path, [f"log.out_dir={out}", f"log.run_name={name}", "log.progress=false", *sets])
-    return getattr(stages, f"run_{r.stage}")(r, recipe_path=recipe_path)
+    return stages.run(r, recipe_path=recipe_path)
 
 
 def metrics(run: Path) -> list[dict]:
@@ -107,11 +107,11 @@ def test_reasoning_loss_is_the_mean_nll_of_the_subtask_tokens_only(kind):
 
 
 def test_teacher_gets_no_gradient_stays_bit_identical_and_in_eval_mode(pipeline):
+    from latbot import runs
     from latbot.data.mixture import build_mixture
-    from latbot.models.lam import LatentActionModel
     from latbot.recipes.schema import DataSource
 
-    lam = LatentActionModel.from_checkpoint(pipeline["lam"])
+    lam = runs.load_lam(pipeline["lam"])
     before = {k: v.clone() for k, v in lam.state_dict().items()}
     model = DistillationModel(tiny_student(width=lam.encoder.width, tokens=8), lam, None, 0.5)
     assert not any(k.startswith("teacher") for k in model.state_dict())  # not checkpointed with the student

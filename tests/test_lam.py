@@ -8,11 +8,11 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from latbot.analysis.diagnostics import action_mse_per_slice, effective_rank, linear_probe, psnr, token_variance
 from latbot.data.clips import ClipDataset
 from latbot.data.convert import finalize
 from latbot.data.store import EpisodeStore
 from latbot.errors import LatBotError
-from latbot.models.diagnostics import action_mse_per_slice, effective_rank, linear_probe, psnr, token_variance
 from latbot.models.lam import LatentActionModel
 from latbot.models.loading import ModelBuildError
 from latbot.recipes import load_recipe

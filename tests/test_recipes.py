@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 
 from latbot.errors import RecipeError
-from latbot.recipes import LamRecipe, load_recipe, recipe_from_dict, to_dict
+from latbot.recipes import load_recipe, recipe_from_dict, to_dict
 from latbot.recipes.jsonschema import recipe_json_schema
 from latbot.recipes.loader import parse_override
+from latbot.stages.lam import LamRecipe
 from tests.conftest import REPO
 
 RECIPES = REPO / "recipes"

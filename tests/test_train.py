@@ -207,7 +207,7 @@ def test_a_non_finite_loss_stops_training_and_names_the_last_good_checkpoint(tmp
 
 
 def test_exported_lam_loads_back_for_encoding(store, tmp_path):
-    from latbot.models.lam import LatentActionModel
+    from latbot import runs
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(
@@ -218,10 +218,10 @@ def test_exported_lam_loads_back_for_encoding(store, tmp_path):
     manifest = json.loads((run / "latbot.json").read_text())
     assert manifest["kind"] == "lam" and manifest["parents"][0]["kind"] == "episode_store"
     assert {"versions", "git_commit", "world_size"} <= set(json.loads((run / "env.json").read_text()))
-    model = LatentActionModel.from_checkpoint(run)
+    model = runs.load_lam(run)
     z_sce, z_mot = model.encode(torch.zeros(1, 4, 3, 32, 32, dtype=torch.uint8), ["reach"])
     assert z_sce.shape == (1, 8, model.encoder.width) and np.isfinite(z_mot.detach().numpy()).all()
-    from latbot.models.diagnostics import diagnose_checkpoint
+    from latbot.analysis.diagnostics import diagnose_checkpoint
 
     report = diagnose_checkpoint(run, store, samples=24)
     assert report["samples"] == 24 and report["effective_rank"]["z_mot"] >= 1

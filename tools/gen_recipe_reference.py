@@ -17,7 +17,7 @@ from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
 from latbot.config import Section
-from latbot.recipes.schema import RECIPE_CLASSES, PluginSlot
+from latbot.recipes.schema import PluginSlot, recipe_classes
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "recipe-reference.md"
 
@@ -84,12 +84,13 @@ def render() -> str:
     out = [
         "# Recipe reference",
         "",
-        "Generated from `latbot/recipes/schema.py` by `tools/gen_recipe_reference.py`; do not edit by hand.",
+        "Generated from `latbot/recipes/schema.py` and `latbot/stages/` by `tools/gen_recipe_reference.py`;",
+        "do not edit by hand.",
         "A plugin slot takes `{type: <name>, ...}`; the other keys are the plugin's own `Config` fields",
         "(`latbot recipe schema` prints them for every installed plugin). See docs/recipes.md for the format.",
         "",
     ]
-    for stage, cls in RECIPE_CLASSES.items():
+    for stage, cls in recipe_classes().items():
         out += [f"## stage: `{stage}` ({cls.__name__})", ""]
         _section(cls, "", set(), out)
     return "\n".join(out).rstrip() + "\n"

@@ -87,25 +87,6 @@ def overlay(frame: np.ndarray, heat: np.ndarray, title: str) -> Any:
     return canvas
 
 
-def load_vlm(run_dir: str | Path):
-    """The VLM of a run, whatever stage wrote it: a LAM's encoder, a distilled student, or the student of
-    a finetuned policy (all `VLMLatentEncoder`s), in eval mode."""
-    from latbot.artifacts import read_manifest
-
-    kind = read_manifest(run_dir, kind=("lam", "distill", "finetune")).kind
-    if kind == "lam":
-        from latbot.models.lam import LatentActionModel
-
-        return LatentActionModel.from_checkpoint(run_dir).encoder
-    if kind == "finetune":
-        from latbot.policy import LatBotPolicy
-
-        return LatBotPolicy.from_checkpoint(run_dir).model.student
-    from latbot.models.students.base import student_from_checkpoint
-
-    return student_from_checkpoint(run_dir)
-
-
 def run(
     checkpoints: list[str | Path],
     store: str | Path,
@@ -123,6 +104,7 @@ def run(
     from PIL import Image
 
     from latbot.data.store import EpisodeStore
+    from latbot.runs import load_vlm
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -18,7 +18,7 @@ SetOpt = typer.Option([], "--set", "-s", help=SET_HELP)
 @app.command()
 @user_errors
 def show(
-    path: Path = RecipeArg,
+    path: Path = typer.Argument(..., help="Recipe YAML file, or a run directory (shows the recipe it was run with)."),
     overrides: list[str] = SetOpt,
     params: bool = typer.Option(False, "--params", help="Parameter counts (built on the meta device, no weights)."),
     as_json: bool = typer.Option(False, "--json", help="With --params: machine-readable output."),
@@ -26,7 +26,15 @@ def show(
     """Print the fully resolved recipe (bases merged, overrides applied, every default filled in)."""
     from latbot.recipes import load_recipe, to_yaml
 
-    recipe = load_recipe(path, overrides)
+    if path.is_dir():
+        from latbot import runs
+        from latbot.errors import LatBotError
+
+        if overrides:
+            raise LatBotError(f"{path}: a run's recipe is fixed; --set applies to recipe files only")
+        recipe = runs.open_run(path, complete=False).recipe
+    else:
+        recipe = load_recipe(path, overrides)
     if not params:
         typer.echo(to_yaml(recipe), nl=False)
         return
@@ -61,10 +69,10 @@ def schema(
     """JSON Schema of recipes, with every registered plugin's fields, for editor completion."""
     from latbot.errors import RecipeError
     from latbot.recipes.jsonschema import recipe_json_schema
-    from latbot.recipes.schema import STAGES
+    from latbot.stages import stage_names
 
-    if stage is not None and stage not in STAGES:
-        raise RecipeError(f"--stage: '{stage}' is not a stage (expected one of: {', '.join(STAGES)})")
+    if stage is not None and stage not in stage_names():
+        raise RecipeError(f"--stage: '{stage}' is not a stage (expected one of: {', '.join(stage_names())})")
     text = json.dumps(recipe_json_schema(stage), indent=2) + "\n"
     if out is None:
         typer.echo(text, nl=False)

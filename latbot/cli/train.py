@@ -1,44 +1,42 @@
-"""`latbot train RECIPE`: validate the recipe and run its stage."""
+"""`latbot train RECIPE` / `latbot train --resume RUN`: run a recipe's stage, or continue a run."""
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 
 import typer
 
 from latbot.cli._common import SET_HELP, user_errors
 
-# stage -> "module:function(recipe, resume: Path | None, recipe_path: Path)". Stages add themselves here.
-STAGE_RUNNERS: dict[str, str] = {
-    "lam": "latbot.train.stages:run_lam",
-    "distill": "latbot.train.stages:run_distill",
-    "finetune": "latbot.train.stages:run_finetune",
-}
-
 
 @user_errors
 def train(
-    path: Path = typer.Argument(..., help="Recipe YAML file.", dir_okay=False),
+    path: Path | None = typer.Argument(None, help="Recipe YAML file (not needed with --resume).", dir_okay=False),
     overrides: list[str] = typer.Option([], "--set", "-s", help=SET_HELP),
-    resume: Path | None = typer.Option(None, help="Run directory to resume from (exactly where it stopped)."),
+    resume: Path | None = typer.Option(None, help="Run directory to continue (exactly where it stopped)."),
 ) -> None:
-    """Train one stage (lam, distill or finetune) as the recipe says."""
-    from latbot import __version__
-    from latbot.errors import LatBotError, NotAvailableError
+    """Train one stage (lam, distill, finetune, or a plugin's) as the recipe says, or continue a run."""
+    from latbot import runs, stages
+    from latbot.errors import LatBotError
     from latbot.recipes import load_recipe
 
-    recipe = load_recipe(path, overrides)
-    if resume is not None and not resume.is_dir():
+    if resume is None:
+        if path is None:
+            raise LatBotError("give a recipe file (latbot train RECIPE) or a run to continue (--resume RUN)")
+        recipe = load_recipe(path, overrides)
+        stages.run(recipe, recipe_path=path)
+        return
+    if not resume.is_dir():
         raise LatBotError(f"--resume {resume}: no such run directory")
-    if resume is not None and overrides:
+    if overrides:
         raise LatBotError("--resume continues the run with its saved recipe; --set cannot change it")
-    runner = STAGE_RUNNERS.get(recipe.stage)
-    if runner is None:
-        available = ", ".join(STAGE_RUNNERS) or "none yet"
-        raise NotAvailableError(
-            f"{path}: the recipe is valid, but stage '{recipe.stage}' is not available in LatBot "
-            f"{__version__} (stages available: {available})"
-        )
-    module, _, func = runner.partition(":")
-    getattr(importlib.import_module(module), func)(recipe, resume=resume, recipe_path=path)
+    run = runs.resumable(resume)
+    if path is not None:  # allowed (the run's own recipe is used), but not a recipe of another stage
+        given = load_recipe(path).stage
+        saved = run.manifest.recipe.get("stage")
+        if given != saved:
+            raise LatBotError(
+                f"{path} is a '{given}' recipe, but {resume} is a '{saved}' run; "
+                f"continue it with `latbot train --resume {resume}`"
+            )
+    stages.run(run.recipe, resume=resume)

@@ -1,52 +1,11 @@
-"""Mixture files (recipes/mixtures/*.yaml): named, weighted episode stores, e.g. the paper's Table 6.
-
-    name: table6
-    root: data/stores           # store paths are relative to this (itself relative to the file)
-    sources:
-      - {name: fractal, store: fractal, weight: 12.8, frame_stride: 1}
-
-`build_mixture` turns sources (from a mixture file or a recipe's `data.sources`) into one dataset
-plus a `MixtureSampler` that draws sources by weight.
+"""Training mixtures over episode stores: `build_mixture` turns a recipe's `data.sources` (a mixture file
+is resolved into sources when the recipe loads, latbot.recipes.mixture) into one dataset plus a
+`MixtureSampler` that draws sources by weight; `select_episodes` makes few-shot splits.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from pydantic import Field
-
-from latbot.config import Section
 from latbot.recipes.schema import DataSource
-
-
-class MixtureSource(DataSource):
-    name: str = Field(description="Dataset name, for logs and per-source metrics.")
-
-
-class Mixture(Section):
-    name: str
-    description: str = ""
-    root: Path | None = Field(None, description="Directory the stores' paths are relative to.")
-    sources: list[MixtureSource] = Field(min_length=1)
-
-
-def load_mixture(path: str | Path) -> Mixture:
-    """Read and validate a mixture file; errors name the file, line and dotted field (exit code 2)."""
-    from pydantic import ValidationError
-
-    from latbot.errors import RecipeError
-    from latbot.recipes.loader import RecipeSource, _compose, _format
-
-    data, origins = _compose(Path(path))
-    source = RecipeSource(data, origins, str(path))
-    try:
-        mixture = Mixture.model_validate(data)
-    except ValidationError as e:
-        raise RecipeError("\n".join(_format(e, source, Mixture))) from None
-    root = Path(path).parent / (mixture.root or ".")
-    for s in mixture.sources:
-        s.store = (root / s.store) if not s.store.is_absolute() else s.store
-    return mixture
 
 
 def build_mixture(

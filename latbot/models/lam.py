@@ -23,6 +23,7 @@ class LatentActionModel(nn.Module):
         """`config` is a recipe's `model` section (LamModel); `num_frames` the clip length T."""
         super().__init__()
         self.config = config
+        self.num_frames = num_frames
         self.encoder = registry.build("encoders", config.encoder)
         self.decoder = registry.build("decoders", config.decoder, latent_width=self.encoder.width)
         horizon = getattr(config.decoder, "horizon", num_frames - 1)
@@ -40,22 +41,6 @@ class LatentActionModel(nn.Module):
     def repeated_blocks(self) -> list[nn.Module]:
         """The encoder's blocks (vision tower, language model) and the decoder's: FSDP / checkpointing units."""
         return [*self.encoder.repeated_blocks(), *self.decoder.repeated_blocks()]
-
-    @classmethod
-    def from_checkpoint(cls, run_dir, device: str = "cpu") -> LatentActionModel:
-        """A trained LAM from a `latbot train` run directory (manifest kind "lam"), in eval mode."""
-        from pathlib import Path
-
-        from safetensors.torch import load_file
-
-        from latbot.artifacts import read_manifest
-        from latbot.recipes import recipe_from_dict
-
-        manifest = read_manifest(run_dir, kind="lam")
-        recipe = recipe_from_dict(manifest.recipe, f"{run_dir}/latbot.json")
-        model = cls(recipe.model, recipe.data.num_frames)
-        model.load_state_dict(load_file(str(Path(run_dir) / "weights" / "model.safetensors"), device=device))
-        return model.eval()
 
     def encode(self, frames: torch.Tensor, instructions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """frames (B, T, 3, H, W), instructions (B) → Z_sce (B, Ns, D), Z_mot (B, Nm, D)."""

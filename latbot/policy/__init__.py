@@ -50,22 +50,9 @@ class LatBotPolicy:
     @classmethod
     def from_checkpoint(cls, run_dir: str | Path, device: str = "cpu") -> LatBotPolicy:
         """A finetuned policy from a `latbot train` run directory (manifest kind "finetune")."""
-        import warnings
+        from latbot import runs
 
-        from safetensors.torch import load_file
-
-        from latbot.artifacts import read_manifest
-        from latbot.models.vla import VisionLanguageAction
-        from latbot.recipes import recipe_from_dict
-
-        manifest = read_manifest(run_dir, kind="finetune")
-        recipe = recipe_from_dict(manifest.recipe, f"{run_dir}/latbot.json")
-        m = recipe.model
-        model = VisionLanguageAction(m.student, m.action_expert, m.action_horizon, manifest.extra.get("latent_width"))
-        model.load_state_dict(load_file(str(Path(run_dir) / "weights" / "model.safetensors"), device=device))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # degenerate dimensions were reported when the policy was trained
-            return cls(model.to(device), manifest.extra["target"], run_dir)
+        return runs.load_policy(run_dir, device)
 
     def reset(self, task: str | None = None, instruction: str | None = None) -> None:
         """Nothing to reset: the policy is stateless between calls."""

@@ -119,37 +119,33 @@ def _has(path: Path, tasks: tuple[str, ...], episodes: int) -> bool:
 
 
 def train_stage(out: Path, name: str, recipe_path: Path, sets: list[str]) -> Path:
-    """`latbot train` of one recipe into `out/runs/<name>`: skipped when its manifest matches the recipe
-    and its parents, resumed from the last checkpoint when interrupted, retrained when anything changed."""
-    from latbot.artifacts import ArtifactError, read_manifest
-    from latbot.recipes import load_recipe
-    from latbot.recipes.loader import to_dict
-    from latbot.train import checkpoint, stages
+    """`latbot train` of one recipe into `out/runs/<name>`: skipped when the finished run's recipe matches
+    and its parents are current, resumed from the last checkpoint when interrupted, retrained when anything
+    changed."""
+    from latbot import runs, stages
+    from latbot.artifacts import ArtifactError
+    from latbot.recipes import load_recipe, to_dict
+    from latbot.train import checkpoint
 
-    runs = out / "runs"
-    recipe = load_recipe(recipe_path, [*sets, f"log.out_dir={runs}", f"log.run_name={name}"])
-    run_dir = runs / name
+    root = out / "runs"
+    recipe = load_recipe(recipe_path, [*sets, f"log.out_dir={root}", f"log.run_name={name}"])
+    run_dir = root / name
     intended = to_dict(recipe)
-    runner: Callable = getattr(stages, f"run_{recipe.stage}")
     try:
-        m = read_manifest(run_dir, kind=recipe.stage)
-        if m.recipe == intended and _parents_current(m):
+        run = runs.open_run(run_dir, recipe.stage, complete=False)
+    except ArtifactError:
+        run = None
+    if run is not None and run.complete:
+        if run.manifest.recipe == intended and _parents_current(run.manifest):
             _say(f"runs/{name}: up to date, skipped")
             return run_dir
         _say(f"runs/{name}: its recipe or inputs changed, training again")
-        shutil.rmtree(run_dir)
-    except ArtifactError:
-        pass
-    if run_dir.exists() and checkpoint.latest(run_dir) is not None:
-        import yaml
-
-        saved = yaml.safe_load((run_dir / "recipe.yaml").read_text())
-        if saved == intended:
-            _say(f"runs/{name}: resuming from {checkpoint.latest(run_dir).name}")
-            return runner(recipe, resume=run_dir)
+    elif run is not None and run.manifest.recipe == intended and checkpoint.latest(run_dir) is not None:
+        _say(f"runs/{name}: resuming from {checkpoint.latest(run_dir).name}")
+        return stages.run(recipe, resume=run_dir)
     shutil.rmtree(run_dir, ignore_errors=True)
     _say(f"runs/{name}: training ({recipe.stage}, {recipe.train.steps} steps)")
-    return runner(recipe, recipe_path=recipe_path)
+    return stages.run(recipe, recipe_path=recipe_path)
 
 
 def eval_stage(out: Path, name: str, policy_run: Path, preset: Preset) -> dict[str, Any]:

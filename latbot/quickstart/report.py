@@ -61,26 +61,19 @@ def lam_reconstructions(lam_run: Path, store: Path, path: Path, samples: int) ->
     of held-out episodes; returns their PSNR."""
     import torch
 
-    from latbot.data.clips import ClipDataset
-    from latbot.models.diagnostics import psnr
-    from latbot.models.lam import LatentActionModel
+    from latbot.analysis.diagnostics import future_frames, lam_clips, psnr
+    from latbot.data.clips import K_FRAMES, K_INSTRUCTION
 
-    lam = LatentActionModel.from_checkpoint(lam_run)
-    data = ClipDataset(store, num_frames=lam.decoder.config.horizon + 1)
+    lam, data = lam_clips(lam_run, store)
     picks = np.linspace(0, len(data) - 1, samples).astype(int)
     batch = torch.utils.data.default_collate([data[int(i)] for i in picks])
-    with torch.no_grad():
-        z_sce, z_mot = lam.latents(batch["frames"], list(batch["instruction"]))
-        pred, _ = lam.decoder.sample(
-            z_sce, z_mot, batch["frames"][:, 0], with_actions=False, generator=torch.Generator().manual_seed(0)
-        )
-    truth = batch["frames"][:, -1].float() / 255
-    small = torch.nn.functional.interpolate(truth, size=pred.shape[-2:], mode="bilinear", antialias=True)
+    pred, small, _ = future_frames(lam, batch, torch.Generator().manual_seed(0), with_actions=False)
+    truth = batch[K_FRAMES][:, -1].float() / 255
     values = psnr(pred, small)
     plt = _plt()
     fig, axes = plt.subplots(3, samples, figsize=(2.0 * samples, 6.2), squeeze=False)
     rows = [
-        (batch["frames"][:, 0].float() / 255, "V_t"),
+        (batch[K_FRAMES][:, 0].float() / 255, "V_t"),
         (truth, "true V_t+k"),
         (pred, f"LAM V_t+k ({pred.shape[-1]}²)"),
     ]
@@ -92,7 +85,7 @@ def lam_reconstructions(lam_run: Path, store: Path, path: Path, samples: int) ->
             if c == 0:
                 ax.set_ylabel(label)
             if r == 0:
-                ax.set_title(batch["instruction"][c][:28], fontsize=7)
+                ax.set_title(batch[K_INSTRUCTION][c][:28], fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -123,9 +116,9 @@ def training_curves(runs: dict[str, Path], path: Path) -> dict[str, dict[str, fl
 def write_report(out: Path, preset_name: str, preset, stores, lam, distill, ft, evals, times) -> Path:
     import shutil
 
+    from latbot.analysis.diagnostics import diagnose_checkpoint
     from latbot.analysis.grounding import run as grounding
     from latbot.artifacts import parent_ref, write_manifest
-    from latbot.models.diagnostics import diagnose_checkpoint
     from latbot.viz.episode import record
 
     rdir = out / "report"

@@ -1,24 +1,7 @@
-"""Recipes: YAML → validated pydantic objects. See `schema` (the models) and `loader` (files, errors)."""
+"""Recipes: YAML → validated pydantic objects. See `schema` (the shared sections), `loader` (files,
+errors) and latbot/stages/ (each stage's own recipe class)."""
 
 from latbot.recipes.loader import load_recipe, recipe_from_dict, to_dict, to_yaml
-from latbot.recipes.schema import (
-    STAGES,
-    DistillRecipe,
-    FinetuneRecipe,
-    LamRecipe,
-    Recipe,
-    RecipeModel,
-)
+from latbot.recipes.schema import RecipeBase, RecipeModel
 
-__all__ = [
-    "STAGES",
-    "DistillRecipe",
-    "FinetuneRecipe",
-    "LamRecipe",
-    "Recipe",
-    "RecipeModel",
-    "load_recipe",
-    "recipe_from_dict",
-    "to_dict",
-    "to_yaml",
-]
+__all__ = ["RecipeBase", "RecipeModel", "load_recipe", "recipe_from_dict", "to_dict", "to_yaml"]

@@ -12,17 +12,18 @@ from typing import Any
 from pydantic import TypeAdapter
 
 from latbot import registry
-from latbot.recipes.schema import RECIPE_CLASSES, Recipe, iter_slots
+from latbot.recipes.schema import iter_slots, recipe_classes, recipe_union
 
 SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
 
 def recipe_json_schema(stage: str | None = None) -> dict[str, Any]:
-    """The JSON Schema of a recipe (of one stage, or of all three as a discriminated union)."""
-    target: Any = RECIPE_CLASSES[stage] if stage else Recipe
+    """The JSON Schema of a recipe (of one stage, or of every stage as a discriminated union)."""
+    by_stage = recipe_classes()
+    target: Any = by_stage[stage] if stage else recipe_union()
     schema = TypeAdapter(target).json_schema(ref_template="#/$defs/{model}")
     defs = schema.setdefault("$defs", {})
-    classes = [RECIPE_CLASSES[stage]] if stage else list(RECIPE_CLASSES.values())
+    classes = [by_stage[stage]] if stage else list(by_stage.values())
     slots = {(owner.__name__, name, kind, opt) for cls in classes for _, owner, name, kind, opt in iter_slots(cls)}
     for owner, field_name, kind, optional in sorted(slots):
         owner_schema = defs[owner] if owner in defs else schema

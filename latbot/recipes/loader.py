@@ -26,7 +26,7 @@ from pydantic import BaseModel, ValidationError
 from latbot import registry
 from latbot.config import PluginConfig
 from latbot.errors import RecipeError, RegistryError
-from latbot.recipes.schema import RECIPE_CLASSES, STAGES, PluginSlot, RecipeModel, iter_slots
+from latbot.recipes.schema import PluginSlot, RecipeModel, iter_slots
 
 Loc = tuple[str | int, ...]
 BASE_KEY = "base"
@@ -387,13 +387,19 @@ def _boolean_numbers(data: Any, model: type[BaseModel], loc: Loc, source: Recipe
 def validate(source: RecipeSource) -> RecipeModel:
     """Validate raw recipe data: the stage, every plugin slot (with the plugin's own `Config`), and the
     sections. All problems are reported together, each as ``origin: dotted.path: what is wrong``."""
+    from latbot.stages import recipe_class, stage_names
+
     stage = source.data.get("stage")
-    if stage not in STAGES:
+    stages = stage_names()
+    if stage not in stages:
         got = "is missing" if stage is None else f"is '{stage}'"
-        close = difflib.get_close_matches(str(stage), STAGES, n=1) if stage else []
+        close = difflib.get_close_matches(str(stage), stages, n=1) if stage else []
         hint = f"; did you mean '{close[0]}'?" if close else ""
-        raise RecipeError(f"{source.where(('stage',))}: stage: {got}{hint} (expected one of: {', '.join(STAGES)})")
-    cls = RECIPE_CLASSES[stage]
+        raise RecipeError(f"{source.where(('stage',))}: stage: {got}{hint} (expected one of: {', '.join(stages)})")
+    try:
+        cls = recipe_class(stage)
+    except RegistryError as e:
+        raise RecipeError(f"{source.where(('stage',))}: stage: {e}") from e
     data = copy.deepcopy(source.data)
     problems: list[str] = _boolean_numbers(data, cls, (), source)
     for loc, _owner, _name, kind, _optional in iter_slots(cls):
@@ -411,10 +417,38 @@ def validate(source: RecipeSource) -> RecipeModel:
         problems = _format(e, source, cls) + problems
     if problems:
         raise RecipeError("\n".join(problems))
-    return recipe
+    return _resolve_mixture(recipe, source)
+
+
+def _resolve_mixture(recipe: RecipeModel, source: RecipeSource) -> RecipeModel:
+    """A recipe naming a mixture file holds that file's sources instead, so the resolved recipe (the one a
+    run saves) stands alone: resuming never depends on the mixture file still existing or being unchanged."""
+    data = recipe.data
+    if data.mixture is None:
+        return recipe
+    from latbot.recipes.mixture import load_mixture
+
+    where = source.where(("data", "mixture"))
+    if not Path(data.mixture).is_file():
+        raise RecipeError(f"{where}: data.mixture: file '{data.mixture}' not found")
+    mixture = load_mixture(data.mixture)
+    sources = [s.model_dump() for s in mixture.sources]
+    resolved = type(data).model_validate(data.model_dump() | {"mixture": None, "sources": sources})
+    return recipe.model_copy(update={"data": resolved})
 
 
 # -- public entry points ------------------------------------------------------------------------------
+def load_yaml_model(path: str | Path, model: type[BaseModel]) -> BaseModel:
+    """Read a YAML file (with `base:` includes) and validate it as `model`; errors name file:line and the
+    dotted field. Used for recipe-like files such as mixtures."""
+    data, origins = _compose(Path(path))
+    source = RecipeSource(data, origins, str(path))
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        raise RecipeError("\n".join(_format(e, source, model))) from None
+
+
 def load_source(path: str | Path, overrides: Sequence[str] = ()) -> RecipeSource:
     data, origins = _compose(Path(path))
     source = RecipeSource(data, origins, str(path))

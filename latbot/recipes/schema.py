@@ -1,9 +1,10 @@
 """The recipe: one YAML file that drives a stage (`lam`, `distill` or `finetune`) from data to logs.
 
-A recipe has the sections `data, model, train, dist, eval, log` and a `stage` that selects the model
-section's shape. Plugin slots (`model.encoder`, `model.decoder`, `model.student`, `model.action_expert`,
-`eval.simulator`) hold ``{type: <registered name>, ...}``; the loader looks the plugin up and validates
-the rest of the slot with the plugin's own `Config` (see `latbot.recipes.loader.resolve_plugins`).
+A recipe has the sections `data, model, train, dist, log` and a `stage` that selects the model
+section's shape: each stage module (latbot/stages/) declares its recipe class on top of `RecipeBase`.
+Plugin slots (`model.encoder`, `model.decoder`, `model.student`, `model.action_expert`) hold
+``{type: <registered name>, ...}``; the loader looks the plugin up and validates the rest of the slot
+with the plugin's own `Config` (see `latbot.recipes.loader.validate`).
 
 Defaults follow the paper where it gives a number (supp. 6.3: AdamW β=(0.9, 0.95), lr 1e-4 with 2000
 warmup steps and cosine decay to 2.5e-6, global batch 512); where it is silent the choice is documented
@@ -12,14 +13,13 @@ in docs/recipes.md.
 
 from __future__ import annotations
 
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SerializeAsAny, model_validator
 
 from latbot.config import PluginConfig, Section
-
-STAGES: tuple[str, ...] = ("lam", "distill", "finetune")
 
 
 class PluginSlot:
@@ -54,13 +54,13 @@ EncoderSlot = _slot("encoders")
 DecoderSlot = _slot("decoders")
 StudentSlot = _slot("students")
 ActionExpertSlot = _slot("action_experts")
-SimulatorSlot = _slot("simulators")
 
 
 # -- data ------------------------------------------------------------------------------------------
 class DataSource(Section):
     """One episode store in the training mixture."""
 
+    name: str | None = Field(None, description="Dataset name, for logs (set by mixture files).")
     store: Path = Field(description="Episode store directory (written by `latbot data convert` / `gen-sim`).")
     weight: float = Field(1.0, gt=0, le=1e6, description="Sampling weight in the mixture (normalised over sources).")
     frame_stride: int = Field(
@@ -95,44 +95,7 @@ class DataConfig(Section):
         return self
 
 
-# -- model (one shape per stage) ---------------------------------------------------------------------
-class LamModel(Section):
-    """Stage 1: the latent action model (paper §3.1–3.2)."""
-
-    encoder: EncoderSlot = Field(description="VLM encoder producing Z_sce and Z_mot (kind `encoders`).")
-    decoder: DecoderSlot = Field(description="Unified decoder: future frame + action sequence (kind `decoders`).")
-    decoupled: bool = Field(True, description="Separate scene/motion tokens (off: one group feeds both streams).")
-    unified_decoder: bool = Field(True, description="Decode actions too (off: image reconstruction only).")
-    image_loss_weight: float = Field(1.0, ge=0, description="w_img in L = L_action + w_img · L_image.")
-
-
-class DistillModel(Section):
-    """Stage 2: distil the LAM's latents into a VLA's VLM (paper §3.3)."""
-
-    student: StudentSlot = Field(description="Student VLM seeing V_1 and the instruction (kind `students`).")
-    teacher: Path | None = Field(None, description="LAM checkpoint directory (its manifest is checked).")
-    teacher_cache: Path | None = Field(
-        None, description="Teacher latents cache (Zarr): built there on first use, then distilled from."
-    )
-    cache_dtype: Literal["float32", "float16"] = Field("float32", description="Storage type of the cached latents.")
-    temperature: float | None = Field(
-        None, gt=0, description="Softmax temperature τ of the KL term; null: 1/√D of the teacher's width."
-    )
-    reasoning_weight: float = Field(0.5, ge=0, description="λ_r in L = L_a + λ_r · L_r (paper: 0.5).")
-
-
-class FinetuneModel(Section):
-    """Stage 3: student + action expert trained on robot actions (paper §3.3, end)."""
-
-    student: StudentSlot = Field(description="The VLM backbone (kind `students`).")
-    student_checkpoint: Path | None = Field(
-        None, description="Distilled checkpoint to start from; None trains the plain VLM (the baseline)."
-    )
-    action_expert: ActionExpertSlot = Field(description="Flow-matching action expert (kind `action_experts`).")
-    action_horizon: int = Field(10, ge=1, description="H, the action chunk length.")
-
-
-# -- training, distribution, evaluation, logging -----------------------------------------------------
+# -- training, distribution, logging -----------------------------------------------------
 class TrainConfig(Section):
     steps: int = Field(100_000, ge=1, le=10**9, description="Optimizer steps (1 to 1e9).")
     global_batch_size: int = Field(
@@ -174,16 +137,6 @@ class DistConfig(Section):
     strategy: Literal["none", "fsdp"] = Field("none", description="fsdp = torch FSDP2 (`fully_shard`).")
     backend: Literal["auto", "nccl", "gloo"] = Field("auto", description="auto: nccl on CUDA, gloo on CPU.")
     reshard_after_forward: bool = True
-    attention: Literal["sdpa", "xformers"] = Field(
-        "sdpa", description="Attention kernels: torch SDPA, or xformers (needs `latbot[gpu]` and CUDA)."
-    )
-
-
-class EvalConfig(Section):
-    every_steps: int | None = Field(None, ge=1, le=10**9, description="Evaluate during training every N steps.")
-    simulator: SimulatorSlot | None = Field(None, description="Closed-loop evaluation simulator.")
-    tasks: list[str] = Field(default_factory=list)
-    episodes: int = Field(10, ge=1, le=100_000, description="Episodes per task.")
 
 
 class LogConfig(Section):
@@ -194,27 +147,14 @@ class LogConfig(Section):
     progress: bool = True
 
 
-class _RecipeBase(Section):
+class RecipeBase(Section):
+    """The sections every stage's recipe has; a stage's recipe adds ``stage: Literal[name]`` and `model`
+    (see latbot/stages/)."""
+
     data: DataConfig = Field(default_factory=DataConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     dist: DistConfig = Field(default_factory=DistConfig)
-    eval: EvalConfig = Field(default_factory=EvalConfig)
     log: LogConfig = Field(default_factory=LogConfig)
-
-
-class LamRecipe(_RecipeBase):
-    stage: Literal["lam"]
-    model: LamModel
-
-
-class DistillRecipe(_RecipeBase):
-    stage: Literal["distill"]
-    model: DistillModel
-
-
-class FinetuneRecipe(_RecipeBase):
-    stage: Literal["finetune"]
-    model: FinetuneModel
 
 
 def iter_slots(cls: type[BaseModel], loc: tuple[str, ...] = ()):
@@ -230,6 +170,18 @@ def iter_slots(cls: type[BaseModel], loc: tuple[str, ...] = ()):
             yield from iter_slots(inner, (*loc, name))
 
 
-RecipeModel = LamRecipe | DistillRecipe | FinetuneRecipe
-Recipe = Annotated[RecipeModel, Field(discriminator="stage")]
-RECIPE_CLASSES: dict[str, type[BaseModel]] = {"lam": LamRecipe, "distill": DistillRecipe, "finetune": FinetuneRecipe}
+RecipeModel = RecipeBase  # a validated recipe of any stage
+
+
+def recipe_classes() -> dict[str, type[RecipeBase]]:
+    """Every registered stage's recipe model, by stage name."""
+    from latbot.stages import recipe_class, stage_names
+
+    return {name: recipe_class(name) for name in stage_names()}
+
+
+def recipe_union() -> Any:
+    """The discriminated union of every stage's recipe (for JSON Schema)."""
+    classes = tuple(recipe_classes().values())
+    union = classes[0] if len(classes) == 1 else typing.Union[classes]  # noqa: UP007
+    return Annotated[union, Field(discriminator="stage")]

@@ -43,19 +43,13 @@ def load_policy(spec: str | Callable[[str], Policy], sim) -> Callable[[str], Pol
         return sim.scripted_policy
     if spec == "random":
         return lambda task: RandomPolicy(sim.action_dim, seed=0)
-    path = Path(spec)
-    from latbot.artifacts import read_manifest
-    from latbot.errors import LatBotError, NotAvailableError
+    from latbot import runs
+    from latbot.errors import LatBotError
 
+    path = Path(spec)
     if not path.exists():
         raise LatBotError(f"--policy {spec}: expected 'scripted', 'random' or a policy checkpoint directory")
-
-    read_manifest(path, kind="finetune")  # a clear error for anything that is not a policy checkpoint
-    try:
-        from latbot.policy import LatBotPolicy  # lands with the action-expert stage
-    except ImportError as e:
-        raise NotAvailableError(f"{spec}: policy checkpoints are not loadable in this version of LatBot") from e
-    policy = LatBotPolicy.from_checkpoint(path)
+    policy = runs.load_policy(path)  # a clear error for anything that is not a finished finetuning run
     if policy.embodiment != sim.embodiment:
         raise SimulatorError(
             f"--policy {spec} was trained for embodiment '{policy.embodiment}', but simulator "

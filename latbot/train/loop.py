@@ -9,7 +9,6 @@ FSDP2, NaN detection, checkpoints with exact resume, metrics, and the exported w
 from __future__ import annotations
 
 import fnmatch
-import json
 import math
 import time
 from collections.abc import Callable
@@ -17,19 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from latbot.errors import LatBotError
-from latbot.recipes.loader import to_dict
+from latbot.errors import TrainingError
 from latbot.train import checkpoint, distributed
-from latbot.train.metrics import MetricsLog, environment
+from latbot.train.metrics import MetricsLog
 from latbot.train.schedule import lr_at
-
-
-class TrainingError(LatBotError):
-    """Training cannot go on (a non-finite loss, an inconsistent batch size, ...)."""
 
 
 def select_trainable(model: torch.nn.Module, trainable: list[str], frozen: list[str]) -> int:
@@ -160,45 +153,13 @@ def train(
     return model
 
 
-def prepare_run(recipe, recipe_path: Path | None, resume: Path | None, world: distributed.World) -> tuple[Path, Any]:
-    """The run directory (new, or the one being resumed) with the resolved recipe and environment saved.
-    Resuming uses the recipe saved in the run, so a checkpoint needs nothing else."""
-    from latbot.recipes import recipe_from_dict
-
-    if resume is not None:
-        saved = Path(resume) / "recipe.yaml"
-        if not saved.is_file():
-            raise TrainingError(f"--resume {resume}: not a LatBot run directory (no recipe.yaml)")
-        return Path(resume), recipe_from_dict(yaml.safe_load(saved.read_text()), str(saved))
-    name = (
-        recipe.log.run_name or f"{recipe_path.stem if recipe_path else recipe.stage}-{time.strftime('%Y%m%d-%H%M%S')}"
-    )
-    run_dir = Path(recipe.log.out_dir) / name
-    if world.main:
-        if (run_dir / "checkpoints").exists():
-            raise TrainingError(f"{run_dir} already holds a run; resume it with --resume {run_dir} or set log.run_name")
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "recipe.yaml").write_text(yaml.safe_dump(to_dict(recipe), sort_keys=False))
-        (run_dir / "env.json").write_text(json.dumps(environment(world.size), indent=2))
-    distributed.barrier(world)
-    return run_dir, recipe
-
-
-def export(run_dir: Path, model: torch.nn.Module, kind: str, recipe, parents, world, extra: dict) -> None:
-    """Full weights as safetensors (rank 0) plus the run's `latbot.json` manifest."""
-    from safetensors.torch import save_file
+def export(run_dir: Path, model: torch.nn.Module, world: distributed.World, extra: dict) -> None:
+    """Gather the full weights and complete the run (safetensors + manifest, `latbot.runs.finish_run`)."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    from latbot import runs
 
     state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if world.main:
-        from latbot.artifacts import write_manifest
-
-        weights = Path(run_dir) / "weights"
-        weights.mkdir(exist_ok=True)
-        save_file({k: v.contiguous() for k, v in state.items()}, str(weights / "model.safetensors"))
-        from latbot.artifacts import hash_directory
-
-        write_manifest(
-            run_dir, kind, recipe=to_dict(recipe), parents=parents, extra=extra, content_hash=hash_directory(weights)
-        )
+        runs.finish_run(Path(run_dir), state, extra)
     distributed.barrier(world)

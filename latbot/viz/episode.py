@@ -39,17 +39,12 @@ def record(
         rec.save(str(out))
     lam = policy = None
     if checkpoint is not None:
-        from latbot.artifacts import read_manifest
+        from latbot import runs
 
-        kind = read_manifest(checkpoint, kind=("lam", "finetune")).kind
-        if kind == "lam":
-            from latbot.models.lam import LatentActionModel
-
-            lam = LatentActionModel.from_checkpoint(checkpoint)
+        if runs.open_run(checkpoint, ("lam", "finetune")).kind == "lam":
+            lam = runs.load_lam(checkpoint)
         else:
-            from latbot.policy import LatBotPolicy
-
-            policy = LatBotPolicy.from_checkpoint(checkpoint)
+            policy = runs.load_policy(checkpoint)
     with EpisodeStore.open(store_path) as store:
         for ep in episodes:
             if not 0 <= ep < store.num_episodes:

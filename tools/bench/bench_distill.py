@@ -32,12 +32,12 @@ TINY = REPO / "recipes" / "tiny"
 
 
 def run_stage(recipe: str, out: Path, name: str, *sets: str) -> Path:
+    from latbot import stages
     from latbot.recipes import load_recipe
-    from latbot.train import stages
 
     path = TINY / recipe
     r = load_recipe(path, [f"log.out_dir={out}", f"log.run_name={name}", "log.progress=false", *sets])
-    return getattr(stages, f"run_{r.stage}")(r, recipe_path=path)
+    return stages.run(r, recipe_path=path)
 
 
 def throughput(run: Path) -> float:
@@ -135,10 +135,9 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
 
-    from latbot import registry
+    from latbot import registry, runs
     from latbot.data.latent_cache import build_cache, cache_identity
     from latbot.data.mixture import build_mixture
-    from latbot.models.lam import LatentActionModel
     from latbot.policy import LatBotPolicy
     from latbot.recipes.schema import DataSource
     from latbot.sim.generate import generate
@@ -161,7 +160,7 @@ def main() -> None:
             online = run_stage("distill.yaml", work, f"online{t}", *common)
             sources = [DataSource(store=store)]
             clips = build_mixture(sources, t)[0]
-            teacher = LatentActionModel.from_checkpoint(lam)
+            teacher = runs.load_lam(lam)
             t0 = time.perf_counter()
             identity = cache_identity(lam, sources, t, None)
             build_cache(work / f"c{t}", teacher, clips, identity, batch_size=8, progress=False)

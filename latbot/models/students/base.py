@@ -20,24 +20,6 @@ from latbot.models.template import STUDENT_QUESTION, SUBTASK_PROMPT
 IGNORE = -100
 
 
-def student_from_checkpoint(run_dir, device: str = "cpu"):
-    """The distilled student of a `latbot train` distillation run (manifest kind "distill"), in eval mode."""
-    from pathlib import Path
-
-    from safetensors.torch import load_file
-
-    from latbot import registry
-    from latbot.artifacts import read_manifest
-    from latbot.recipes import recipe_from_dict
-
-    manifest = read_manifest(run_dir, kind="distill")
-    recipe = recipe_from_dict(manifest.recipe, f"{run_dir}/latbot.json")
-    student = registry.build("students", recipe.model.student, latent_width=manifest.extra["latent_width"])
-    state = load_file(str(Path(run_dir) / "weights" / "model.safetensors"), device=device)
-    student.load_state_dict({k.removeprefix("student."): v for k, v in state.items()})
-    return student.eval()
-
-
 class VLMStudent:
     """Mixin placed before a `VLMLatentEncoder` subclass (see students/paligemma.py)."""
 

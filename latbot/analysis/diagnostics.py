@@ -3,9 +3,12 @@ action error per unified slice, and linear probes of true actions from latents."
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 
+from latbot.data.clips import K_ACTION_MASK, K_ACTIONS, K_FRAMES, K_INSTRUCTION
 from latbot.data.spaces import ACTION_SLICES
 
 
@@ -63,6 +66,32 @@ def linear_probe(
     return float(1 - ss_res / max(ss_tot, 1e-12))
 
 
+def future_frames(
+    lam, batch: dict, generator: torch.Generator | None = None, with_actions: bool | None = None
+) -> tuple[torch.Tensor, torch.Tensor, Any]:
+    """The LAM's generated V_{t+k} for a clip batch and the true one at the decoder's resolution:
+    (pred (B, 3, h, w) in [0, 1], truth (B, 3, h, w) in [0, 1], actions (B, K, 44) or None). Actions are
+    generated too if the LAM decodes them, unless `with_actions` says otherwise."""
+    if with_actions is None:
+        with_actions = lam.config.unified_decoder
+    frames = batch[K_FRAMES]
+    with torch.no_grad():
+        z_sce, z_mot = lam.latents(frames, list(batch[K_INSTRUCTION]))
+        pred, actions = lam.decoder.sample(z_sce, z_mot, frames[:, 0], with_actions=with_actions, generator=generator)
+    truth = frames[:, -1].float() / 255
+    truth = torch.nn.functional.interpolate(truth, size=pred.shape[-2:], mode="bilinear", antialias=True)
+    return pred, truth, actions
+
+
+def lam_clips(lam_run, store):
+    """(LAM in eval mode, ClipDataset of `store` at the clip length the LAM was trained on)."""
+    from latbot import runs
+    from latbot.data.clips import ClipDataset
+
+    lam = runs.load_lam(lam_run)
+    return lam, ClipDataset(store, num_frames=lam.num_frames)
+
+
 def diagnose_checkpoint(run_dir, store, samples: int = 64, seed: int = 0) -> dict:
     """Latent diagnostics of a trained LAM (a `latbot train` run directory) on clips of an episode store:
     effective rank and per-token variance of Z_sce / Z_mot, PSNR of generated future frames, action MSE
@@ -70,30 +99,20 @@ def diagnose_checkpoint(run_dir, store, samples: int = 64, seed: int = 0) -> dic
     Z_sce vs random features."""
     from torch.utils.data import DataLoader, Subset
 
-    from latbot.data.clips import ClipDataset
-    from latbot.models.lam import LatentActionModel
-
-    model = LatentActionModel.from_checkpoint(run_dir)
-    frames = model.config.encoder.num_frames if hasattr(model.config.encoder, "num_frames") else None
-    dataset = ClipDataset(store, num_frames=frames or model.decoder.config.horizon + 1)
+    model, dataset = lam_clips(run_dir, store)
     picks = np.random.default_rng(seed).permutation(len(dataset))[:samples]
     z_sce, z_mot, targets, psnrs, mses, masks = [], [], [], [], [], []
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for batch in DataLoader(Subset(dataset, picks.tolist()), batch_size=16):
-            s, m = model.encode(batch["frames"], list(batch["instruction"]))
+            s, m = model.encode(batch[K_FRAMES], list(batch[K_INSTRUCTION]))
             z_sce.append(s), z_mot.append(m)
-            zs, zm = model.latents(batch["frames"], list(batch["instruction"]))
-            frame, actions = model.decoder.sample(
-                zs, zm, batch["frames"][:, 0], with_actions=model.config.unified_decoder, generator=generator
-            )
-            truth = batch["frames"][:, -1].float() / 255
-            truth = torch.nn.functional.interpolate(truth, size=frame.shape[-2:], mode="bilinear", antialias=True)
+            frame, truth, actions = future_frames(model, batch, generator)
             psnrs.append(psnr(frame, truth))
             if actions is not None:
-                mses.append(action_mse_per_slice(actions, batch["actions"], batch["action_mask"].float()))
-            targets.append(batch["actions"].flatten(1).numpy())
-            masks.append(batch["action_mask"].numpy())
+                mses.append(action_mse_per_slice(actions, batch[K_ACTIONS], batch[K_ACTION_MASK].float()))
+            targets.append(batch[K_ACTIONS].flatten(1).numpy())
+            masks.append(batch[K_ACTION_MASK].numpy())
     z_sce, z_mot = torch.cat(z_sce), torch.cat(z_mot)
     y = np.concatenate(targets)
     valid = np.concatenate(masks).all(0)  # dims every sampled embodiment fills

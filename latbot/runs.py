@@ -1,0 +1,199 @@
+"""Run directories: the one place that creates, reads and loads what `latbot train` writes.
+
+A run directory (one per training stage run)::
+
+    <out_dir>/<run_name>/
+        latbot.json                  manifest: kind (= the stage), status running|complete, the resolved
+                                     recipe (the run's only copy), parents, content hash, stage extras
+        env.json                     versions and hardware the run started on
+        checkpoints/step_<n>/        sharded training state (torch distributed checkpoint), for --resume
+        weights/model.safetensors    full exported weights (written when the run completes)
+        metrics.jsonl, tb/           training metrics
+
+Everything else (stages, the policy, serve, eval, viz, grounding, diagnostics, the quickstart) opens
+runs through `open_run` and the `load_*` functions here; model classes never read files.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from latbot.artifacts import Manifest, ParentRef, hash_directory, read_manifest, write_manifest
+from latbot.errors import ArtifactError, TrainingError
+
+WEIGHTS = Path("weights") / "model.safetensors"
+ENVIRONMENT = "env.json"
+STUDENT_PREFIX = "student."  # where a distillation run keeps the student's weights in its state dict
+
+
+@dataclass(frozen=True)
+class Run:
+    """An opened run directory: its checked manifest, its recipe, and its weights on demand."""
+
+    path: Path
+    manifest: Manifest
+
+    @property
+    def kind(self) -> str:
+        return self.manifest.kind
+
+    @property
+    def complete(self) -> bool:
+        return self.manifest.status == "complete"
+
+    @cached_property
+    def recipe(self) -> Any:
+        """The run's resolved recipe (a validated `Recipe` of its stage)."""
+        from latbot.recipes import recipe_from_dict
+
+        if self.manifest.recipe is None:
+            raise ArtifactError(f"{self.path}: the manifest holds no recipe; the run is damaged, re-create it")
+        return recipe_from_dict(self.manifest.recipe, str(self.path / "latbot.json"))
+
+    @property
+    def extra(self) -> dict[str, Any]:
+        return self.manifest.extra
+
+    def state_dict(self, device: str = "cpu", prefix: str = "") -> dict[str, Any]:
+        """The exported weights (safetensors: never unpickled); with `prefix`, only those keys, stripped."""
+        from safetensors.torch import load_file
+
+        path = self.path / WEIGHTS
+        if not path.is_file():
+            raise ArtifactError(f"{self.path}: {WEIGHTS} is missing; the run is damaged, re-create it")
+        state = load_file(str(path), device=device)
+        if not prefix:
+            return state
+        return {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
+
+    def parent(self, kind: str) -> ParentRef | None:
+        return next((p for p in self.manifest.parents if p.kind == kind), None)
+
+
+def open_run(path: str | Path, kind: str | Iterable[str] | None = None, *, complete: bool = True) -> Run:
+    """Open a run directory; `kind` restricts the stages accepted; `complete` refuses an unfinished run."""
+    path = Path(path)
+    if kind is None:
+        from latbot.stages import stage_names
+
+        kind = stage_names()
+    manifest = read_manifest(path, kind)
+    if complete and manifest.status != "complete":
+        raise ArtifactError(
+            f"{path}: the {manifest.kind} run has not finished (no exported weights yet); "
+            f"continue it with `latbot train --resume {path}`"
+        )
+    return Run(path, manifest)
+
+
+# -- creating and finishing runs (the training side) ------------------------------------------------------
+def create_run(recipe, recipe_path: Path | None, parents: list[ParentRef], environment: dict) -> Path:
+    """A new run directory for `recipe` with its manifest (status running) and environment. Call on the main
+    process only."""
+    from latbot.recipes import to_dict
+
+    name = (
+        recipe.log.run_name or f"{recipe_path.stem if recipe_path else recipe.stage}-{time.strftime('%Y%m%d-%H%M%S')}"
+    )
+    run_dir = Path(recipe.log.out_dir) / name
+    if (run_dir / "checkpoints").exists() or (run_dir / "latbot.json").exists():
+        raise TrainingError(f"{run_dir} already holds a run; resume it with --resume {run_dir} or set log.run_name")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / ENVIRONMENT).write_text(json.dumps(environment, indent=2))
+    write_manifest(run_dir, recipe.stage, recipe=to_dict(recipe), parents=parents, content_hash="", status="running")
+    return run_dir
+
+
+def resumable(path: str | Path) -> Run:
+    """The run to continue with `--resume`: any run of a training stage, finished or not."""
+    try:
+        return open_run(path, complete=False)
+    except ArtifactError as e:
+        raise TrainingError(f"--resume {path}: {e}") from e
+
+
+def finish_run(run_dir: Path, state: dict[str, Any], extra: dict[str, Any]) -> Manifest:
+    """Write the full weights and mark the run complete (hash over the weights). Main process only."""
+    from safetensors.torch import save_file
+
+    run = open_run(run_dir, complete=False)
+    weights = run_dir / WEIGHTS
+    weights.parent.mkdir(exist_ok=True)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(weights))
+    return write_manifest(
+        run_dir,
+        run.kind,
+        recipe=run.manifest.recipe,
+        parents=run.manifest.parents,
+        extra=extra,
+        content_hash=hash_directory(weights.parent),
+    )
+
+
+# -- building what a run describes, with its weights --------------------------------------------------------
+def load_lam(path: str | Path, device: str = "cpu"):
+    """The latent action model of a LAM run, in eval mode."""
+    from latbot.models.lam import LatentActionModel
+
+    run = open_run(path, "lam")
+    model = LatentActionModel(run.recipe.model, run.recipe.data.num_frames)
+    model.load_state_dict(run.state_dict(device))
+    return model.eval()
+
+
+def load_student(path: str | Path, device: str = "cpu"):
+    """The distilled student of a distillation run, in eval mode."""
+    from latbot import registry
+
+    run = open_run(path, "distill")
+    student = registry.build("students", run.recipe.model.student, latent_width=run.extra["latent_width"])
+    student.load_state_dict(run.state_dict(device, STUDENT_PREFIX))
+    return student.eval()
+
+
+def student_weights(path: str | Path) -> dict[str, Any]:
+    """The distilled student's weights of a distillation run, to initialise a finetuning run."""
+    return open_run(path, "distill").state_dict(prefix=STUDENT_PREFIX)
+
+
+def load_finetuned(path: str | Path, device: str = "cpu"):
+    """(VisionLanguageAction in eval mode, target) of a finetuning run; `target` says what the policy was
+    trained for (embodiment, cameras, image size, masks, normalisation statistics)."""
+    from latbot.models.vla import VisionLanguageAction
+
+    run = open_run(path, "finetune")
+    m = run.recipe.model
+    model = VisionLanguageAction(m.student, m.action_expert, m.action_horizon, run.extra.get("latent_width"))
+    model.load_state_dict(run.state_dict(device))
+    return model.to(device).eval(), run.extra["target"]
+
+
+def load_policy(path: str | Path, device: str = "cpu"):
+    """The `LatBotPolicy` of a finetuning run (what eval and serve use)."""
+    import warnings
+
+    from latbot.policy import LatBotPolicy
+
+    model, target = load_finetuned(path, device)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # degenerate dimensions were reported when the policy was trained
+        return LatBotPolicy(model, target, path)
+
+
+def load_vlm(path: str | Path, device: str = "cpu"):
+    """The VLM of any training run (a LAM's encoder, a distilled student, a finetuned policy's student),
+    for analysis; all are `VLMLatentEncoder`s."""
+    kind = open_run(path).kind
+    if kind == "lam":
+        return load_lam(path, device).encoder
+    if kind == "finetune":
+        return load_finetuned(path, device)[0].student
+    if kind == "distill":
+        return load_student(path, device)
+    raise ArtifactError(f"{path}: a '{kind}' run holds no VLM (expected a lam, distill or finetune run)")

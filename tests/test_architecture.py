@@ -1,0 +1,116 @@
+"""The package boundaries of docs/architecture.md, checked on the source: model code is single-device and
+I/O-free, and only `latbot.runs` reads run directories."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+
+LATBOT = REPO / "latbot"
+
+# What model code (latbot/models/) must never import: the engine, run/artifact I/O, the recipe loader,
+# the front ends, and libraries whose only use would be reading or writing files.
+FORBIDDEN_IN_MODELS = (
+    "latbot.train",
+    "latbot.runs",
+    "latbot.artifacts",
+    "latbot.recipes.loader",
+    "latbot.cli",
+    "latbot.viz",
+    "latbot.serve",
+    "latbot.quickstart",
+    "latbot.stages",
+    "safetensors",
+    "pickle",
+    "json",
+    "yaml",
+    "h5py",
+    "zarr",
+    "tempfile",
+    "shutil",
+)
+FILE_METHODS = {"read_text", "write_text", "read_bytes", "write_bytes", "mkdir", "unlink", "rmdir", "touch"}
+# Pretrained weights named in a plugin's Config are loaded by the library that defines the architecture
+# (`from_pretrained`, which checks a local path exists first): the one sanctioned file access, in one file.
+PRETRAINED_LOADER = LATBOT / "models" / "loading.py"
+
+
+def _imports(tree: ast.AST, path: Path) -> list[str]:
+    """Every module a file imports, at the top or inside functions, relative imports resolved."""
+    package = ".".join(path.relative_to(REPO).with_suffix("").parts[:-1])
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                base = f"{parent}.{base}" if base else parent
+            out += [base] + [f"{base}.{a.name}" for a in node.names]
+    return out
+
+
+def _file_access(tree: ast.AST) -> list[str]:
+    found = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        f = node.func
+        if isinstance(f, ast.Name) and f.id == "open":
+            found.append(f"open() at line {node.lineno}")
+        elif isinstance(f, ast.Attribute) and f.attr in FILE_METHODS:
+            found.append(f".{f.attr}() at line {node.lineno}")
+        elif isinstance(f, ast.Attribute) and f.attr in {"load", "save"} and getattr(f.value, "id", "") == "torch":
+            found.append(f"torch.{f.attr}() at line {node.lineno}")
+    return found
+
+
+MODEL_FILES = sorted((LATBOT / "models").rglob("*.py"))
+
+
+def test_the_check_sees_model_files():
+    assert len(MODEL_FILES) >= 15 and any(p.name == "lam.py" for p in MODEL_FILES)
+
+
+@pytest.mark.parametrize("path", MODEL_FILES, ids=lambda p: str(p.relative_to(LATBOT)))
+def test_model_code_imports_no_engine_or_io_module(path):
+    tree = ast.parse(path.read_text())
+    bad = [m for m in _imports(tree, path) if any(m == f or m.startswith(f + ".") for f in FORBIDDEN_IN_MODELS)]
+    assert not bad, f"{path.relative_to(REPO)} imports {sorted(set(bad))}: model code stays I/O-free"
+
+
+@pytest.mark.parametrize("path", MODEL_FILES, ids=lambda p: str(p.relative_to(LATBOT)))
+def test_model_code_does_no_file_io(path):
+    if path == PRETRAINED_LOADER:
+        return
+    found = _file_access(ast.parse(path.read_text()))
+    assert not found, f"{path.relative_to(REPO)} accesses files: {found}"
+
+
+def test_the_checks_catch_a_violation(tmp_path):
+    """The two checks above, on a model file that breaks both rules."""
+    bad = LATBOT / "models" / "_violation.py"
+    source = "from latbot.runs import load_lam\nimport json\n\ndef f(p):\n    return open(p).read() + p.read_text()\n"
+    tree = ast.parse(source)
+    imports = _imports(tree, bad)
+    assert "latbot.runs" in imports and "json" in imports
+    assert sorted(_file_access(tree)) == [".read_text() at line 5", "open() at line 5"]
+
+
+def test_only_latbot_runs_reads_run_directories():
+    """Run weights and recipes are read in one place: no other module opens exported weights or builds a
+    model from a saved recipe."""
+    readers = []
+    for path in sorted(LATBOT.rglob("*.py")):
+        if path.name == "runs.py" and path.parent == LATBOT:
+            continue
+        text = path.read_text()
+        for marker in ("model.safetensors", "safetensors.torch import load_file", "recipe_from_dict(", "recipe.yaml"):
+            if marker in text and not (marker == "recipe_from_dict(" and path.name == "loader.py"):
+                readers.append(f"{path.relative_to(REPO)}: {marker}")
+    assert not readers, readers
