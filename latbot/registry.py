@@ -42,6 +42,7 @@ KINDS: tuple[str, ...] = (
     "datasets",
     "simulators",
     "embodiments",
+    "stages",
 )
 ENTRY_POINT_PREFIX = "latbot."
 AUTOLOAD_ENV = "LATBOT_DISABLE_PLUGIN_AUTOLOAD"
