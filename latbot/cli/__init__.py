@@ -6,7 +6,7 @@ from __future__ import annotations
 import typer
 
 from latbot import __version__
-from latbot.cli import analysis, data, plugins, quickstart, recipe, serve, sim, train, viz
+from latbot.cli import analysis, data, plan, plugins, quickstart, recipe, serve, sim, train, viz
 
 app = typer.Typer(
     name="latbot",
@@ -33,6 +33,7 @@ def _root(
 
 
 app.command("train")(train.train)
+app.command("plan")(plan.plan)
 app.command("grounding-analysis")(analysis.grounding_analysis)
 app.command("serve")(serve.serve)
 app.command("quickstart")(quickstart.quickstart)
