@@ -36,24 +36,44 @@ class VisionLanguageAction(nn.Module):
             horizon=horizon,
         )
         self.horizon = horizon
+        # pi0.5's expert shares each layer's attention with the VLM: it reads the prefix KV cache
+        self.prefix_cache = getattr(self.expert, "reads_prefix_cache", False)
+        if self.prefix_cache:
+            self.expert.check_vlm(self.student)
 
     def repeated_blocks(self) -> list[nn.Module]:
         return [*self.student.repeated_blocks(), *self.expert.repeated_blocks()]
 
-    def context(self, frames: torch.Tensor, instructions: list[str]):
+    def context(self, frames: torch.Tensor, instructions: list[str], state=None, state_mask=None):
+        """What the expert reads: the VLM's hidden states and mask, or (pi05) its prefix KV cache and mask."""
+        if self.prefix_cache:
+            states = None
+            if self.expert.config.state == "discrete":  # pi0.5's prompt carries the valid state dims as text
+                states = [s[m.bool()].float().cpu().numpy() for s, m in zip(state, state_mask, strict=True)]
+            return self.student.prefix_cache(frames, instructions, states)
         out = self.student(frames, instructions, hidden_states=True)
         return out["layers"], out["attention_mask"]
 
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
         """A chunk batch (latbot.data.clips.ChunkDataset, normalised) → {"loss", "ee", "gripper"}."""
-        layers, mask = self.context(batch[K_FRAMES], list(batch[K_INSTRUCTION]))
+        layers, mask = self.context(batch[K_FRAMES], list(batch[K_INSTRUCTION]), batch[K_STATE], batch[K_STATE_MASK])
         state = batch[K_STATE] * batch[K_STATE_MASK]
         return self.expert.loss(
             batch[K_ACTIONS], batch[K_GRIPPER], batch[K_ACTION_MASK], batch[K_ACTION_PAD], state, layers, mask
         )
 
     @torch.no_grad()
-    def sample(self, frames, instructions, state, state_mask, action_mask, generator=None):
-        """→ normalised actions (B, H, 44), gripper closed-probabilities (B, H, 2)."""
-        layers, mask = self.context(frames, instructions)
+    def sample(self, frames, instructions, state, state_mask, action_mask, generator=None, cache: bool = True):
+        """→ normalised actions (B, H, 44), gripper closed-probabilities (B, H, 2) (None when the expert
+        regresses the gripper as a flow dimension: pi05). `cache=False` (pi05 only, for checks and the
+        latency benchmark) recomputes the prefix at every denoising step instead of reusing its KV cache."""
+        layers, mask = self.context(frames, instructions, state, state_mask)
+        if not cache and self.prefix_cache:
+            s = state * state_mask
+
+            def velocity(x, t):
+                fresh, fresh_mask = self.context(frames, instructions, state, state_mask)
+                return self.expert.velocity(x, t, fresh, fresh_mask, s)
+
+            return self.expert.sample(s, layers, mask, action_mask, generator, velocity=velocity)
         return self.expert.sample(state * state_mask, layers, mask, action_mask, generator)

@@ -1,0 +1,229 @@
+"""`pi05`: pi0.5's action expert (openpi pi0.py / gemma_pytorch.py; LeRobot modeling_pi05.py; reference §6).
+
+A Gemma-300M-shaped stack (width 1024, mlp 4096, 8 heads, 1 KV head, head_dim 256, one layer per VLM
+layer) whose layer l shares attention with the VLM's layer l: the action tokens' Q, K, V come from the
+expert's own projections, their keys are [the prefix's K of VLM layer l ; their own K] (values alike),
+one softmax under the block mask — action tokens see the valid prefix and each other, the prefix never
+sees them (gemma.py explains why running the prefix first is the same computation). Every norm is
+adaRMS conditioned on the flow time: cond = swish(time_mlp_out(swish(time_mlp_in(sincos(t))))). The
+prefix KV cache (students/pi05.py `prefix_cache`) is computed once per prediction; each of the 10 Euler
+steps runs only the action tokens.
+
+Actions: the unified 44-D chunk packed into `action_dim` slots (pi0.5: 32) — the embodiment's valid
+dimensions first, in order, zeros after (openpi pads LIBERO's 7-D actions to 32 the same way). Flow
+matching as pi0.5 (t ~ Beta(1.5, 1)·0.999 + 0.001, x_t = t·ε + (1 − t)·a, u = ε − a, 10 Euler steps from
+t = 1); the loss is the MSE of v − u over the valid dimensions and steps (openpi averages over all 32,
+padding included: LatBot masks as every action loss does). The gripper is a regressed flow dimension, as in
+pi0.5 (no BCE head): `sample` returns no gripper probabilities and the policy thresholds the unnormalised
+gripper value.
+
+State (`state`): "discrete" — pi0.5's default: the normalised state as 256-bin text in the prompt (the
+student writes it; this module ignores the state); "continuous" — a state token (Linear 46 → width)
+before the action tokens, in its own block (pi0's layout), a LatBot option for states text cannot carry
+well; "none" — openpi's pi05 configs with discrete_state_input=False (e.g. pi05_libero): no state at all.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import Field
+from torch import nn
+from torch.nn import functional as F
+
+from latbot.config import PluginConfig
+from latbot.data.spaces import ACTION_DIM, STATE_DIM
+from latbot.models import flow, gemma
+from latbot.models.experts.flow import GRIPPER_DIMS, ee_dims
+
+
+class Pi05ActionExpert(nn.Module):
+    reads_prefix_cache = True  # the VLA hands it the student's PrefixCache instead of hidden states
+
+    class Config(PluginConfig):
+        type: Literal["pi05"] = "pi05"
+        pretrained: str | None = Field(
+            None, description="LeRobot `pi05` checkpoint directory; its expert, action and time projections load."
+        )
+        width: int = Field(1024, ge=8, description="gemma_300m: 1024.")
+        mlp_dim: int = Field(4096, ge=8, description="gemma_300m: 4096.")
+        heads: int = Field(8, ge=1, description="Must equal the VLM's (shared attention).")
+        kv_heads: int = Field(1, ge=1, description="Must equal the VLM's.")
+        head_dim: int = Field(256, ge=2, description="Must equal the VLM's.")
+        action_dim: int = Field(32, ge=1, description="Packed action width (pi0.5's max_action_dim: 32).")
+        state: Literal["discrete", "continuous", "none"] = Field(
+            "discrete", description="How the state reaches the model (module docstring)."
+        )
+        num_steps: int = Field(10, ge=1, description="Euler steps at inference (pi0.5: 10).")
+        time_alpha: float = Field(1.5, gt=0, description="Beta(α, β) of the training flow time (pi0.5: 1.5).")
+        time_beta: float = Field(1.0, gt=0, description="Beta(α, β) of the training flow time (pi0.5: 1.0).")
+        min_period: float = Field(4e-3, gt=0, description="Time embedding (pi0.5: 4e-3).")
+        max_period: float = Field(4.0, gt=0, description="Time embedding (pi0.5: 4.0).")
+
+    def __init__(self, config: Config, *, vlm_width: int, vlm_layers: int, horizon: int):
+        super().__init__()
+        c = self.config = config
+        self.horizon = horizon
+        w = c.width
+        self.layers = nn.ModuleList(
+            gemma.GemmaLayer(w, c.mlp_dim, c.heads, c.kv_heads, c.head_dim, cond_width=w) for _ in range(vlm_layers)
+        )
+        self.norm = gemma.AdaptiveRMSNorm(w, w)
+        self.action_in_proj = nn.Linear(c.action_dim, w)
+        self.action_out_proj = nn.Linear(w, c.action_dim)
+        self.time_mlp_in = nn.Linear(w, w)
+        self.time_mlp_out = nn.Linear(w, w)
+        self.state_proj = nn.Linear(STATE_DIM, w) if c.state == "continuous" else None
+        self.register_buffer("ee_mask", ee_dims(), persistent=False)
+        for module in self.modules():  # Gemma's initialisation (std 0.02); adaRMS projections stay zero
+            if isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, std=0.02)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+        for layer in [*self.layers, self]:
+            norms = [layer.norm] if layer is self else [layer.input_layernorm, layer.post_attention_layernorm]
+            for norm in norms:
+                nn.init.zeros_(norm.dense.weight)
+
+    @classmethod
+    def tiny_config(cls):
+        # 44 slots: the contract tests use every unified dimension; the tiny recipes use pi0.5's 32
+        return cls.Config(width=16, mlp_dim=32, heads=8, kv_heads=1, head_dim=8, action_dim=ACTION_DIM)
+
+    def repeated_blocks(self) -> list[nn.Module]:
+        return list(self.layers)
+
+    def check_vlm(self, student) -> None:
+        """The shared attention needs the VLM's heads, KV heads and head width."""
+        mine = (self.config.heads, self.config.kv_heads, self.config.head_dim)
+        theirs = getattr(student, "attention_shape", None)
+        if theirs != mine or not getattr(student, "reads_prefix_cache", False):
+            raise ValueError(
+                f"action_expert pi05 shares attention with the VLM: it needs a `pi05` student with (heads, kv_heads, "
+                f"head_dim) = {mine}; got {type(student).__name__} with {theirs}"
+            )
+
+    def example_context(self, layers, ctx_mask):
+        """Stand-in prefix K, V from stand-in hidden states (contract tests): fixed projections per layer."""
+        keys, values = [], []
+        for i in range(len(self.layers)):
+            h = layers[i]
+            g = torch.Generator().manual_seed(i)
+            proj = torch.randn(2, h.shape[-1], self.config.kv_heads * self.config.head_dim, generator=g)
+            k, v = (h @ p.to(h) / h.shape[-1] ** 0.5 for p in proj)
+            shape = (h.shape[0], h.shape[1], self.config.kv_heads, self.config.head_dim)
+            keys.append(k.view(shape).transpose(1, 2))
+            values.append(v.view(shape).transpose(1, 2))
+        return gemma.PrefixCache(keys, values, ctx_mask.bool())
+
+    # -- the unified space ↔ pi0.5's packed action slots ----------------------------------------------------
+    def _order(self, action_mask: torch.Tensor | None, b: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """→ (indices (B, P) of the unified dims in the packed slots, filled (B, P) bool)."""
+        if action_mask is None:
+            action_mask = torch.ones(b, ACTION_DIM, dtype=torch.bool, device=device)
+        m = action_mask.bool()
+        n = int(m.sum(1).max())
+        p = self.config.action_dim
+        if n > p:
+            raise ValueError(f"the embodiment has {n} valid action dimensions, action_expert.action_dim is {p}")
+        order = torch.sort((~m).int(), dim=1, stable=True).indices  # valid dims first, in order
+        idx = torch.zeros(b, p, dtype=torch.long, device=device)
+        k = min(p, ACTION_DIM)
+        idx[:, :k] = order[:, :k]
+        filled = torch.zeros(b, p, dtype=torch.bool, device=device)
+        filled[:, :k] = torch.gather(m, 1, order[:, :k])
+        return idx, filled
+
+    def pack(self, x: torch.Tensor, action_mask: torch.Tensor | None) -> torch.Tensor:
+        """(B, H, 44) → (B, H, P)."""
+        idx, filled = self._order(action_mask, x.shape[0], x.device)
+        packed = torch.gather(x, 2, idx[:, None].expand(-1, x.shape[1], -1))
+        return packed * filled[:, None].to(x.dtype)
+
+    def unpack(self, x: torch.Tensor, action_mask: torch.Tensor | None) -> torch.Tensor:
+        """(B, H, P) → (B, H, 44), zeros in the dimensions the embodiment does not have."""
+        idx, filled = self._order(action_mask, x.shape[0], x.device)
+        out = torch.zeros(*x.shape[:2], ACTION_DIM, dtype=x.dtype, device=x.device)
+        src = x * filled[:, None].to(x.dtype)
+        return out.scatter_add(2, idx[:, None].expand(-1, x.shape[1], -1), src)
+
+    # -- the network ----------------------------------------------------------------------------------
+    def velocity(self, x_t, t, cache, ctx_mask, state=None) -> torch.Tensor:
+        """x_t (B, H, P), t (B,), the prefix cache and its valid mask (B, M), state (B, 46) for
+        "continuous" → v (B, H, P)."""
+        c = self.config
+        cond = self.time_mlp_in(gemma.sincos(t, c.width, c.min_period, c.max_period).to(x_t.dtype))
+        cond = F.silu(self.time_mlp_out(F.silu(cond)))
+        x = self.action_in_proj(x_t)  # (B, H, W)
+        ar = [1] + [0] * (x.shape[1] - 1)
+        if self.state_proj is not None:
+            x = torch.cat([self.state_proj(state.to(x.dtype))[:, None], x], 1)
+            ar = [1, *ar]
+        b, s = x.shape[:2]
+        valid = ctx_mask.bool().to(x.device)
+        own = gemma.block_mask(
+            torch.ones(b, s, dtype=torch.bool, device=x.device), torch.tensor([ar] * b, device=x.device)
+        )
+        mask = gemma.additive(torch.cat([valid[:, None, :].expand(b, s, -1), own], 2))  # (B, 1, S, M + S)
+        positions = valid.long().sum(1, keepdim=True) + torch.arange(s, device=x.device)  # after the prefix
+        cos, sin = gemma.rope_tables(positions, c.head_dim, dtype=x.dtype)
+        for i, layer in enumerate(self.layers):
+            x, _, _ = layer(x, mask, cos, sin, cond, past=(cache.keys[i], cache.values[i]))
+        x, _ = self.norm(x, cond)
+        return self.action_out_proj(x[:, -self.horizon :])
+
+    def loss(self, actions, gripper, action_mask, pad, state, layers, ctx_mask) -> dict[str, torch.Tensor]:
+        """actions (B, H, 44) normalised; action_mask (B, 44); pad (B, H) True past the episode's end;
+        state (B, 46) normalised and masked; `layers`: the student's PrefixCache (`example_context` makes a
+        stand-in). `gripper` is unused: the gripper dims of `actions` are regressed."""
+        cache = _cache(layers)
+        c = self.config
+        a = self.pack(actions, action_mask)
+        t = flow.sample_time_beta(a.shape[0], c.time_alpha, c.time_beta, a.device)
+        x_t, u = flow.noisy(a, torch.randn_like(a), t)
+        v = self.velocity(x_t, t, cache, ctx_mask, state)
+        err = (v.float() - u.float()) ** 2  # (B, H, P)
+        steps = (~pad.bool()).float()[:, :, None]
+        dims = {
+            "loss": action_mask.bool(),
+            "ee": action_mask.bool() & self.ee_mask,
+            "gripper": action_mask.bool() & _gripper_mask(action_mask.device),
+        }
+        out = {}
+        for name, m in dims.items():
+            w = self.pack(m.float()[:, None, :].expand(-1, a.shape[1], -1), action_mask) * steps
+            out[name] = (err * w).sum() / w.sum().clamp(min=1)
+        return out
+
+    @torch.no_grad()
+    def sample(self, state, layers, ctx_mask, action_mask=None, generator=None, velocity=None):
+        """Euler from noise (t = 1) to data → (actions (B, H, 44) normalised, None: the gripper is a flow
+        dimension). `velocity(x, t)` replaces the cached-prefix velocity (the uncached check)."""
+        shape = (state.shape[0], self.horizon, self.config.action_dim)
+        noise = torch.randn(shape, generator=generator, device="cpu")
+        return self.unpack(self.denoise(noise, layers, ctx_mask, state, velocity), action_mask), None
+
+    @torch.no_grad()
+    def denoise(self, noise, layers, ctx_mask, state=None, velocity=None) -> torch.Tensor:
+        """noise (B, H, P) → the packed chunk (B, H, P) after `num_steps` Euler steps (pi0.5's loop)."""
+        cache = _cache(layers)
+        x = noise.to(ctx_mask.device, self.action_in_proj.weight.dtype)
+        v = velocity or (lambda x, t: self.velocity(x, t, cache, ctx_mask, state))
+        (x,) = flow.integrate(lambda x, t: (v(x, t),), (x,), self.config.num_steps)
+        return x
+
+
+def _gripper_mask(device) -> torch.Tensor:
+    m = torch.zeros(ACTION_DIM, dtype=torch.bool, device=device)
+    m[GRIPPER_DIMS] = True
+    return m
+
+
+def _cache(layers) -> gemma.PrefixCache:
+    if not isinstance(layers, gemma.PrefixCache):
+        raise TypeError(
+            f"action_expert pi05 reads the prefix KV cache of a `pi05` student (gemma.PrefixCache), got "
+            f"{type(layers).__name__}; pair it with model.student.type: pi05"
+        )
+    return layers
