@@ -298,7 +298,10 @@ class EpisodeStore:
             raise StoreError(f"{self.path}/{name}: array metadata is damaged ({type(e).__name__}: {e})") from e
 
     def has_array(self, name: str) -> bool:
-        return name in self._group
+        try:
+            return name in self._group
+        except Exception:  # there, but its metadata does not parse: `array(name)` reports the damage
+            return True
 
     def has_key(self, key: str) -> bool:
         return key in self._keys
@@ -343,7 +346,7 @@ class EpisodeStore:
 
     def missing_blocks(self, name: str, start: int, stop: int) -> list[tuple[int, int]]:
         """Row ranges [a, b) within [start, stop) of `name` whose block file (a shard, or a chunk of an
-        unsharded array) is not on disk. Zarr would read them as fill values; here they are damage."""
+        unsharded array) is not on disk or is empty. Zarr would read them as fill values; here they are damage."""
         arr = self.array(name)
         rows = arr.shards[0] if arr.shards else arr.chunks[0]
         encode = arr.metadata.chunk_key_encoding.encode_chunk_key
@@ -352,7 +355,8 @@ class EpisodeStore:
         for block in range(start // rows, -(-stop // rows) if stop > start else start // rows):
             if block in known:
                 continue
-            if (self.path / name / encode((block,) + (0,) * (arr.ndim - 1))).is_file():
+            file = self.path / name / encode((block,) + (0,) * (arr.ndim - 1))
+            if file.is_file() and file.stat().st_size > 0:  # Zarr reads an empty shard as fill values too
                 known.add(block)
             else:
                 missing.append((block * rows, min((block + 1) * rows, arr.shape[0])))
@@ -460,7 +464,9 @@ class EpisodeStore:
 
     def _array_names(self) -> list[str]:
         names = [f"frames/{c}" for c in self.cameras] + ["actions", "states"]
-        return names + [n for n in ("native_actions", "native_states") if self.has_array(n)]
+        # A native array whose directory is on disk counts even when its metadata is gone (damage to report).
+        native = ("native_actions", "native_states")
+        return names + [n for n in native if self.has_array(n) or (self.path / n).exists()]
 
     def check_vectors(self) -> None:
         """Raise a `StoreError` unless actions and states are readable and finite in every valid dimension

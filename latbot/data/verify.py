@@ -49,6 +49,9 @@ def verify_store(path: str | Path, progress: bool = False) -> list[Problem]:
     except LatBotError as e:
         problems.append(Problem(str(path), f"{e} (was the conversion interrupted? rerun it to finish)"))
     n = store.num_frames
+    for group in sorted({name.rsplit("/", 1)[0] for name in store._array_names() if "/" in name}):
+        if not (path / group / "zarr.json").is_file():
+            problems.append(Problem(f"{path}/{group}", "the group's zarr.json is missing (deleted?)"))
     for name in store._array_names():
         try:
             arr = store.array(name)
