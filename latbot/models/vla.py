@@ -64,9 +64,9 @@ class VisionLanguageAction(nn.Module):
 
     @torch.no_grad()
     def sample(self, frames, instructions, state, state_mask, action_mask, generator=None, cache: bool = True):
-        """→ normalised actions (B, H, 44), gripper closed-probabilities (B, H, 2) (None when the expert
-        regresses the gripper as a flow dimension: pi05). `cache=False` (pi05 only, for checks and the
-        latency benchmark) recomputes the prefix at every denoising step instead of reusing its KV cache."""
+        """→ normalised actions (B, H, 44), gripper closed-probabilities (B, H, 2). `cache=False` (pi05 only,
+        for checks and the latency benchmark) recomputes the prefix at every denoising step instead of
+        reusing its KV cache."""
         layers, mask = self.context(frames, instructions, state, state_mask)
         if not cache and self.prefix_cache:
             s = state * state_mask

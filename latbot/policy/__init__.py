@@ -200,8 +200,6 @@ class LatBotPolicy:
         with torch.inference_mode():
             actions, grip = self.model.sample(x, [instruction], s, smask, amask, torch.Generator().manual_seed(seed))
         actions = self.action_norm.unnormalize(actions[0].float().cpu().numpy().astype(np.float64))
-        # a gripper head gives probabilities; pi05 regresses the gripper as a flow dimension (grip is None)
-        closed = grip[0].cpu().numpy() if grip is not None else actions[:, GRIPPER_DIMS]
-        actions[:, GRIPPER_DIMS] = (closed > 0.5).astype(np.float64)
+        actions[:, GRIPPER_DIMS] = (grip[0].cpu().numpy() > 0.5).astype(np.float64)
         actions[:, ~self.action_mask] = 0.0
         return actions.astype(np.float32)

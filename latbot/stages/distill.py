@@ -77,6 +77,9 @@ class DistillStage(Stage):
 
         m = self.recipe.model
         student = registry.build("students", m.student, latent_width=self.teacher.encoder.width)
+        from latbot import pretrained
+
+        self.pretrained = pretrained.apply(student=student)  # pi05: pi0.5 weights named by `pretrained`
         return DistillationModel(student, self.teacher, m.temperature, m.reasoning_weight)
 
     def build_data(self, world):
@@ -117,4 +120,5 @@ class DistillStage(Stage):
             "latent_width": self.teacher.encoder.width,
             "temperature": model.temperature,
             "steps": self.recipe.train.steps,
+            "pretrained": getattr(self, "pretrained", {}),  # which pi0.5 components were loaded
         }

@@ -14,7 +14,7 @@ from latbot.recipes.schema import ActionExpertSlot, RecipeBase, StudentSlot
 from latbot.stages.base import Stage
 
 # student fields that do not shape the weights, so they may differ from the distilled student's
-FREE_STUDENT_FIELDS = ("num_frames", "freeze_vision", "attn_implementation")
+FREE_STUDENT_FIELDS = ("num_frames", "freeze_vision", "attn_implementation", "pretrained")  # pretrained: overwritten
 
 
 class FinetuneModel(Section):
@@ -70,7 +70,11 @@ class FinetuneStage(Stage):
         from latbot.models.vla import VisionLanguageAction
 
         m = self.recipe.model
+        from latbot import pretrained
+
         model = VisionLanguageAction(m.student, m.action_expert, m.action_horizon, self.latent_width)
+        # pi05: pi0.5 weights named by `pretrained` (the student's only without a distilled parent)
+        self.pretrained = pretrained.apply(student=None if self.parent else model.student, expert=model.expert)
         if self.parent is not None:
             model.student.load_state_dict(runs.student_weights(self.parent.path))
         return model
@@ -97,7 +101,12 @@ class FinetuneStage(Stage):
         return ConcatDataset(parts), sampler
 
     def extra(self, model) -> dict:
-        return {"target": self.target, "latent_width": self.latent_width, "steps": self.recipe.train.steps}
+        return {
+            "target": self.target,
+            "latent_width": self.latent_width,
+            "steps": self.recipe.train.steps,
+            "pretrained": getattr(self, "pretrained", {}),  # which pi0.5 components were loaded
+        }
 
 
 def _target(sources, cameras: list[str] | None) -> tuple[dict, list[list[int]]]:

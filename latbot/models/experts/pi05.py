@@ -14,8 +14,8 @@ dimensions first, in order, zeros after (openpi pads LIBERO's 7-D actions to 32 
 matching as pi0.5 (t ~ Beta(1.5, 1)·0.999 + 0.001, x_t = t·ε + (1 − t)·a, u = ε − a, 10 Euler steps from
 t = 1); the loss is the MSE of v − u over the valid dimensions and steps (openpi averages over all 32,
 padding included: LatBot masks as every action loss does). The gripper is a regressed flow dimension, as in
-pi0.5 (no BCE head): `sample` returns no gripper probabilities and the policy thresholds the unnormalised
-gripper value.
+pi0.5 (no BCE head); `sample` reports it as (x + 1) / 2 of its normalised value, so the policy's 0.5
+threshold is the middle of the gripper's [q01, q99] range.
 
 State (`state`): "discrete" — pi0.5's default: the normalised state as 256-bin text in the prompt (the
 student writes it; this module ignores the state); "continuous" — a state token (Linear 46 → width)
@@ -177,7 +177,7 @@ class Pi05ActionExpert(nn.Module):
         """actions (B, H, 44) normalised; action_mask (B, 44); pad (B, H) True past the episode's end;
         state (B, 46) normalised and masked; `layers`: the student's PrefixCache (`example_context` makes a
         stand-in). `gripper` is unused: the gripper dims of `actions` are regressed."""
-        cache = _cache(layers)
+        cache = _cache(self, layers, ctx_mask)
         c = self.config
         a = self.pack(actions, action_mask)
         t = flow.sample_time_beta(a.shape[0], c.time_alpha, c.time_beta, a.device)
@@ -198,16 +198,19 @@ class Pi05ActionExpert(nn.Module):
 
     @torch.no_grad()
     def sample(self, state, layers, ctx_mask, action_mask=None, generator=None, velocity=None):
-        """Euler from noise (t = 1) to data → (actions (B, H, 44) normalised, None: the gripper is a flow
-        dimension). `velocity(x, t)` replaces the cached-prefix velocity (the uncached check)."""
+        """Euler from noise (t = 1) to data → actions (B, H, 44) normalised, and the gripper (B, H, 2) as
+        the position of the regressed gripper value in its normalised range, (x + 1) / 2 clipped to [0, 1]:
+        above 0.5 ⇔ above the middle of [q01, q99], the closed/open threshold the policy applies.
+        `velocity(x, t)` replaces the cached-prefix velocity (the uncached check)."""
         shape = (state.shape[0], self.horizon, self.config.action_dim)
         noise = torch.randn(shape, generator=generator, device="cpu")
-        return self.unpack(self.denoise(noise, layers, ctx_mask, state, velocity), action_mask), None
+        actions = self.unpack(self.denoise(noise, layers, ctx_mask, state, velocity), action_mask)
+        return actions, ((actions[..., GRIPPER_DIMS].float() + 1) / 2).clamp(0, 1)
 
     @torch.no_grad()
     def denoise(self, noise, layers, ctx_mask, state=None, velocity=None) -> torch.Tensor:
         """noise (B, H, P) → the packed chunk (B, H, P) after `num_steps` Euler steps (pi0.5's loop)."""
-        cache = _cache(layers)
+        cache = _cache(self, layers, ctx_mask)
         x = noise.to(ctx_mask.device, self.action_in_proj.weight.dtype)
         v = velocity or (lambda x, t: self.velocity(x, t, cache, ctx_mask, state))
         (x,) = flow.integrate(lambda x, t: (v(x, t),), (x,), self.config.num_steps)
@@ -220,10 +223,12 @@ def _gripper_mask(device) -> torch.Tensor:
     return m
 
 
-def _cache(layers) -> gemma.PrefixCache:
-    if not isinstance(layers, gemma.PrefixCache):
-        raise TypeError(
-            f"action_expert pi05 reads the prefix KV cache of a `pi05` student (gemma.PrefixCache), got "
-            f"{type(layers).__name__}; pair it with model.student.type: pi05"
-        )
-    return layers
+def _cache(expert, layers, ctx_mask) -> gemma.PrefixCache:
+    """The student's PrefixCache; stand-in hidden states (the registry's contract checks call an expert
+    alone with (B, N, D) tensors) become `example_context`. A VisionLanguageAction never passes hidden
+    states: it refuses a student that is not `pi05` (`check_vlm`)."""
+    if isinstance(layers, gemma.PrefixCache):
+        return layers
+    if isinstance(layers, list | tuple) and all(isinstance(h, torch.Tensor) for h in layers):
+        return expert.example_context(layers, ctx_mask)
+    raise TypeError(f"action_expert pi05 reads the prefix KV cache of a `pi05` student, got {type(layers).__name__}")

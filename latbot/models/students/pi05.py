@@ -118,8 +118,8 @@ class Pi05Student(nn.Module):
             "google/paligemma-3b-pt-224", description="PaliGemma tokenizer (hub id or directory); None: local tiny."
         )
         num_frames: int = Field(1, ge=1, description="Camera images per step (distillation: V_1 only).")
-        num_scene_tokens: int = Field(64, ge=1, description="Latent query positions for Z_sce (paper: 64).")
-        num_motion_tokens: int = Field(64, ge=1, description="Latent query positions for Z_mot (paper: 64).")
+        num_scene_tokens: int = Field(64, ge=0, description="Latent query positions for Z_sce (paper: 64; 0: pi0.5).")
+        num_motion_tokens: int = Field(64, ge=0, description="Latent query positions for Z_mot (paper: 64; 0: pi0.5).")
         max_text_tokens: int = Field(200, ge=8, description="Prompt length cap (openpi pi05 max_token_len).")
         latent_projection: bool = Field(
             True, description="Learned projection of Ẑ to the teacher's width, also when the widths agree."
@@ -131,7 +131,7 @@ class Pi05Student(nn.Module):
         super().__init__()
         self.config = config
         self.vlm = PaliGemma(config.preset)
-        self.tokenizer = _tokenizer(config)
+        self._tokenizer = None  # read on first use: counting parameters needs no tokenizer
         self.tokens_per_frame = self.vlm.tokens_per_frame
         d = self.width
         self.scene_queries = nn.Parameter(torch.randn(config.num_scene_tokens, d) * 0.02)
@@ -146,6 +146,12 @@ class Pi05Student(nn.Module):
     @classmethod
     def tiny_config(cls):
         return cls.Config(preset="tiny", tokenizer=None, num_scene_tokens=4, num_motion_tokens=4)
+
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            self._tokenizer = _tokenizer(self.config)
+        return self._tokenizer
 
     @property
     def width(self) -> int:
@@ -175,7 +181,7 @@ class Pi05Student(nn.Module):
         n_img, ns, nm = cameras * self.tokens_per_frame, self.config.num_scene_tokens, self.config.num_motion_tokens
         ids = [0] * n_img + prompt + [0] * (ns + nm)
         slots = [IMAGE] * n_img + [TEXT] * len(prompt) + [SCENE] * ns + [MOTION] * nm
-        ar = [0] * (n_img + len(prompt)) + [1] + [0] * (ns + nm - 1)
+        ar = [0] * (n_img + len(prompt)) + ([1] + [0] * (ns + nm - 1) if ns + nm else [])
         labels = [IGNORE] * len(ids)
         if subtask is not None:
             head = self._text(SUBTASK_PROMPT)
