@@ -28,6 +28,12 @@ def quickstart(out: Path) -> list[str]:
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
 
 
+def _complete(run: Path) -> bool:
+    """A run's manifest exists from its start; it is finished when its status says so."""
+    manifest = run / "latbot.json"
+    return manifest.exists() and json.loads(manifest.read_text()).get("status") == "complete"
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     out = tmp_path_factory.mktemp("qs") / "out"
@@ -40,7 +46,7 @@ def runs(tmp_path_factory):
     proc.wait(timeout=60)
     killed = {
         "returncode": proc.returncode,
-        "lam_finished": (out / "runs" / "lam" / "latbot.json").exists(),
+        "lam_finished": _complete(out / "runs" / "lam"),
         "checkpoint": latest.exists(),
         "stores": {s: (out / s / "latbot.json").read_bytes() for s in STAGES[:2]},
         "mtimes": {s: (out / s / "latbot.json").stat().st_mtime_ns for s in STAGES[:2]},

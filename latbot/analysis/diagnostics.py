@@ -83,20 +83,40 @@ def future_frames(
     return pred, truth, actions
 
 
+def lam_action_normalization(lam_run, store) -> tuple[dict | None, int]:
+    """(statistics, stride) with which the LAM of `lam_run` sees `store`'s actions: the ones it was trained
+    with if the store was one of its sources, else the store's own at stride 1 (the same per-source
+    method); (None, 1) for a LAM trained on raw actions."""
+    from pathlib import Path
+
+    from latbot import runs
+    from latbot.data.clips import interval_action_stats
+
+    norm = runs.open_run(lam_run, "lam").extra.get("action_normalization") or {"method": "none"}
+    if norm["method"] == "none":
+        return None, 1
+    for source in norm["sources"]:
+        if Path(source["store"]).resolve() == Path(store).resolve():
+            return source, int(source["stride"])
+    return interval_action_stats(store, 1), 1
+
+
 def lam_clips(lam_run, store):
-    """(LAM in eval mode, ClipDataset of `store` at the clip length the LAM was trained on)."""
+    """(LAM in eval mode, ClipDataset of `store` at the LAM's clip length, stride and action normalisation:
+    its actions are what the LAM's action stream generates)."""
     from latbot import runs
     from latbot.data.clips import ClipDataset
 
     lam = runs.load_lam(lam_run)
-    return lam, ClipDataset(store, num_frames=lam.num_frames)
+    stats, stride = lam_action_normalization(lam_run, store)
+    return lam, ClipDataset(store, num_frames=lam.num_frames, frame_stride=stride, action_stats=stats)
 
 
 def diagnose_checkpoint(run_dir, store, samples: int = 64, seed: int = 0) -> dict:
     """Latent diagnostics of a trained LAM (a `latbot train` run directory) on clips of an episode store:
     effective rank and per-token variance of Z_sce / Z_mot, PSNR of generated future frames, action MSE
     of generated actions per unified slice, and held-out linear probes of the true actions from Z_mot vs
-    Z_sce vs random features."""
+    Z_sce vs random features. Actions (targets, generated, probed) are in the LAM's normalised units."""
     from torch.utils.data import DataLoader, Subset
 
     model, dataset = lam_clips(run_dir, store)

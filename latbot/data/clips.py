@@ -10,7 +10,7 @@ Batch keys are constants (`K_*`), defined here once. Shapes per sample (a DataLo
     action_mask   (44,) bool                    action_mask / state_mask, action_pad (H,) bool
                                                 gripper (H, 2) unnormalised (left, right)
     state_mask    (46,) bool                    native_actions (H, A) when the store has them
-    instruction, subtask: str; episode, step: int
+    instruction, subtask: str ("" where the episode has no subtask annotation); episode, step: int
 
 Clip frames are V_t, V_{t+s}, …, V_{t+(T−1)s} for the source's stride s; the clip's actions are the
 T−1 actions between consecutive clip frames: position and fingertip deltas summed over the s steps,
@@ -107,8 +107,18 @@ class ClipDataset(_StoreDataset):
         episodes: Sequence[int] | None = None,
         cameras: list[str] | None = None,
         normalize: bool = False,
+        action_stats: dict[str, Any] | None = None,
     ):
+        """`normalize`: actions and states by the store's per-step statistics. `action_stats`: the clip's
+        per-interval actions by statistics of the aggregated deltas at this stride (`interval_action_stats`,
+        what the LAM trains on); states stay raw."""
         super().__init__(store, episodes, normalize, cameras)
+        if action_stats is not None:
+            if normalize:
+                raise ValueError("give either normalize=True or action_stats, not both")
+            self.action_norm = QuantileNormalizer(
+                action_stats["q01"], action_stats["q99"], name=f"{self.path}: actions"
+            )
         self.num_frames, self.stride = num_frames, frame_stride
         span = (num_frames - 1) * frame_stride
         self.starts = [(r.index, t) for r in self.records for t in range(max(0, r.length - span))]
@@ -128,7 +138,9 @@ class ClipDataset(_StoreDataset):
         actions = aggregate_actions(data["actions"][:-1], self.stride)  # (T−1, 44)
         states = data["states"][keep]
         if self.action_norm is not None:
-            actions, states = self.action_norm.normalize(actions), self.state_norm.normalize(states)
+            actions = self.action_norm.normalize(actions)
+        if self.state_norm is not None:
+            states = self.state_norm.normalize(states)
         action_mask, state_mask = rec.masks()
         subtask = rec.subtask_at(t)
         return {
@@ -138,7 +150,7 @@ class ClipDataset(_StoreDataset):
             K_ACTION_MASK: torch.from_numpy(action_mask),
             K_STATE_MASK: torch.from_numpy(state_mask),
             K_INSTRUCTION: rec.instruction,
-            K_SUBTASK: subtask if subtask is not None else rec.instruction,
+            K_SUBTASK: subtask or "",  # "": the episode has no subtask here (distillation decides what to do)
             K_EPISODE: episode,
             K_STEP: t,
         }
@@ -189,7 +201,7 @@ class ChunkDataset(_StoreDataset):
             K_ACTION_PAD: torch.from_numpy(pad),
             K_GRIPPER: torch.from_numpy(gripper),
             K_INSTRUCTION: rec.instruction,
-            K_SUBTASK: subtask if subtask is not None else rec.instruction,
+            K_SUBTASK: subtask or "",  # "": the episode has no subtask here (distillation decides what to do)
             K_EPISODE: episode,
             K_STEP: t,
         }
@@ -197,6 +209,47 @@ class ChunkDataset(_StoreDataset):
             native = self.store.array("native_actions")[rec.offset + chunk.min() : rec.offset + chunk.max() + 1]
             sample[K_NATIVE_ACTIONS] = torch.from_numpy(native[chunk - chunk.min()].astype(np.float32))
         return sample
+
+
+def interval_action_stats(
+    store: str | Path,
+    stride: int,
+    episodes: Sequence[int] | None = None,
+    max_episodes: int = 2000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Statistics (mean, std, min, max, q01, q99 per dimension; None where no episode fills it) of the
+    per-interval actions a LAM sees at `stride`: every window of `stride` consecutive steps, aggregated as
+    in `aggregate_actions`. At most `max_episodes` episodes (a deterministic random subset) are read."""
+    from latbot.data.normalize import STAT_KEYS
+    from latbot.data.store import EpisodeStore
+
+    with EpisodeStore.open(store) as s:
+        records = [s.records[i] for i in episodes] if episodes is not None else list(s.records)
+        if len(records) > max_episodes:
+            pick = np.sort(np.random.default_rng(seed).choice(len(records), max_episodes, replace=False))
+            records = [records[i] for i in pick]
+        actions = s.array("actions")
+        rows, masks = [], []
+        for rec in records:
+            steps = np.asarray(actions[rec.offset : rec.stop], np.float64)
+            for offset in range(min(stride, len(steps))):  # every window start, in `stride` interleaved passes
+                windows = aggregate_actions(steps[offset:], stride)
+                rows.append(windows)
+                masks.append(np.broadcast_to(rec.masks()[0], windows.shape))
+    values = np.concatenate(rows) if rows else np.zeros((0, 44))
+    valid = np.concatenate(masks) if masks else np.zeros((0, 44), bool)
+    out: dict[str, Any] = {k: [] for k in STAT_KEYS}
+    for d in range(values.shape[1]):
+        column = values[valid[:, d], d]
+        numbers = (
+            (None,) * len(STAT_KEYS)
+            if column.size == 0
+            else (column.mean(), column.std(), column.min(), column.max(), *np.quantile(column, [0.01, 0.99]))
+        )
+        for k, v in zip(STAT_KEYS, numbers, strict=True):
+            out[k].append(None if v is None else float(v))
+    return out | {"stride": stride, "intervals": len(values), "episodes": len(records)}
 
 
 def aggregate_actions(steps: np.ndarray, stride: int) -> np.ndarray:

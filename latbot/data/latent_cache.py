@@ -29,10 +29,10 @@ class CacheError(LatBotError):
 
 
 def cache_identity(teacher_dir: str | Path, sources: list, num_frames: int, cameras: list[str] | None) -> dict:
-    from latbot.artifacts import read_manifest
+    from latbot import runs
 
     return {
-        "teacher": read_manifest(teacher_dir, kind="lam").content_hash,
+        "teacher": runs.open_run(teacher_dir, "lam").manifest.content_hash,
         "sources": [s.model_dump(mode="json") for s in sources],
         "num_frames": num_frames,
         "cameras": cameras,
@@ -145,7 +145,7 @@ class CachedLatentDataset(Dataset):
             K_FRAMES: torch.from_numpy(np.ascontiguousarray(frame.transpose(0, 3, 1, 2))),
             K_LATENTS: torch.from_numpy(np.asarray(self._latents[i], np.float32)),
             K_INSTRUCTION: rec.instruction,
-            K_SUBTASK: subtask if subtask is not None else rec.instruction,
+            K_SUBTASK: subtask or "",  # "": the episode has no subtask here (distillation decides what to do)
             K_EPISODE: episode,
             K_STEP: t,
         }

@@ -17,26 +17,43 @@ def build_mixture(
     world_size: int = 1,
     cameras: list[str] | None = None,
     normalize: bool = False,
+    action_stats: list[dict] | None = None,
 ):
-    """(ConcatDataset of ClipDatasets, MixtureSampler) over `sources`, honouring weights and strides."""
+    """(ConcatDataset of ClipDatasets, MixtureSampler) over `sources`, honouring weights and strides;
+    `action_stats` (one per source, `interval_action_stats`) normalise each source's clip actions."""
     from torch.utils.data import ConcatDataset
 
     from latbot.data.clips import ClipDataset, MixtureSampler
-    from latbot.data.store import EpisodeStore
 
     parts = []
-    for s in sources:
-        episodes = None
-        if s.tasks is not None or s.exclude_tasks or s.demos_per_task is not None:
-            with EpisodeStore.open(s.store) as store:
-                episodes = select_episodes(store.records, s.tasks, s.demos_per_task, s.exclude_tasks)
+    for k, s in enumerate(sources):
+        episodes = source_episodes(s)
+        stats = action_stats[k] if action_stats is not None else None
         parts.append(
-            ClipDataset(s.store, num_frames, s.frame_stride, episodes=episodes, cameras=cameras, normalize=normalize)
+            ClipDataset(
+                s.store,
+                num_frames,
+                s.frame_stride,
+                episodes=episodes,
+                cameras=cameras,
+                normalize=normalize,
+                action_stats=stats,
+            )
         )
     sampler = MixtureSampler(
         [len(p) for p in parts], [s.weight for s in sources], seed=seed, rank=rank, world_size=world_size
     )
     return ConcatDataset(parts), sampler
+
+
+def source_episodes(source: DataSource) -> list[int] | None:
+    """The episodes a source contributes after its `tasks` / `exclude_tasks` / `demos_per_task` (None: all)."""
+    from latbot.data.store import EpisodeStore
+
+    if source.tasks is None and not source.exclude_tasks and source.demos_per_task is None:
+        return None
+    with EpisodeStore.open(source.store) as store:
+        return select_episodes(store.records, source.tasks, source.demos_per_task, source.exclude_tasks)
 
 
 def select_episodes(

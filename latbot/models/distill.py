@@ -3,10 +3,13 @@
     L = L_a + λ_r · L_r,   L_a = ‖Ẑ − Z‖² + KL(p(Ẑ) ‖ p(Z)),   p(z) = softmax(ẑ / τ) over channels,
     ẑ = z / ‖z‖₂ per token,   L_r = next-token loss on the subtask text (students/base.py).
 
-Choices where the paper is silent (docs/distillation.md): ‖Ẑ − Z‖² is the mean over tokens and
-channels (scale-free in the width); the KL is summed over channels and averaged over tokens, in the
-direction the paper writes (student distribution first); τ defaults to 1/√D, which gives the softmax
-logits of unit-norm tokens a standard deviation of about one whatever the width D.
+Choices where the paper is silent or where we differ (docs/choices.md): by default (`reduction: mean`)
+‖Ẑ − Z‖² is the mean over tokens and channels (scale-free in the width) and the KL is summed over
+channels and averaged over tokens; `reduction: sum` uses the paper's sums (Eq. 4–5), which weighs L_a
+N·D times (MSE) and N times (KL) more against λ_r·L_r. The KL runs in the direction the paper writes
+(student distribution first); τ defaults to 1/√D, which gives the softmax logits of unit-norm tokens a
+standard deviation of about one whatever the width D. Samples without a subtask annotation get no L_r
+(`subtask_fallback: skip`, what the paper implies) or predict the instruction (`instruction`).
 
 The teacher (a frozen LAM encoder, eval mode) is held outside the module tree: it is not trained, not
 sharded, not checkpointed and not switched to train mode by the loop.
@@ -23,16 +26,20 @@ from torch.nn import functional as F
 from latbot.data.clips import K_FRAMES, K_INSTRUCTION, K_LATENTS, K_SUBTASK
 
 
-def latent_mse(z_hat: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-    """‖Ẑ − Z‖², averaged over tokens and channels."""
-    return F.mse_loss(z_hat.float(), z.float())
+def latent_mse(z_hat: torch.Tensor, z: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """‖Ẑ − Z‖² of (B, N, D) latents: "mean" over tokens and channels, or "sum" over them (Eq. 4's squared
+    norm), averaged over the batch."""
+    err = (z_hat.float() - z.float()) ** 2
+    return err.mean() if reduction == "mean" else err.sum((1, 2)).mean()
 
 
-def latent_kl(z_hat: torch.Tensor, z: torch.Tensor, temperature: float) -> torch.Tensor:
-    """KL(p(Ẑ) ‖ p(Z)) per token (sum over channels), averaged over tokens."""
+def latent_kl(z_hat: torch.Tensor, z: torch.Tensor, temperature: float, reduction: str = "mean") -> torch.Tensor:
+    """KL(p(Ẑ) ‖ p(Z)) per token (sum over channels), then "mean" over tokens or "sum" over them (Eq. 5),
+    averaged over the batch."""
     log_p = F.log_softmax(F.normalize(z_hat.float(), dim=-1) / temperature, dim=-1)
     log_q = F.log_softmax(F.normalize(z.float(), dim=-1) / temperature, dim=-1)
-    return (log_p.exp() * (log_p - log_q)).sum(-1).mean()
+    per_token = (log_p.exp() * (log_p - log_q)).sum(-1)  # (B, N)
+    return per_token.mean() if reduction == "mean" else per_token.sum(1).mean()
 
 
 def default_temperature(width: int) -> float:
@@ -41,15 +48,28 @@ def default_temperature(width: int) -> float:
 
 class DistillationModel(nn.Module):
     def __init__(
-        self, student: nn.Module, teacher: nn.Module | None, temperature: float | None, reasoning_weight: float
+        self,
+        student: nn.Module,
+        teacher: nn.Module | None,
+        temperature: float | None,
+        reasoning_weight: float,
+        subtask_fallback: str = "skip",
+        reduction: str = "mean",
     ):
+        """`subtask_fallback`: what L_r does for a sample whose episode has no subtask annotation there —
+        "skip" (no L_r for it) or "instruction" (predict the instruction instead). `reduction`: "mean" over
+        tokens and channels, or "sum" (Eq. 4's squared norm and Eq. 5's sum over tokens, per sample)."""
         super().__init__()
+        if subtask_fallback not in ("skip", "instruction") or reduction not in ("mean", "sum"):
+            raise ValueError(f"subtask_fallback={subtask_fallback!r}, reduction={reduction!r}")
         self.student = student
         object.__setattr__(self, "teacher", teacher)  # not a submodule: see the module docstring
         if teacher is not None:
             teacher.eval().requires_grad_(False)
         self.temperature = temperature or default_temperature(student.latent_width)
         self.reasoning_weight = reasoning_weight
+        self.subtask_fallback = subtask_fallback
+        self.reduction = reduction
 
     def repeated_blocks(self) -> list[nn.Module]:
         """The student's blocks (the teacher is not part of the trained module tree)."""
@@ -76,11 +96,23 @@ class DistillationModel(nn.Module):
             if self.teacher is None:
                 raise ValueError("no teacher and no cached latents in the batch")
             z = self.teacher_latents(frames, instructions)
-        out = self.student(frames[:, :1], instructions, subtasks=list(batch[K_SUBTASK]))
+        given = list(batch[K_SUBTASK])  # "" where the episode has no subtask at this step
+        if self.subtask_fallback == "instruction":
+            subtasks = [s or text for s, text in zip(given, instructions, strict=True)]
+        else:
+            subtasks = [s or None for s in given]  # None: no reasoning target for this sample
+        out = self.student(frames[:, :1], instructions, subtasks=subtasks)
         z_hat = out["latents"]
         if z_hat.shape != z.shape:
             raise ValueError(f"student latents {tuple(z_hat.shape)} vs teacher latents {tuple(z.shape)}")
-        mse = latent_mse(z_hat, z)
-        kl = latent_kl(z_hat, z, self.temperature)
+        mse = latent_mse(z_hat, z, self.reduction)
+        kl = latent_kl(z_hat, z, self.temperature, self.reduction)
         lm = out["lm_loss"]
-        return {"loss": mse + kl + self.reasoning_weight * lm, "mse": mse, "kl": kl, "lm": lm}
+        with_subtask = torch.tensor(sum(bool(s) for s in given) / max(len(given), 1), device=mse.device)
+        return {
+            "loss": mse + kl + self.reasoning_weight * lm,
+            "mse": mse,
+            "kl": kl,
+            "lm": lm,
+            "subtask_rate": with_subtask,  # share of samples with an annotated subtask (the rest: fallback)
+        }

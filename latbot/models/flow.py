@@ -47,9 +47,14 @@ def integrate(velocity: Callable, x: tuple, steps: int) -> tuple:
 
 
 def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """MSE of (B, K, A) over the dims the (B, A) validity mask marks: the action loss of every decoder."""
-    m = mask[:, None, :].to(pred.dtype)
-    return ((pred - target) ** 2 * m).sum() / (m.sum() * pred.shape[1]).clamp_min(1)
+    """MSE of (B, K, A) over each sample's valid dims (the (B, A) validity mask), then the mean over samples:
+    every sample weighs the same, whatever its embodiment's number of valid dims (a 44-dim hand sample and
+    a 7-dim arm sample count once each). For a batch of one embodiment this is the plain masked mean."""
+    m = mask[:, None, :].to(pred.dtype)  # (B, 1, A)
+    dims = m.sum((1, 2))  # (B,) valid dims per sample
+    per_sample = ((pred - target) ** 2 * m).sum((1, 2)) / (dims * pred.shape[1]).clamp_min(1)
+    has = (dims > 0).to(pred.dtype)  # a sample with no valid dim (none should exist) does not count
+    return (per_sample * has).sum() / has.sum().clamp_min(1)
 
 
 # -- the two streams of a unified decoder (paper §3.2): image (or image latent) + actions -----------------

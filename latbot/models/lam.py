@@ -32,6 +32,12 @@ class LatentActionModel(nn.Module):
                 f"model.decoder.horizon is {horizon}, but clips of {num_frames} frames carry {num_frames - 1} "
                 "actions; set model.decoder.horizon to data.num_frames − 1"
             )
+        groups = getattr(config.encoder, "latent_groups", None)
+        if groups is not None and groups != (2 if config.decoupled else 1):
+            raise LatBotError(
+                f"model.decoupled is {config.decoupled} but model.encoder.latent_groups is {groups}; "
+                f"set latent_groups: {2 if config.decoupled else 1} (decoupled scene/motion groups need 2)"
+            )
         enc_frames = getattr(config.encoder, "num_frames", num_frames)
         if enc_frames != num_frames:
             raise LatBotError(
@@ -47,12 +53,17 @@ class LatentActionModel(nn.Module):
         return self.encoder(frames, instructions)
 
     def latents(self, frames, instructions):
-        """The tokens each decoder stream is conditioned on (decoupled, or one shared group)."""
+        """The tokens each decoder stream is conditioned on: (image-stream tokens, action-stream tokens).
+
+        full model: Z_sce → image stream, Z_mot → action stream (paper Fig. 2). Otherwise every latent
+        token conditions every stream that exists: with one latent group (`decoupled: false`) the group
+        feeds both streams; without the action stream (`unified_decoder: false`) both groups condition the
+        image stream, so Z_mot is still trained (Table 5, "Ours-v1")."""
         z_sce, z_mot = self.encode(frames, instructions)
-        if not self.config.decoupled:
-            z = torch.cat([z_sce, z_mot], dim=1)  # one group of Ns + Nm tokens feeds both streams
-            return z, z
-        return z_sce, z_mot
+        if self.config.decoupled and self.config.unified_decoder:
+            return z_sce, z_mot
+        z = torch.cat([z_sce, z_mot], dim=1)  # (B, Ns + Nm, D)
+        return z, z
 
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
         """A LAM clip batch (latbot.data.clips) → {"loss", "image", "action"}."""

@@ -13,6 +13,8 @@ QUESTION = (
 ANSWER_SCENE = "Answer: Scene evolution description:"
 ANSWER_MOTION = ". Action dynamics description:"
 ANSWER_END = "."
+# One group of latent action tokens (Table 5 "DLA off", `latent_groups: 1`): one description, Ns + Nm positions.
+ANSWER_SINGLE = "Answer: Latent action description:"
 
 # The student (distillation) sees one frame and asks for the same two descriptions.
 STUDENT_QUESTION = (

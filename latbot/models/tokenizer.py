@@ -14,6 +14,7 @@ from latbot.models.template import (
     ANSWER_END,
     ANSWER_MOTION,
     ANSWER_SCENE,
+    ANSWER_SINGLE,
     QUESTION,
     STUDENT_QUESTION,
     SUBTASK_PROMPT,
@@ -53,7 +54,17 @@ def build_tiny_tokenizer(extra_words: list[str] = ()):
     for tok in SPECIALS:
         vocab.setdefault(tok, len(vocab))
     text = " ".join(
-        [QUESTION, ANSWER_SCENE, ANSWER_MOTION, ANSWER_END, STUDENT_QUESTION, SUBTASK_PROMPT, *COMMON, *extra_words]
+        [
+            QUESTION,
+            ANSWER_SCENE,
+            ANSWER_MOTION,
+            ANSWER_END,
+            STUDENT_QUESTION,
+            SUBTASK_PROMPT,
+            *COMMON,
+            ANSWER_SINGLE,
+            *extra_words,
+        ]
     )
     for w in _words(text) + [f"{i}" for i in range(100)]:
         vocab.setdefault(w, len(vocab))

@@ -140,6 +140,9 @@ def write_report(out: Path, preset_name: str, preset, stores, lam, distill, ft, 
         rdir / "training_curves.png",
     )
     record(stores["heldout"], [0], rdir / "episode.rrd", checkpoint=ft["distilled"])
+    from latbot import runs
+
+    method = (runs.open_run(lam, "lam").extra.get("action_normalization") or {}).get("method", "none")
     total = sum(v["seconds"] for v in times.values())
     report = {
         "preset": preset_name,
@@ -147,6 +150,7 @@ def write_report(out: Path, preset_name: str, preset, stores, lam, distill, ft, 
         "heldout_tasks": list(preset.heldout_tasks),
         "demos_per_heldout_task": preset.demos_per_task,
         "success": table,
+        "lam_action_normalization": method,
         "lam_reconstruction": recon,
         "latent_diagnostics": diag,
         "grounding": {"mean_lowest_spatial_entropy_nats": ground, "images": "grounding/sample_*.png"},
@@ -215,6 +219,14 @@ def _markdown(r: dict, preset) -> str:
         "",
         "Linear probes predict the clip's true actions from each latent group (held-out R²; higher = the "
         "latent carries more action information).",
+        "",
+        f"LAM action targets: `{r['lam_action_normalization']}` normalisation"
+        + (
+            " (per source, q01/q99 of the aggregated deltas at the source's clip stride → [−1, 1]; probes and "
+            "action errors are in these units)."
+            if r["lam_action_normalization"] == "quantile"
+            else " (raw unified units)."
+        ),
         "",
         "## Grounding before / after distillation (paper Fig. 4 style)",
         "",

@@ -26,6 +26,16 @@ class DistillModel(Section):
         None, gt=0, description="Softmax temperature τ of the KL term; null: 1/√D of the teacher's width."
     )
     reasoning_weight: float = Field(0.5, ge=0, description="λ_r in L = L_a + λ_r · L_r (paper: 0.5).")
+    subtask_fallback: Literal["skip", "instruction"] = Field(
+        "skip",
+        description="Samples without a subtask annotation: no L_r (skip, what the paper implies) or predict the "
+        "instruction instead.",
+    )
+    loss_reduction: Literal["mean", "sum"] = Field(
+        "mean",
+        description="L_a over tokens and channels: mean (scale-free in N and D), or sum (Eq. 4–5 as written; L_a "
+        "then weighs N·D (MSE) and N (KL) times more against λ_r · L_r).",
+    )
 
 
 class DistillRecipe(RecipeBase):
@@ -58,12 +68,11 @@ class DistillStage(Stage):
                 f"data.num_frames is {r.data.num_frames}, the teacher {m.teacher} reads clips of {frames}; "
                 f"set data.num_frames: {frames}"
             )
-        for field in ("num_scene_tokens", "num_motion_tokens"):
-            if getattr(m.student, field) != getattr(enc, field):
-                raise TrainingError(
-                    f"model.student.{field} is {getattr(m.student, field)}, the teacher has {getattr(enc, field)}; "
-                    "make them equal"
-                )
+        # the student answers in the teacher's layout: the same token counts and latent groups
+        for field, default in (("num_scene_tokens", None), ("num_motion_tokens", None), ("latent_groups", 2)):
+            theirs, ours = getattr(enc, field, default), getattr(m.student, field, default)
+            if ours != theirs:
+                raise TrainingError(f"model.student.{field} is {ours}, the teacher has {theirs}; make them equal")
         self.teacher = lam
 
     def parents(self) -> list:
@@ -80,7 +89,9 @@ class DistillStage(Stage):
         from latbot import pretrained
 
         self.pretrained = pretrained.apply(student=student)  # pi05: pi0.5 weights named by `pretrained`
-        return DistillationModel(student, self.teacher, m.temperature, m.reasoning_weight)
+        return DistillationModel(
+            student, self.teacher, m.temperature, m.reasoning_weight, m.subtask_fallback, m.loss_reduction
+        )
 
     def build_data(self, world):
         from latbot.data.latent_cache import CachedLatentDataset, build_cache, cache_identity
@@ -121,4 +132,20 @@ class DistillStage(Stage):
             "temperature": model.temperature,
             "steps": self.recipe.train.steps,
             "pretrained": getattr(self, "pretrained", {}),  # which pi0.5 components were loaded
+            "subtask_coverage": {str(s.store): subtask_coverage(s) for s in self.sources()},
+            "subtask_fallback": self.recipe.model.subtask_fallback,
         }
+
+
+def subtask_coverage(source) -> float:
+    """Share of the source's steps (its selected episodes) that carry a subtask annotation; the rest get the
+    `subtask_fallback` treatment."""
+    from latbot.data.mixture import source_episodes
+    from latbot.data.store import EpisodeStore
+
+    with EpisodeStore.open(source.store) as store:
+        chosen = source_episodes(source)
+        records = [store.records[i] for i in chosen] if chosen is not None else store.records
+        steps = sum(r.length for r in records)
+        covered = sum(1 for r in records for t in range(r.length) if r.subtask_at(t) is not None)
+    return covered / max(steps, 1)

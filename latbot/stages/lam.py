@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from latbot.config import Section
 from latbot.recipes.schema import DecoderSlot, EncoderSlot, RecipeBase
@@ -19,6 +19,25 @@ class LamModel(Section):
     decoupled: bool = Field(True, description="Separate scene/motion tokens (off: one group feeds both streams).")
     unified_decoder: bool = Field(True, description="Decode actions too (off: image reconstruction only).")
     image_loss_weight: float = Field(1.0, ge=0, description="w_img in L = L_action + w_img · L_image.")
+    action_normalization: Literal["quantile", "none"] = Field(
+        "quantile",
+        description="Action targets per source: q01/q99 of the aggregated deltas at the source's stride → [−1, 1] "
+        "(none: raw unified units).",
+    )
+
+    @model_validator(mode="after")
+    def _groups_follow_decoupling(self) -> LamModel:
+        """`decoupled: false` means one group of latent tokens: the encoder's template follows (Table 5)."""
+        fields = getattr(type(self.encoder), "model_fields", {})
+        if "latent_groups" in fields:
+            wanted = 2 if self.decoupled else 1
+            if self.encoder.latent_groups != wanted and "latent_groups" in self.encoder.model_fields_set:
+                raise ValueError(
+                    f"encoder.latent_groups: {self.encoder.latent_groups} contradicts decoupled: {self.decoupled}; "
+                    "set only `decoupled` (the encoder's template follows it)"
+                )
+            self.encoder = self.encoder.model_copy(update={"latent_groups": wanted})
+        return self
 
 
 class LamRecipe(RecipeBase):
@@ -30,7 +49,18 @@ class LamStage(Stage):
     Config = LamRecipe
 
     def prepare(self) -> None:
-        self.sources()  # a recipe without data fails before anything is created on disk
+        """The sources (a recipe without data fails before anything is created on disk) and, per source, the
+        statistics its action targets are normalised with (deterministic: a resumed run recomputes the same)."""
+        from latbot.data.clips import interval_action_stats
+        from latbot.data.mixture import source_episodes
+
+        self.action_stats = None
+        if self.recipe.model.action_normalization == "quantile":
+            self.action_stats = [
+                interval_action_stats(s.store, s.frame_stride, episodes=source_episodes(s)) for s in self.sources()
+            ]
+        else:
+            self.sources()
 
     def parents(self) -> list:
         return self.source_parents()
@@ -51,6 +81,7 @@ class LamStage(Stage):
             rank=world.rank,
             world_size=world.size,
             cameras=r.data.cameras,
+            action_stats=self.action_stats,
         )
 
     def on_log(self, model, batch) -> dict[str, float]:
@@ -71,4 +102,7 @@ class LamStage(Stage):
         for s in self.sources():  # the statistics of the stores the weights were trained on
             with EpisodeStore.open(s.store) as store:
                 stats[str(s.store)] = store.stats
-        return {"steps": self.recipe.train.steps, "data_stats": stats}
+        normalization = {"method": self.recipe.model.action_normalization, "sources": []}
+        for s, a in zip(self.sources(), self.action_stats or [], strict=False):
+            normalization["sources"].append({"store": str(s.store), **a})
+        return {"steps": self.recipe.train.steps, "data_stats": stats, "action_normalization": normalization}

@@ -37,24 +37,29 @@ def record(
     else:
         out = Path(out or "episode.rrd")
         rec.save(str(out))
-    lam = policy = None
+    lam = policy = lam_norm = None
     if checkpoint is not None:
         from latbot import runs
 
         if runs.open_run(checkpoint, ("lam", "finetune")).kind == "lam":
+            from latbot.analysis.diagnostics import lam_action_normalization
+            from latbot.data.normalize import QuantileNormalizer
+
             lam = runs.load_lam(checkpoint)
+            stats, _ = lam_action_normalization(checkpoint, store_path)
+            lam_norm = QuantileNormalizer(stats["q01"], stats["q99"]) if stats else None
         else:
             policy = runs.load_policy(checkpoint)
     with EpisodeStore.open(store_path) as store:
         for ep in episodes:
             if not 0 <= ep < store.num_episodes:
                 raise LatBotError(f"--episode {ep}: the store has episodes 0..{store.num_episodes - 1}")
-            _log_episode(rec, store, ep, lam, policy, max_steps)
+            _log_episode(rec, store, ep, lam, policy, max_steps, lam_norm)
     rec.flush()
     return None if spawn else out
 
 
-def _log_episode(rec, store, ep: int, lam, policy, max_steps: int | None) -> None:
+def _log_episode(rec, store, ep: int, lam, policy, max_steps: int | None, lam_norm=None) -> None:
     import rerun as rr
 
     r = store.records[ep]
@@ -85,7 +90,7 @@ def _log_episode(rec, store, ep: int, lam, policy, max_steps: int | None) -> Non
             if amask[sl].any():
                 rec.log(f"{root}/actions/{name}", rr.Scalars(data["actions"][t, sl][amask[sl]].astype(np.float64)))
     if lam is not None:
-        _log_predictions(rec, store, ep, lam, root, n)
+        _log_predictions(rec, store, ep, lam, root, n, lam_norm)
     if policy is not None:
         _log_policy(rec, store, ep, policy, root, n)
 
@@ -125,11 +130,13 @@ def _log_policy(rec, store, ep: int, policy, root: str, n: int) -> None:
                 rec.log(f"{root}/world/{arm}_policy_chunk", rr.LineStrips3D([path]))
 
 
-def _log_predictions(rec, store, ep: int, lam, root: str, n: int) -> None:
+def _log_predictions(rec, store, ep: int, lam, root: str, n: int, lam_norm=None) -> None:
+    """Generated future frames and actions; generated actions back in unified units (`lam_norm`: the LAM's
+    action normalisation), next to the true ones."""
     import rerun as rr
     import torch
 
-    frames_per_clip = lam.decoder.config.horizon + 1
+    frames_per_clip = lam.num_frames
     cam = store.cameras[0]
     r = store.records[ep]
     gen = torch.Generator().manual_seed(0)
@@ -147,6 +154,8 @@ def _log_predictions(rec, store, ep: int, lam, root: str, n: int) -> None:
             f"{root}/lam/future_predicted", rr.Image((pred_frame[0].permute(1, 2, 0).numpy() * 255).astype(np.uint8))
         )
         if pred_actions is not None:
+            if lam_norm is not None:
+                pred_actions = torch.from_numpy(lam_norm.unnormalize(pred_actions.double().numpy()))
             amask = r.masks()[0]
             for name, sl in ACTION_SLICES.items():
                 if amask[sl].any():

@@ -35,7 +35,11 @@ class SanaDecoder(nn.Module):
             None, description="SANA diffusers checkpoint (hub id or directory); None: preset."
         )
         preset: Literal["sana_1600m", "tiny"] = "sana_1600m"
-        image_size: int = Field(224, ge=8, description="Frames are resized to this (a multiple of the VAE's factor).")
+        image_size: int = Field(
+            256,
+            ge=8,
+            description="Frames are resized to this (a multiple of the VAE's factor; 256² = 8×8 DC-AE latents).",
+        )
         action_dim: int = Field(44, ge=1)
         horizon: int = Field(15, ge=1, description="K actions per clip (frames − 1).")
         action_width: int = Field(512, ge=8, description="Width of the action stream and of the joint attention.")

@@ -48,6 +48,10 @@ class InternVLEncoder(VLMLatentEncoder):
     def prefix_tokens(self) -> list[int]:
         return self._text("<|im_start|>user\n")
 
+    def answer_start_tokens(self) -> list[int]:
+        """The chat template's end of the user turn and start of the assistant's: the answer is the reply."""
+        return self._text("<|im_end|>\n<|im_start|>assistant\n")
+
     def frame_tokens(self, index: int) -> list[int]:
         t = self.tokenizer
         start, end = t.convert_tokens_to_ids("<img>"), t.convert_tokens_to_ids("</img>")

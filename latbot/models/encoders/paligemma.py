@@ -18,6 +18,7 @@ class PaliGemmaEncoder(VLMLatentEncoder):
         type: Literal["paligemma"] = "paligemma"
         preset: Literal["paligemma_3b", "tiny"] = Field("paligemma_3b", description="Architecture without weights.")
 
+    prefix_lm = True  # bidirectional over images + prompt, causal over the answer (PaliGemma, pi0.5)
     image_mean = (0.5, 0.5, 0.5)
     image_std = (0.5, 0.5, 0.5)
 
@@ -37,14 +38,13 @@ class PaliGemmaEncoder(VLMLatentEncoder):
     def frame_tokens(self, index: int) -> list[int]:
         return [IMAGE_SLOT] * self.tokens_per_frame
 
-    def sequence(self, instruction: str, num_frames: int) -> list[int]:
-        ids = super().sequence(instruction, num_frames)
-        first_text = num_frames * self.tokens_per_frame
-        return [*ids[:first_text], self.tokenizer.bos_token_id, *ids[first_text:]]
+    def prompt_tokens(self, instruction: str, num_frames: int) -> list[int]:
+        """PaliGemma's prefix: the image tokens, <bos>, the text prompt."""
+        frames = [i for t in range(num_frames) for i in self.frame_tokens(t)]
+        return [*frames, self.tokenizer.bos_token_id, *self._text(self.question_template.format(sent=instruction))]
 
-    def grounding_sequence(self, instruction: str) -> list[int]:
-        question = self._text(self.question_template.format(sent=instruction))
-        return [*self.frame_tokens(0), self.tokenizer.bos_token_id, *question]
+    def answer_start_tokens(self) -> list[int]:
+        return self._text("\n")  # PaliGemma separates its prefix from the answer (suffix) by a newline
 
 
 def presets(name: str):

@@ -22,7 +22,7 @@ from pydantic import Field
 from torch import nn
 
 from latbot.config import PluginConfig
-from latbot.models.template import ANSWER_END, ANSWER_MOTION, ANSWER_SCENE, QUESTION
+from latbot.models.template import ANSWER_END, ANSWER_MOTION, ANSWER_SCENE, ANSWER_SINGLE, QUESTION
 
 SCENE_SLOT, MOTION_SLOT, IMAGE_SLOT = -1, -2, -3  # sentinels in id lists before embedding
 
@@ -34,6 +34,11 @@ class VLMEncoderConfig(PluginConfig):
     num_frames: int = Field(16, ge=1, description="T, frames per clip (paper: 16).")
     num_scene_tokens: int = Field(64, ge=1, description="Positions of [CP_SCE] (paper: 64).")
     num_motion_tokens: int = Field(64, ge=1, description="Positions of [CP_MOT] (paper: 64).")
+    latent_groups: Literal[1, 2] = Field(
+        2,
+        description="2: [CP_SCE] and [CP_MOT] groups, each after its own description (the paper); 1: one group of "
+        "Ns + Nm latent action tokens after one description (Table 5 without decoupling).",
+    )
     freeze_vision: bool = True
     lora_rank: int = Field(0, ge=0, description="LoRA rank on the language model's attention (0: off).")
     attn_implementation: Literal["sdpa", "eager"] = "sdpa"
@@ -44,6 +49,9 @@ class VLMLatentEncoder(nn.Module):
     multi_modal_projector, language_model), `self.tokenizer`, `self.tokens_per_frame`, `self.image_mean/std`."""
 
     question_template: str = QUESTION  # the question asked about the frames (`{sent}` = the instruction)
+    # The backbone's own attention over its prompt: False = causal everywhere (Qwen3 / InternVL); True =
+    # prefix-LM, bidirectional over the prompt (images + question) and causal after it (PaliGemma, pi0.5).
+    prefix_lm: bool = False
     config: Any
     vlm: nn.Module
     tokenizer: Any
@@ -105,13 +113,28 @@ class VLMLatentEncoder(nn.Module):
     def prefix_tokens(self) -> list[int]:
         return []
 
-    def sequence(self, instruction: str, num_frames: int) -> list[int]:
+    def answer_start_tokens(self) -> list[int]:
+        """What the backbone's own prompt format puts between the prompt and the answer (a chat turn, a
+        separator); the base has none."""
+        return []
+
+    def prompt_tokens(self, instruction: str, num_frames: int) -> list[int]:
+        """The prompt: the backbone's prefix, the frames and the question (with `prefix_lm`, this part is
+        attended bidirectionally)."""
         ids = self.prefix_tokens()
         for t in range(num_frames):
             ids += self.frame_tokens(t)
-        ids += self._text(self.question_template.format(sent=instruction)) + self._text(ANSWER_SCENE)
-        ids += [SCENE_SLOT] * self.config.num_scene_tokens + self._text(ANSWER_MOTION)
-        ids += [MOTION_SLOT] * self.config.num_motion_tokens + self._text(ANSWER_END)
+        return ids + self._text(self.question_template.format(sent=instruction))
+
+    def sequence(self, instruction: str, num_frames: int) -> list[int]:
+        """The prompt, then the answer that holds the latent placeholders (supp. 6.2's template)."""
+        ids = self.prompt_tokens(instruction, num_frames) + self.answer_start_tokens()
+        c = self.config
+        if getattr(c, "latent_groups", 2) == 1:  # one group: Ns + Nm contiguous positions, one description
+            ids += self._text(ANSWER_SINGLE) + [SCENE_SLOT] * c.num_scene_tokens + [MOTION_SLOT] * c.num_motion_tokens
+            return ids + self._text(ANSWER_END)
+        ids += self._text(ANSWER_SCENE) + [SCENE_SLOT] * c.num_scene_tokens + self._text(ANSWER_MOTION)
+        ids += [MOTION_SLOT] * c.num_motion_tokens + self._text(ANSWER_END)
         return ids
 
     # -- images ---------------------------------------------------------------------------------------
@@ -137,7 +160,7 @@ class VLMLatentEncoder(nn.Module):
     # -- forward --------------------------------------------------------------------------------------
     def grounding_sequence(self, instruction: str) -> list[int]:
         """One frame and the question, no answer: the last token is the query of the grounding analysis."""
-        return self.prefix_tokens() + self.frame_tokens(0) + self._text(self.question_template.format(sent=instruction))
+        return self.prompt_tokens(instruction, 1)
 
     def embed(self, frames: torch.Tensor, instructions: list[str], seqs: list[list[int]] | None = None) -> dict:
         """Inputs of the language model: embeddings (B, N, D), attention mask (B, N), slot masks."""
@@ -175,9 +198,15 @@ class VLMLatentEncoder(nn.Module):
         if any_motion:
             queries = self.motion_queries.expand(b, -1, -1).to(embeds.dtype)
             embeds = embeds.masked_scatter(motion[..., None].to(device), queries)
+        attention = mask
+        if self.prefix_lm:
+            prompts = [len(self.prompt_tokens(text, t)) for text in instructions]
+            attention = prefix_lm_mask(mask.cpu(), torch.tensor(prompts), embeds.dtype).to(device)
+            padded = True  # the 4-D mask always carries information
         return {
             "inputs_embeds": embeds,
-            "attention_mask": mask,
+            "valid": mask,  # (B, N) 1 = a real token, 0 = padding
+            "attention_mask": attention,  # the language model's: `valid`, or with `prefix_lm` (B, 1, N, N) additive
             "padded": padded,  # False: every row is full length, the mask holds no information
             "scene_mask": scene.to(device),
             "motion_mask": motion.to(device),
@@ -202,6 +231,21 @@ class VLMLatentEncoder(nn.Module):
         return self.latent_states(hidden, inputs)
 
 
+def prefix_lm_mask(valid: torch.Tensor, prompt_lengths: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The additive attention mask (B, 1, N, N) of prefix-LM attention: query q sees key k when k is a real
+    token and either k ≤ q (causal) or both lie in the row's prompt (bidirectional prefix). Built on the CPU.
+
+    valid (B, N) 1 for real tokens; prompt_lengths (B,) — 0 gives plain causal attention."""
+    n = valid.shape[1]
+    pos = torch.arange(n)
+    causal = pos[None, :] <= pos[:, None]  # (N, N) [q, k]
+    in_prompt = pos[None, :] < prompt_lengths[:, None]  # (B, N)
+    both = in_prompt[:, :, None] & in_prompt[:, None, :]  # (B, N, N)
+    allowed = (causal[None] | both) & valid.bool()[:, None, :]
+    blocked = torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
+    return blocked[:, None]  # (B, 1, N, N): 0 where attended, the dtype's minimum elsewhere
+
+
 def image_attention(encoder: VLMLatentEncoder, frames: torch.Tensor, instructions: list[str]) -> torch.Tensor:
     """Attention of the last text token to the image tokens of one frame, at every layer and head.
 
@@ -218,7 +262,7 @@ def image_attention(encoder: VLMLatentEncoder, frames: torch.Tensor, instruction
     finally:
         vlm.set_attn_implementation(previous)
     att = torch.stack(out.attentions, dim=1)  # (B, L, heads, N, N)
-    last = inputs["attention_mask"].sum(1) - 1  # the last real token of each (right-padded) row
+    last = inputs["valid"].sum(1) - 1  # the last real token of each (right-padded) row
     rows = att[torch.arange(att.shape[0]), :, :, last]  # (B, L, heads, N)
     mask = inputs["image_mask"]
     n = int(mask[0].sum())

@@ -3,11 +3,13 @@ the reasoning target (next-token loss on the subtask text) and the hidden states
 
 Sequence per sample (the encoder's layout, with the student's question and the current frame(s) only)::
 
-    [prefix] [image tokens of V_1 (one block per camera)] [student question]
-    Answer: ... [CP_SCE] × Ns ... [CP_MOT] × Nm .  [Current subtask: <subtask text> <eos>]
+    prompt: [prefix] [image tokens of V_1 (one block per camera)] [student question]
+    answer: [answer start] Answer: ... [CP_SCE] × Ns ... [CP_MOT] × Nm .  [Current subtask: <text> <eos>]
 
 The bracketed tail exists only when a subtask is given (distillation); labels sit on the subtask tokens
-and <eos> alone. Causal attention keeps Ẑ (earlier positions) blind to the subtask text.
+and <eos> alone. Attention is the backbone's own: prefix-LM for PaliGemma (bidirectional inside the
+prompt, causal from the answer on), causal for InternVL. Either way the answer is causal, so Ẑ (earlier
+positions) never sees the subtask text, and the prompt never sees the answer (tested as mask matrices).
 """
 
 from __future__ import annotations
@@ -26,9 +28,13 @@ class VLMStudent:
     question_template = STUDENT_QUESTION
 
     def _student_init(self, latent_width: int | None) -> None:
+        """Ẑ goes through a learned projection to the teacher's width — also when the widths agree (at real
+        size Gemma-2B and Qwen3-1.7B are both 2048 wide, and an identity would ask Gemma's hidden states to
+        match Qwen3's channel for channel); `latent_projection: false` disables it where the widths agree.
+        No teacher (a baseline finetuned without distillation): no projection."""
         d = self.width
-        # Ẑ projected to the teacher's width (identity when the widths agree or no teacher is known yet)
-        self.latent_proj = nn.Linear(d, latent_width) if latent_width and latent_width != d else nn.Identity()
+        use = latent_width is not None and (getattr(self.config, "latent_projection", True) or latent_width != d)
+        self.latent_proj = nn.Linear(d, latent_width) if use else nn.Identity()
         self.latent_width = latent_width or d
 
     @property
@@ -58,7 +64,7 @@ class VLMStudent:
         for i, text in enumerate(instructions):
             ids = self.sequence(text, c)
             lab = [IGNORE] * len(ids)
-            if subtasks is not None:
+            if subtasks is not None and subtasks[i] is not None:  # None: no reasoning target for this sample
                 tail, tail_labels = self.subtask_tokens(subtasks[i])
                 ids, lab = ids + tail, lab + tail_labels
             seqs.append(ids)
@@ -77,7 +83,7 @@ class VLMStudent:
             result["lm_loss"] = self._lm_loss(hidden, labels)
         if hidden_states:
             result["layers"] = out.hidden_states
-            result["attention_mask"] = inputs["attention_mask"]
+            result["attention_mask"] = inputs["valid"]  # (B, N) padding mask of the context, for the expert
         return result
 
     def _lm_loss(self, hidden: torch.Tensor, labels: list[list[int]]) -> torch.Tensor:
@@ -89,6 +95,8 @@ class VLMStudent:
             target[i, : len(lab)] = torch.tensor(lab)
         # positions chosen on the CPU (no read-back from the device; runs on the meta device too)
         rows, cols = (target[:, 1:] != IGNORE).nonzero(as_tuple=True)  # the hidden state before each label
+        if len(rows) == 0:  # no sample of the batch has a reasoning target
+            return hidden.sum() * 0.0
         h = hidden[rows.to(hidden.device), cols.to(hidden.device)]  # (M, D)
         labelled = target[rows, cols + 1].to(hidden.device)  # (M,)
         weight = self.vlm.get_input_embeddings().weight

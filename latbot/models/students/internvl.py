@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Literal
 
+from pydantic import Field
+
 from latbot.models.encoders.internvl import InternVLEncoder
 from latbot.models.students.base import VLMStudent
 
@@ -12,6 +14,9 @@ class InternVLStudent(VLMStudent, InternVLEncoder):
     class Config(InternVLEncoder.Config):
         type: Literal["internvl"] = "internvl"
         num_frames: int = 1  # images per step the student sees (cameras); distillation uses V_1 only
+        latent_projection: bool = Field(
+            True, description="Learned projection of Ẑ to the teacher's width, also when the widths agree."
+        )
 
     def __init__(self, config: Config, latent_width: int | None = None):
         super().__init__(config)
