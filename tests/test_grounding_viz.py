@@ -82,6 +82,34 @@ def test_attention_extraction_finds_the_image_token_span(name):
     assert enc.vlm.config._attn_implementation != "eager" or cls.tiny_config().attn_implementation == "eager"
 
 
+@pytest.mark.parametrize(
+    "name", [n for n in registry.names("students") if hasattr(registry.get("students", n), "image_attention")]
+)
+def test_every_student_gives_grounding_maps(name):
+    """Grounding compares finetuned policies' VLMs: every registered student that offers `image_attention`
+    (all built-in ones do) gives probabilities over one frame's image tokens at every layer and head."""
+    from latbot.analysis.grounding import analyze_encoder
+
+    cls = registry.get("students", name)
+    torch.manual_seed(0)
+    student = registry.build("students", cls.tiny_config(), latent_width=None).eval()
+    frames = torch.randint(0, 255, (2, 3, 32, 32), dtype=torch.uint8)
+    texts = ["pick up the puck", "open the top drawer now"]
+    att = student.image_attention(frames, texts)
+    assert att.shape[:2] == (2, student.num_layers) and att.shape[-1] >= 4
+    assert torch.all(att >= 0) and torch.all(att.sum(-1) <= 1 + 1e-5) and torch.all(att.sum(-1) > 0)
+    result = analyze_encoder(student, frames, texts)
+    assert result["entropy"].shape == att.shape[:3] and result["best_map"].shape[0] == 2
+
+
+def test_grounding_names_a_model_without_attention_maps():
+    from latbot.analysis.grounding import analyze_encoder
+    from latbot.errors import LatBotError
+
+    with pytest.raises(LatBotError, match="image_attention"):
+        analyze_encoder(torch.nn.Linear(2, 2), torch.zeros(1, 3, 8, 8), ["x"])
+
+
 @pytest.fixture(scope="module")
 def lam_run(tmp_path_factory):
     from latbot.data.convert import finalize

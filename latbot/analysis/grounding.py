@@ -53,10 +53,15 @@ def analyze_encoder(encoder, frames, instructions: list[str], weighted: bool = F
     """Entropy (B, L, H) of every head, and for each sample the lowest-entropy map and its (layer, head)."""
     import torch
 
-    from latbot.models.encoders.vlm import image_attention
+    if not hasattr(encoder, "image_attention"):
+        from latbot.errors import LatBotError
 
-    with torch.no_grad():
-        att = image_attention(encoder, frames, instructions).float().numpy()  # (B, L, H, n)
+        raise LatBotError(
+            f"{type(encoder).__name__} has no image_attention(frames, instructions): its attention to the image "
+            "cannot be analysed (the built-in encoders and students have it; see docs/analysis.md)"
+        )
+    with torch.no_grad():  # every VLM that can be analysed says how its last prompt token attends to the image
+        att = encoder.image_attention(frames, instructions).float().numpy()  # (B, L, H, n)
     maps = to_maps(att)
     entropy = spatial_entropy(maps, weighted)
     b, _layers, heads = entropy.shape

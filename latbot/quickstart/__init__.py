@@ -200,8 +200,32 @@ def _drop_stale_cache(cache: Path, lam: Path) -> None:
 
 
 # -- the pipeline --------------------------------------------------------------------------------------------
-def run(out: str | Path = "quickstart", preset: str = "tiny", seed: int = 0) -> Path:
-    """Run (or finish) the quickstart into `out`; returns the report directory."""
+def _timed_call(fn: Callable, args: tuple) -> tuple[Any, float]:
+    t0 = time.perf_counter()
+    return fn(*args), time.perf_counter() - t0
+
+
+def _run_side_by_side(jobs: dict[str, tuple[Callable, tuple]]) -> dict[str, tuple[Any, float]]:
+    """Run independent stages in separate processes (spawned: no state shared with this one), each with
+    one compute thread; results come back by value. A failing stage's error is raised here."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(len(jobs), mp_context=mp.get_context("spawn"), initializer=_one_thread) as pool:
+        futures = {stage: pool.submit(_timed_call, fn, args) for stage, (fn, args) in jobs.items()}
+        return {stage: f.result() for stage, f in futures.items()}
+
+
+def _one_thread() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def run(out: str | Path = "quickstart", preset: str = "tiny", seed: int = 0, parallel: bool = True) -> Path:
+    """Run (or finish) the quickstart into `out`; returns the report directory. With `parallel`, the
+    independent stages (the two stores, the two finetuning runs, the two evaluations) run side by side,
+    one per core; results are the same either way (every stage is seeded on its own)."""
     if preset not in PRESETS:
         raise QuickstartError(f"--preset {preset}: choose one of {', '.join(PRESETS)}")
     p = PRESETS[preset]
@@ -210,20 +234,32 @@ def run(out: str | Path = "quickstart", preset: str = "tiny", seed: int = 0) -> 
     times_path = out / "stage_times.json"
     times: dict[str, Any] = json.loads(times_path.read_text()) if times_path.exists() else {}
 
-    def timed(stage: str, fn: Callable[[], Any]) -> Any:
-        t0 = time.perf_counter()
-        result = fn()
-        seconds = time.perf_counter() - t0
+    def record(stage: str, seconds: float) -> None:
         if seconds > 1.0 or stage not in times:  # a skipped stage keeps the time it took when it ran
             times[stage] = {"seconds": round(seconds, 1)}
         times_path.write_text(json.dumps(times, indent=2) + "\n")
+
+    def timed(stage: str, fn: Callable[[], Any]) -> Any:
+        t0 = time.perf_counter()
+        result = fn()
+        record(stage, time.perf_counter() - t0)
         return result
 
+    def pair(jobs: dict[str, tuple[Callable, tuple]]) -> dict[str, Any]:
+        """Two independent stages at once, one per core (`parallel`), or one after the other."""
+        results = _run_side_by_side(jobs) if parallel else {k: _timed_call(f, a) for k, (f, a) in jobs.items()}
+        for stage, (_, seconds) in results.items():
+            record(stage, seconds)
+        return {stage: result for stage, (result, _) in results.items()}
+
     t_start = time.perf_counter()
-    pre = timed("stores/pretrain", lambda: store_stage(out, "pretrain", p.pretrain_tasks, p.pretrain_episodes, p, seed))
-    held = timed(
-        "stores/heldout", lambda: store_stage(out, "heldout", p.heldout_tasks, p.demos_per_task, p, seed + 500_000)
+    stores = pair(
+        {
+            "stores/pretrain": (store_stage, (out, "pretrain", p.pretrain_tasks, p.pretrain_episodes, p, seed)),
+            "stores/heldout": (store_stage, (out, "heldout", p.heldout_tasks, p.demos_per_task, p, seed + 500_000)),
+        }
     )
+    pre, held = stores["stores/pretrain"], stores["stores/heldout"]
     extra = p.overrides
     lam = timed(
         "runs/lam",
@@ -240,14 +276,14 @@ def run(out: str | Path = "quickstart", preset: str = "tiny", seed: int = 0) -> 
     _drop_stale_cache(out / "cache" / "teacher_latents", lam)
     distill = timed("runs/distill", lambda: train_stage(out, "distill", p.recipes / "distill.yaml", distill_sets))
     few_shot = f"data.sources=[{{store: {held}, demos_per_task: {p.demos_per_task}}}]"
-    ft = {}
+    jobs = {}
     for name, parent in (("distilled", distill), ("baseline", None)):
         sets = [few_shot, f"model.student_checkpoint={parent if parent else 'null'}", *extra.get("finetune", ())]
-        ft[name] = timed(
-            f"runs/ft_{name}",
-            lambda sets=sets, name=name: train_stage(out, f"ft_{name}", p.recipes / "finetune.yaml", sets),
-        )
-    evals = {name: timed(f"eval/{name}", lambda name=name: eval_stage(out, name, ft[name], p)) for name in ft}
+        jobs[f"runs/ft_{name}"] = (train_stage, (out, f"ft_{name}", p.recipes / "finetune.yaml", sets))
+    trained = pair(jobs)
+    ft = {name: trained[f"runs/ft_{name}"] for name in ("distilled", "baseline")}
+    evaluated = pair({f"eval/{name}": (eval_stage, (out, name, ft[name], p)) for name in ft})
+    evals = {name: evaluated[f"eval/{name}"] for name in ft}
     from latbot.quickstart.report import write_report
 
     report_dir = timed(

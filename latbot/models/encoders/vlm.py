@@ -215,6 +215,10 @@ class VLMLatentEncoder(nn.Module):
             "motion_index": motion.nonzero()[:, 1].view(b, -1).to(device),  # (B, Nm)
         }
 
+    def image_attention(self, frames: torch.Tensor, instructions: list[str]) -> torch.Tensor:
+        """Grounding analysis (paper supp. 7): frames (B, 3, H, W) → (B, L, heads, n_image_tokens)."""
+        return image_attention(self, frames, instructions)
+
     def latent_states(self, hidden: torch.Tensor, inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """The hidden states (B, N, D) at the [CP_SCE] and [CP_MOT] positions → Z_sce (B, Ns, D), Z_mot (B, Nm, D)."""
         rows = torch.arange(hidden.shape[0], device=hidden.device)[:, None]

@@ -253,6 +253,33 @@ class Pi05Student(nn.Module):
             out["layers"] = (*layers[:-1], last)
         return out
 
+    @torch.no_grad()
+    def image_attention(self, frames: torch.Tensor, instructions: list[str]) -> torch.Tensor:
+        """Attention of the last prompt token to the image tokens of one frame, at every layer and head
+        (grounding analysis, paper supp. 7): frames (B, 3, H, W) → (B, L, heads, P²)."""
+        seq = self.batch(frames[:, None], instructions)
+        x = self.embed(self.prepare_images(frames[:, None]), seq)
+        device = x.device
+        valid, ar = seq["valid"].to(device), seq["ar"].to(device)
+        mask = gemma.additive(gemma.block_mask(valid, ar))
+        positions = valid.long().cumsum(1) - 1
+        cos, sin = gemma.rope_tables(positions, self.attention_shape[2], dtype=x.dtype)
+        text = seq["slots"] == TEXT  # the query: the last prompt token of each row
+        last = (text * torch.arange(text.shape[1])).argmax(1).to(device)  # (B,)
+        image = (seq["slots"][0] == IMAGE).to(device)  # same image positions in every row
+        rows = torch.arange(len(x), device=device)
+        maps = []
+        for layer in self.vlm.language_model.layers:
+            h, _ = layer.input_layernorm(x)
+            q, k, _ = layer.self_attn.qkv(h, cos, sin)
+            k = k.repeat_interleave(q.shape[1] // k.shape[1], 1)  # grouped-query heads
+            query = q[rows, :, last][:, :, None]  # (B, heads, 1, hd)
+            scores = (query @ k.transpose(-1, -2)).squeeze(-2) * q.shape[-1] ** -0.5  # (B, heads, N)
+            probs = torch.softmax(scores + mask[rows, :, last], -1)
+            maps.append(probs[..., image])
+            x, _, _ = layer(x, mask, cos, sin)
+        return torch.stack(maps, 1)  # (B, L, heads, P²)
+
     def forward(self, frames, instructions, subtasks=None, hidden_states=False, states=None):
         """frames (B, C, 3, H, W) → {"latents" (B, Ns + Nm, D_teacher), "lm_loss" with `subtasks`,
         "layers" and "attention_mask" with `hidden_states` (for a hidden-state expert such as `flow`)}."""
