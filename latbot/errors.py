@@ -38,6 +38,13 @@ class PluginConflictError(RegistryError):
     """Two distributions register the same name for the same kind."""
 
 
+class PluginCallError(LatBotError):
+    """A plugin raised an exception of its own while being built or called; the message names the kind, the
+    plugin and its distribution, and the original exception is chained (`__cause__`)."""
+
+    exit_code = 1
+
+
 class ArtifactError(LatBotError):
     """An artifact directory is missing, of the wrong kind or format version, or damaged."""
 

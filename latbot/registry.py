@@ -28,6 +28,8 @@ from importlib import metadata
 from typing import Any
 
 from latbot.errors import (
+    LatBotError,
+    PluginCallError,
     PluginConflictError,
     PluginLoadError,
     UnknownKindError,
@@ -153,7 +155,32 @@ class Registry:
         cls = self.get(kind, config.type)
         if not isinstance(config, cls.Config):
             config = cls.Config.model_validate(config.model_dump())
-        return cls(config, *args, **kwargs)
+        try:
+            return cls(config, *args, **kwargs)
+        except LatBotError:
+            raise
+        except Exception as e:  # the plugin's own bug: say whose, keep the original chained
+            raise call_error(self.entry(kind, config.type), e, "failed to build") from e
+
+    # -- naming the plugin behind an exception -------------------------------------------------------------
+    def blame(self, exc: BaseException) -> PluginEntry | None:
+        """The plugin whose code raised `exc`: the innermost traceback frame that runs a method of a loaded
+        plugin class (its `self` is an instance) or a function of its module. None if no plugin is involved."""
+        import traceback
+
+        loaded = {key: cls for key, cls in self._loaded.items() if isinstance(cls, type)}
+        frames = [frame for frame, _ in traceback.walk_tb(exc.__traceback__)]
+        for frame in reversed(frames):
+            owner = frame.f_locals.get("self")
+            module = frame.f_globals.get("__name__")
+            matches = [
+                (len(cls.__mro__), key)
+                for key, cls in loaded.items()
+                if (owner is not None and isinstance(owner, cls)) or module == cls.__module__
+            ]
+            if matches:  # the most derived class: a plugin that subclasses another plugin is itself to blame
+                return self.entry(*max(matches)[1])
+        return None
 
     # -- runtime registration (notebooks, tests) ------------------------------------------------
     def register(self, kind: str, name: str, cls: type) -> type:
@@ -176,6 +203,18 @@ class Registry:
         _check_kind(kind)
         self._runtime[kind].pop(name, None)
         self._loaded.pop((kind, name), None)
+
+
+def call_error(entry: PluginEntry, exc: BaseException, what: str = "failed") -> PluginCallError:
+    """A `PluginCallError` naming the plugin of `entry`, for `exc` raised by its code (chain it: ``from exc``)."""
+    import traceback
+
+    frames = traceback.extract_tb(exc.__traceback__)
+    at = f" (at {frames[-1].filename}:{frames[-1].lineno} in {frames[-1].name})" if frames else ""
+    return PluginCallError(
+        f"{entry.kind} plugin '{entry.name}' from distribution '{entry.distribution}' ({entry.target}) {what}: "
+        f"{type(exc).__name__}: {exc}{at}"
+    )
 
 
 def _check_kind(kind: str) -> None:
@@ -244,5 +283,6 @@ entry = REGISTRY.entry
 get = REGISTRY.get
 build = REGISTRY.build
 register = REGISTRY.register
+blame = REGISTRY.blame
 unregister = REGISTRY.unregister
 refresh = REGISTRY.refresh

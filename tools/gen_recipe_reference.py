@@ -90,7 +90,11 @@ def render() -> str:
         "(`latbot recipe schema` prints them for every installed plugin). See docs/recipes.md for the format.",
         "",
     ]
+    from latbot import registry
+
     for stage, cls in recipe_classes().items():
+        if not registry.entry("stages", stage).is_builtin:
+            continue  # LatBot's own stages only, whatever plugins are installed
         out += [f"## stage: `{stage}` ({cls.__name__})", ""]
         _section(cls, "", set(), out)
     return "\n".join(out).rstrip() + "\n"

@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 import typer
 
-from latbot.errors import LatBotError
+from latbot.errors import LatBotError, PluginCallError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -23,11 +23,28 @@ def user_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except LatBotError as e:
+            if isinstance(e, PluginCallError) and e.__cause__ is not None:
+                _print_traceback(e.__cause__)  # a plugin's own bug: its author needs the traceback
             for line in str(e).splitlines() or [type(e).__name__]:
                 typer.echo(f"error: {line}", err=True)
             raise typer.Exit(e.exit_code) from None
+        except Exception as e:
+            from latbot import registry
+
+            culprit = registry.blame(e)
+            if culprit is None:
+                raise
+            _print_traceback(e)
+            typer.echo(f"error: {registry.call_error(culprit, e)}", err=True)
+            raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _print_traceback(e: BaseException) -> None:
+    import traceback
+
+    typer.echo("".join(traceback.format_exception(e)).rstrip(), err=True)
 
 
 SET_HELP = "Override a recipe field: --set a.b=VALUE (VALUE is YAML; repeatable)."
@@ -54,6 +71,11 @@ def plugin_options(kind: str, name: str, config: Path | None, overrides: list[st
     try:
         return cls.Config.model_validate(source.data)
     except ValidationError as e:
-        err = e.errors()[0]
-        where = ".".join(str(p) for p in err["loc"])
-        raise RecipeError(f"{config or '--set'}: {name} option {where}: {err['msg']}") from None
+        from latbot.recipes.loader import _format
+
+        lines = _format(e, source, cls.Config)  # "origin: field: problem (valid fields: ...)"
+        fields = ", ".join(f for f in cls.Config.model_fields if f != "type")
+        raise RecipeError(
+            "\n".join(f"{line.replace(': ', f': {name} option ', 1)}" for line in lines)
+            + ("" if "valid fields" in lines[-1] else f" (valid fields of {name}: {fields or 'none'})")
+        ) from None

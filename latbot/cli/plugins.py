@@ -1,8 +1,10 @@
-"""`latbot plugins list | check`."""
+"""`latbot plugins list | check | new`."""
 
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import typer
 
@@ -57,20 +59,191 @@ def list_(
 
 @app.command()
 @user_errors
-def check(kind: str | None = typer.Option(None, help="Only this kind.")) -> None:
-    """Import every plugin and check its contract; exit 1 if any plugin is broken."""
+def check(
+    name: str | None = typer.Argument(None, help="Only the plugin(s) with this name (any kind unless --kind)."),
+    kind: str | None = typer.Option(None, help="Only this kind."),
+    quick: bool = typer.Option(False, "--quick", help="Only import each plugin (no contract run)."),
+) -> None:
+    """Import plugins and run their contract (docs/plugins.md) on tiny configs and dummy inputs: one line per
+    failed requirement, naming the plugin and the rule; exit 1 if any fails."""
     from latbot import registry
-    from latbot.errors import RegistryError
+    from latbot.errors import LatBotError, RegistryError
+    from latbot.testing.contracts import Failure
+    from latbot.testing.contracts import check as run_check
 
-    failures = 0
-    for k in [kind] if kind else list(registry.KINDS):
-        for name in registry.names(k):
+    kinds = [kind] if kind else list(registry.KINDS)
+    targets = [(k, n) for k in kinds for n in registry.names(k) if name is None or n == name]
+    if name is not None and not targets:
+        everything = sorted({n for k in kinds for n in registry.names(k)})
+        raise LatBotError(
+            f"no plugin named '{name}'"
+            + (f" of kind {kind}" if kind else "")
+            + f" (installed: {', '.join(everything)})"
+        )
+    failed = 0
+    for k, n in targets:
+        if quick:
             try:
-                registry.get(k, name)
-                typer.echo(f"ok    {k}/{name}")
+                registry.get(k, n)
+                typer.echo(f"ok    {k}/{n}")
             except RegistryError as e:
-                failures += 1
-                typer.echo(f"FAIL  {k}/{name}: {e}")
-    if failures:
-        typer.echo(f"{failures} plugin(s) failed", err=True)
+                failed += 1
+                typer.echo(str(Failure(k, n, "import", str(e))))
+            continue
+        report = run_check(k, n)
+        dist = f" ({report.distribution})" if report.distribution else ""
+        if report.ok:
+            skipped = f"; not run: {'; '.join(report.skipped)}" if report.skipped else ""
+            typer.echo(f"ok    {k}/{n}{dist}: {len(report.passed)} rule(s) passed{skipped}")
+        else:
+            failed += 1
+            for failure in report.failures:
+                typer.echo(str(failure))
+    if failed:
+        typer.echo(f"{failed} plugin(s) failed (contracts: docs/plugins.md)", err=True)
         raise typer.Exit(1)
+
+
+SUFFIX = {
+    "encoders": "Encoder",
+    "decoders": "Decoder",
+    "students": "Student",
+    "action_experts": "ActionExpert",
+    "datasets": "Dataset",
+    "simulators": "Simulator",
+    "embodiments": "Embodiment",
+    "stages": "Stage",
+}
+TINY_STUDENT = "{type: paligemma, preset: tiny, num_scene_tokens: 4, num_motion_tokens: 4, freeze_vision: false}"
+TINY_EXPERT = "{type: flow, width: 32, depth: 1, heads: 2, mlp_ratio: 2.0}"
+TRAIN = """train:
+  steps: 20
+  warmup_steps: 2
+  lr: 1.0e-3
+  min_lr: 1.0e-5
+  global_batch_size: 4
+  micro_batch_size: 4
+  precision: fp32
+  checkpoint_every: 10
+log:
+  out_dir: runs            # relative to the current directory (recipe paths are relative to this file)
+"""
+
+
+def _recipe(kind: str, name: str) -> str:
+    """A recipe that trains with the new plugin (model kinds, stages) or on the data it writes."""
+    store = "../stores/demo" if kind in ("encoders", "decoders", "students", "action_experts") else f"../stores/{name}"
+    data = f"data:\n  sources:\n    - {{store: {store}}}   # relative to this recipe file\n  num_workers: 0\n"
+    if kind == "stages":
+        return f"# Train the `{name}` stage: latbot train recipes/{name}.yaml\nstage: {name}\n{TRAIN}"
+    if kind in ("encoders", "decoders"):
+        enc = (
+            f"{{type: {name}}}"
+            if kind == "encoders"
+            else ("{type: paligemma, preset: tiny, num_frames: 4, num_scene_tokens: 4, num_motion_tokens: 4}")
+        )
+        dec = (
+            f"{{type: {name}, horizon: 3}}"
+            if kind == "decoders"
+            else ("{type: dit, width: 32, depth: 1, heads: 2, image_size: 16, patch_size: 4, horizon: 3}")
+        )
+        model = f"model:\n  encoder: {enc}\n  decoder: {dec}\n"
+        head = f"# LAM pretraining (stage 1) with the `{name}` {kind[:-1]}.\nstage: lam\n"
+        return head + data + "  num_frames: 4\n  image_size: 32\n" + model + TRAIN
+    student = f"{{type: {name}}}" if kind == "students" else TINY_STUDENT
+    expert = f"{{type: {name}}}" if kind == "action_experts" else TINY_EXPERT
+    model = f"model:\n  student: {student}\n  action_expert: {expert}\n  action_horizon: 4\n"
+    what = (
+        f"with the `{name}` {kind[:-1].replace('_', ' ')}"
+        if kind in ("students", "action_experts")
+        else (f"on the store `{name}` writes (see README.md)")
+    )
+    return f"# Action-expert finetuning (stage 3) {what}.\nstage: finetune\n{data}  image_size: 32\n{model}{TRAIN}"
+
+
+def _readme(kind: str, name: str, dist: str) -> str:
+    make = {
+        "datasets": f"latbot data convert SOURCE --format {name} -o stores/{name} --image-size 32",
+        "simulators": f"latbot data gen-sim --sim {name} --tasks reach --episodes 10 -o stores/{name} --image-size 32",
+        "embodiments": f"latbot data convert LIBERO_DIR --format libero_hdf5 --set embodiment={name} -o stores/{name}",
+    }.get(kind, "latbot data gen-sim --sim metaworld --tasks reach-v3 --episodes 4 -o stores/demo --image-size 32")
+    return f"""# {dist}
+
+A LatBot plugin of kind `{kind}`, registered as `{name}` (entry point in pyproject.toml). The contract it
+follows is in LatBot's docs/plugins.md.
+
+```
+pip install -e .
+latbot plugins check {name}        # runs the contract on dummy inputs; one line per broken rule
+pytest tests                       # the same, as a test
+{make if kind != "stages" else "# (a stage needs no data)"}
+latbot train recipes/{name}.yaml   # paths in a recipe are relative to the recipe file
+```
+"""
+
+
+@app.command()
+@user_errors
+def new(
+    kind: str = typer.Argument(..., help="Plugin kind: " + ", ".join(SUFFIX) + "."),
+    name: str = typer.Argument(..., help="Registered name (snake_case), e.g. my_encoder."),
+    out: Path = typer.Option(Path("."), "--out", help="Directory in which the package directory is created."),
+) -> None:
+    """Write a plugin package that installs and runs as is: pyproject (entry point), a plugin skeleton that
+    passes `latbot plugins check`, a test, a recipe and a README."""
+    from string import Template
+
+    from latbot import registry
+    from latbot.cli._templates import PLUGIN
+    from latbot.errors import LatBotError
+
+    if kind not in SUFFIX:
+        raise LatBotError(f"unknown plugin kind '{kind}' (kinds: {', '.join(SUFFIX)})")
+    if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
+        raise LatBotError(f"plugin name '{name}' must be snake_case ([a-z][a-z0-9_]*), e.g. my_{kind[:-1]}")
+    if name in registry.names(kind):
+        raise LatBotError(f"a {kind} plugin named '{name}' is already registered; choose another name")
+    dist, package = f"latbot-{name.replace('_', '-')}", f"latbot_{name}"
+    root = out / dist
+    if root.exists():
+        raise LatBotError(f"{root} already exists; choose another --out or name")
+    cls = "".join(part.title() for part in name.split("_")) + SUFFIX[kind]
+    files = {
+        "pyproject.toml": f"""[build-system]
+requires = ["setuptools>=69"]
+build-backend = "setuptools.build_meta"
+
+[project]
+name = "{dist}"
+version = "0.1.0"
+description = "A LatBot {kind} plugin: {name}."
+readme = "README.md"
+requires-python = ">=3.11"
+dependencies = ["latbot"]
+
+[project.entry-points."latbot.{kind}"]
+{name} = "{package}.{name}:{cls}"
+
+[tool.setuptools.packages.find]
+where = ["src"]
+""",
+        "README.md": _readme(kind, name, dist),
+        f"src/{package}/__init__.py": f'"""{dist}: a LatBot {kind} plugin."""\n',
+        f"src/{package}/{name}.py": Template(PLUGIN[kind].lstrip("\n")).substitute(name=name, cls=cls),
+        f"tests/test_{name}.py": f'''"""`{name}` passes LatBot's {kind} contract (`latbot plugins check` runs it)."""
+
+from latbot.testing.contracts import check
+
+
+def test_{name}_follows_the_{kind}_contract():
+    report = check("{kind}", "{name}")
+    assert report.ok, "\\n".join(map(str, report.failures))
+''',
+        f"recipes/{name}.yaml": _recipe(kind, name),
+    }
+    for rel, text in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    typer.echo(f"wrote {root} ({kind} plugin '{name}', class {cls}); next:")
+    typer.echo(f"  pip install -e {root} && latbot plugins check {name} && latbot train {root}/recipes/{name}.yaml")
