@@ -103,12 +103,18 @@ class EpisodeRecord:
         return next((text for start, end, text in self.subtasks if start <= step < end), None)
 
 
+_RECORD_TYPES = {"index": int, "offset": int, "length": int, "key": str, "instruction": str, "task": str}
+
+
 def _record_from_json(line: str, lineno: int, path: Path) -> EpisodeRecord:
     try:
         data = json.loads(line)
         data["subtasks"] = [tuple(s) for s in data["subtasks"]]
+        for key, kind in _RECORD_TYPES.items():
+            if not isinstance(data[key], kind) or isinstance(data[key], bool) or (kind is int and data[key] < 0):
+                raise TypeError(f"'{key}' is {data[key]!r}")
         return EpisodeRecord(**data)
-    except (json.JSONDecodeError, TypeError, KeyError) as e:
+    except (ValueError, TypeError, KeyError, RecursionError) as e:  # JSONDecodeError is a ValueError
         raise StoreError(f"{path}:{lineno}: damaged episode record ({e}); run `latbot data verify`") from e
 
 
@@ -570,7 +576,11 @@ def _read_log(path: Path, repair: bool) -> list[EpisodeRecord]:
     data = path.read_bytes()
     good_end = data.rfind(b"\n") + 1
     records = []
-    for lineno, line in enumerate(data[:good_end].decode("utf-8").splitlines(), start=1):
+    try:
+        text = data[:good_end].decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise StoreError(f"{path}: the commit log is not UTF-8 at byte {e.start}; the store is damaged") from e
+    for lineno, line in enumerate(text.splitlines(), start=1):
         rec = _record_from_json(line, lineno, path)
         expected_offset = records[-1].stop if records else 0
         if rec.index != len(records) or rec.offset != expected_offset:

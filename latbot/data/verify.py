@@ -50,8 +50,7 @@ def verify_store(path: str | Path, progress: bool = False) -> list[Problem]:
         problems.append(Problem(str(path), f"{e} (was the conversion interrupted? rerun it to finish)"))
     n = store.num_frames
     for group in sorted({name.rsplit("/", 1)[0] for name in store._array_names() if "/" in name}):
-        if not (path / group / "zarr.json").is_file():
-            problems.append(Problem(f"{path}/{group}", "the group's zarr.json is missing (deleted?)"))
+        problems += _check_group(path / group)
     for name in store._array_names():
         try:
             arr = store.array(name)
@@ -74,6 +73,22 @@ def verify_store(path: str | Path, progress: bool = False) -> list[Problem]:
                 problems.append(Problem(where, f"subtask ({start}, {end}, {text!r}) outside [0, {rec.length})"))
     store.close()
     return problems
+
+
+def _check_group(group: Path) -> list[Problem]:
+    """Zarr does not read an intermediate group's metadata to reach its arrays: check it here."""
+    import json
+
+    meta = group / "zarr.json"
+    try:
+        doc = json.loads(meta.read_bytes())
+    except FileNotFoundError:
+        return [Problem(str(group), "the group's zarr.json is missing (deleted?)")]
+    except (OSError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        return [Problem(str(meta), f"not readable JSON ({e})")]
+    if not isinstance(doc, dict) or doc.get("node_type") != "group" or doc.get("zarr_format") != 3:
+        return [Problem(str(meta), "is not Zarr v3 group metadata")]
+    return []
 
 
 def _check_chunks(path: Path, name: str, arr, n: int, store, progress: bool) -> list[Problem]:
