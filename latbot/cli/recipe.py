@@ -51,12 +51,19 @@ def show(
 
 @app.command()
 @user_errors
-def validate(paths: list[Path] = typer.Argument(..., help="Recipe YAML files."), overrides: list[str] = SetOpt) -> None:
-    """Check recipes; exit 0 when all are valid, 2 with one line per problem otherwise."""
+def validate(
+    paths: list[Path] = typer.Argument(..., help="Recipe YAML files."),
+    overrides: list[str] = SetOpt,
+    check_paths: bool = typer.Option(
+        True, "--check-paths/--no-check-paths", help="Check that the stores and parent runs it names exist."
+    ),
+) -> None:
+    """Check recipes (fields, plugins, and that every store and parent run exists); exit 0 when all are
+    valid, 2 with one line per problem otherwise."""
     from latbot.recipes import load_recipe
 
     for path in paths:
-        recipe = load_recipe(path, overrides)
+        recipe = load_recipe(path, overrides, check_paths=check_paths)
         typer.echo(f"ok: {path} (stage {recipe.stage})")
 
 

@@ -23,8 +23,13 @@ def train(
     if resume is None:
         if path is None:
             raise LatBotError("give a recipe file (latbot train RECIPE) or a run to continue (--resume RUN)")
-        recipe = load_recipe(path, overrides)
-        stages.run(recipe, recipe_path=path)
+        recipe = load_recipe(path, overrides, check_paths=True)
+        try:
+            stages.run(recipe, recipe_path=path)
+        except LatBotError as e:  # a stage-time error: say which recipe it is about
+            if not str(e).startswith(str(path)):
+                e.args = (f"{path}: {e}", *e.args[1:])
+            raise
         return
     if not resume.is_dir():
         raise LatBotError(f"--resume {resume}: no such run directory")

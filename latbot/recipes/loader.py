@@ -7,12 +7,15 @@ names the place to fix, e.g.::
 
 `base:` (a path or a list of paths, relative to the file that names them) is merged first, in order;
 the including file then overrides it key by key. Mappings merge recursively; lists and scalars replace.
+Other paths written in a recipe file (stores, mixtures, parent runs) are relative to that file too; paths
+given with `--set` are relative to the current directory; `log.out_dir` always is (docs/recipes.md).
 """
 
 from __future__ import annotations
 
 import copy
 import difflib
+import os
 import re
 import types
 import typing
@@ -384,9 +387,11 @@ def _boolean_numbers(data: Any, model: type[BaseModel], loc: Loc, source: Recipe
     return problems
 
 
-def validate(source: RecipeSource) -> RecipeModel:
+def validate(source: RecipeSource, check_paths: bool = False) -> RecipeModel:
     """Validate raw recipe data: the stage, every plugin slot (with the plugin's own `Config`), and the
-    sections. All problems are reported together, each as ``origin: dotted.path: what is wrong``."""
+    sections. All problems are reported together, each as ``origin: dotted.path: what is wrong``. Relative
+    paths written in a recipe file are made relative to that file (see `_relative_to_recipe`); with
+    `check_paths`, every store and parent run must exist."""
     from latbot.stages import recipe_class, stage_names
 
     stage = source.data.get("stage")
@@ -401,6 +406,7 @@ def validate(source: RecipeSource) -> RecipeModel:
     except RegistryError as e:
         raise RecipeError(f"{source.where(('stage',))}: stage: {e}") from e
     data = copy.deepcopy(source.data)
+    _relative_to_recipe(data, cls, source)
     problems: list[str] = _boolean_numbers(data, cls, (), source)
     for loc, _owner, _name, kind, _optional in iter_slots(cls):
         parent: Any = data
@@ -417,7 +423,99 @@ def validate(source: RecipeSource) -> RecipeModel:
         problems = _format(e, source, cls) + problems
     if problems:
         raise RecipeError("\n".join(problems))
-    return _resolve_mixture(recipe, source)
+    recipe = _resolve_mixture(recipe, source)
+    if check_paths:
+        missing = _missing_paths(recipe, source)
+        if missing:
+            raise RecipeError("\n".join(missing))
+    return recipe
+
+
+# -- paths in recipes ------------------------------------------------------------------------------------
+# A path written in a recipe file is relative to that file (like `base:`), so a recipe and the stores or
+# runs next to it move together and the recipe works from any directory; a path given with `--set` is
+# relative to the current directory, as every shell user expects. `log.out_dir` stays relative to the
+# current directory: it is where a run is *written*, which belongs to the person running the command, not
+# to the recipe (a shared recipe must not write into the directory it is installed in).
+CWD_RELATIVE: set[Loc] = {("log", "out_dir")}
+MUST_EXIST: tuple[Loc, ...] = (("data", "sources", "*", "store"), ("model", "teacher"), ("model", "student_checkpoint"))
+
+
+def _is_path(annotation: Any) -> bool:
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Annotated:
+        return _is_path(args[0])
+    if origin in (typing.Union, types.UnionType):
+        return any(_is_path(a) for a in args if a is not type(None))
+    return annotation is Path
+
+
+def _path_locs(model: type[BaseModel], data: Any, loc: Loc = ()):
+    """Locations of the Path fields of `model` present in the raw `data` (plugin slots excluded)."""
+    if not isinstance(data, dict):
+        return
+    for name, info in model.model_fields.items():
+        if name not in data or any(isinstance(m, PluginSlot) for m in info.metadata):
+            continue
+        here, value = (*loc, name), data[name]
+        if _is_path(info.annotation):
+            if isinstance(value, str) and here not in CWD_RELATIVE:
+                yield here
+            continue
+        inner = _unwrap_model(info.annotation, index=isinstance(value, list))
+        if isinstance(inner, type) and issubclass(inner, BaseModel):
+            for i, item in enumerate(value) if isinstance(value, list) else [(None, value)]:
+                yield from _path_locs(inner, item, here if i is None else (*here, i))
+
+
+def _origin(source: RecipeSource, loc: Loc) -> str | None:
+    for n in range(len(loc), 0, -1):
+        if loc[:n] in source.origins:
+            return source.origins[loc[:n]]
+    return None
+
+
+def _relative_to_recipe(data: dict, cls: type[BaseModel], source: RecipeSource) -> None:
+    """Rewrite the relative paths written in recipe files as paths relative to the current directory."""
+    for loc in list(_path_locs(cls, data)):
+        origin = _origin(source, loc)
+        if origin is None or origin.startswith("--set"):
+            continue  # given on the command line (or a saved recipe): relative to the current directory
+        file = Path(origin.rsplit(":", 1)[0])
+        parent: Any = data
+        for part in loc[:-1]:
+            parent = parent[part]
+        value = parent[loc[-1]]
+        if not Path(value).is_absolute() and not value.startswith("~"):
+            parent[loc[-1]] = os.path.normpath(file.parent / value)
+
+
+def _missing_paths(recipe: RecipeModel, source: RecipeSource) -> list[str]:
+    """Every store and parent run the recipe names that does not exist, as ``origin: field: ...``."""
+    problems = []
+    for pattern in MUST_EXIST:
+        head, values = pattern, [((), recipe)]
+        for part in head:
+            nxt = []
+            for loc, obj in values:
+                if part == "*":
+                    nxt += [((*loc, i), item) for i, item in enumerate(obj or [])]
+                elif obj is not None and hasattr(obj, part):
+                    nxt.append(((*loc, part), getattr(obj, part)))
+            values = nxt
+        mixture = source.data.get("data", {}).get("mixture") if isinstance(source.data.get("data"), dict) else None
+        for loc, value in values:
+            if value is None or Path(value).exists():
+                continue
+            if mixture and loc[:2] == ("data", "sources"):  # a source listed in the mixture file
+                name = recipe.data.sources[loc[2]].name or loc[2]
+                problems.append(
+                    f"{source.where(('data', 'mixture'))}: data.mixture: store '{value}' of source '{name}' "
+                    f"(listed in {mixture}) does not exist"
+                )
+            else:
+                problems.append(f"{source.where(loc)}: {dotted(loc)}: '{value}' does not exist")
+    return problems
 
 
 def _resolve_mixture(recipe: RecipeModel, source: RecipeSource) -> RecipeModel:
@@ -456,9 +554,10 @@ def load_source(path: str | Path, overrides: Sequence[str] = ()) -> RecipeSource
     return source
 
 
-def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> RecipeModel:
-    """Read, merge, override and validate a recipe file; raises `RecipeError` with file:line and field."""
-    return validate(load_source(path, overrides))
+def load_recipe(path: str | Path, overrides: Sequence[str] = (), check_paths: bool = False) -> RecipeModel:
+    """Read, merge, override and validate a recipe file; raises `RecipeError` with file:line and field. With
+    `check_paths`, the stores and parent runs it names must exist (`latbot recipe validate`, `latbot train`)."""
+    return validate(load_source(path, overrides), check_paths)
 
 
 def recipe_from_dict(data: dict[str, Any], name: str = "<dict>") -> RecipeModel:
