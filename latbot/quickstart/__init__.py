@@ -2,9 +2,10 @@
 
     MetaWorld demonstrations (pretraining tasks, held-out tasks)
       → LAM pretraining on the pretraining tasks                         recipes/quickstart/lam.yaml
-      → distillation into the student on the pretraining tasks           recipes/quickstart/distill.yaml
-      → action-expert finetuning on k demos per held-out task, from the distilled student and from the
-        same student without distillation (the paper's baseline)        recipes/quickstart/finetune.yaml
+      → distillation into the tiny pi0.5 student on the pretraining tasks  recipes/quickstart/distill.yaml
+      → finetuning on k demos per held-out task: the distilled pi0.5 student + pi0.5's expert (LatBot,
+        recipes/quickstart/finetune.yaml), and pi0.5 without distillation (the paper's baseline,
+        recipes/quickstart/baseline.yaml)
       → closed-loop evaluation of both on the held-out tasks
       → report (report.md, report.json, PNG plots, episode.rrd)
 
@@ -277,9 +278,9 @@ def run(out: str | Path = "quickstart", preset: str = "tiny", seed: int = 0, par
     distill = timed("runs/distill", lambda: train_stage(out, "distill", p.recipes / "distill.yaml", distill_sets))
     few_shot = f"data.sources=[{{store: {held}, demos_per_task: {p.demos_per_task}}}]"
     jobs = {}
-    for name, parent in (("distilled", distill), ("baseline", None)):
+    for name, recipe, parent in (("distilled", "finetune.yaml", distill), ("baseline", "baseline.yaml", None)):
         sets = [few_shot, f"model.student_checkpoint={parent if parent else 'null'}", *extra.get("finetune", ())]
-        jobs[f"runs/ft_{name}"] = (train_stage, (out, f"ft_{name}", p.recipes / "finetune.yaml", sets))
+        jobs[f"runs/ft_{name}"] = (train_stage, (out, f"ft_{name}", p.recipes / recipe, sets))
     trained = pair(jobs)
     ft = {name: trained[f"runs/ft_{name}"] for name in ("distilled", "baseline")}
     evaluated = pair({f"eval/{name}": (eval_stage, (out, name, ft[name], p)) for name in ft})
