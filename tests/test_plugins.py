@@ -209,3 +209,26 @@ def test_plugins_new_installs_passes_the_check_and_trains(scaffolded, kind):
           "--set", "log.run_name=first"], REPO)  # fmt: skip
     print(f"{kind}: latbot train (2 steps) {time.perf_counter() - start:.1f} s")
     assert (runs / "first" / "weights" / "model.safetensors").is_file()
+
+
+# -- the contracts over every registered plugin of the non-model kinds (models: tests/test_models_contract.py) --
+OTHER = [(k, n) for k in ("datasets", "simulators", "embodiments", "stages") for n in registry.names(k)]
+
+
+@pytest.mark.parametrize(("kind", "name"), OTHER)
+def test_every_registered_plugin_passes_its_contract(kind, name):
+    from latbot.testing.contracts import check
+
+    report = check(kind, name)
+    assert report.ok, "\n".join(map(str, report.failures))
+
+
+def test_a_crash_during_eval_names_the_plugin(monkeypatch):
+    import latbot_example_plugin.dot_reach as dot_reach
+
+    monkeypatch.setattr(dot_reach, "STEP", None)  # the plugin's own step() now raises a TypeError
+    result = runner.invoke(app, ["eval", "sim", "--sim", "dot_reach", "--policy", "random", "--tasks", "reach-red",
+                                 "--episodes", "1", "--image-size", "32"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "TypeError: unsupported operand type(s) for *: 'NoneType' and 'float'" in result.stdout
+    assert "(in simulators plugin 'dot_reach' from 'latbot-example-plugin')" in result.stdout

@@ -71,11 +71,14 @@ def plugin_options(kind: str, name: str, config: Path | None, overrides: list[st
     try:
         return cls.Config.model_validate(source.data)
     except ValidationError as e:
-        from latbot.recipes.loader import _format
+        from latbot.recipes.loader import _message
 
-        lines = _format(e, source, cls.Config)  # "origin: field: problem (valid fields: ...)"
         fields = ", ".join(f for f in cls.Config.model_fields if f != "type")
-        raise RecipeError(
-            "\n".join(f"{line.replace(': ', f': {name} option ', 1)}" for line in lines)
-            + ("" if "valid fields" in lines[-1] else f" (valid fields of {name}: {fields or 'none'})")
-        ) from None
+        lines = []
+        for err in e.errors():
+            where = ".".join(str(p) for p in err["loc"])
+            msg = _message(err, cls.Config)
+            if "valid fields" not in msg:
+                msg += f" (valid fields of {name}: {fields or 'none'})"
+            lines.append(f"{source.where(tuple(err['loc']))}: {name} option {where}: {msg}")
+        raise RecipeError("\n".join(lines)) from None

@@ -161,7 +161,11 @@ def run_episode(
             encode_video(video, np.stack(frames), fps=20, codec="libx264", gop=12)
         return EpisodeResult(task, seed, solved, steps, video=video)
     except Exception as e:  # a simulator or policy crash is this episode's result, the run goes on
-        return EpisodeResult(task, seed, False, steps, error=f"{type(e).__name__}: {e}")
+        from latbot import registry
+
+        culprit = registry.blame(e)  # name the plugin whose code raised, if one did
+        where = f" (in {culprit.kind} plugin '{culprit.name}' from '{culprit.distribution}')" if culprit else ""
+        return EpisodeResult(task, seed, False, steps, error=f"{type(e).__name__}: {e}{where}")
     finally:
         if env is not None:
             env.close()
