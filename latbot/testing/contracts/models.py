@@ -1,0 +1,282 @@
+"""The contracts of the model kinds: encoders, decoders, students, action experts (docs/plugins.md)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from latbot.testing.contracts.core import (
+    CONTEXT,
+    HORIZON,
+    INSTRUCTIONS,
+    LATENT_WIDTH,
+    SUBTASKS,
+    VLM_LAYERS,
+    VLM_WIDTH,
+    B,
+    Checker,
+    _backward,
+    _config_rules,
+    _fields,
+    _finite_scalar,
+    _repeated_blocks,
+    _shape,
+    _state_dict_round_trip,
+    action_mask,
+    expect,
+    frames,
+)
+
+
+# -- encoders ---------------------------------------------------------------------------------------------------
+def _encoders(c: Checker, cls: type, tmp: Path) -> None:
+    import torch
+
+    cfg = _config_rules(c, cls)
+    _fields(
+        c,
+        cfg,
+        ("num_scene_tokens", "num_motion_tokens"),
+        "Ns and Nm, read by the distillation stage to match the student's",
+    )
+    ns, nm = cfg.num_scene_tokens, cfg.num_motion_tokens
+    t = getattr(cfg, "num_frames", None) or 2  # an encoder with num_frames reads clips of data.num_frames
+    torch.manual_seed(0)
+    enc = c.rule("build", lambda: cls(cfg))
+
+    def width():
+        d = getattr(enc, "width", None)
+        expect(isinstance(d, int) and d > 0, f"needs an int property `width` (D, the latents' width), got {d!r}")
+        return d
+
+    d = c.rule("width", width)
+    x = frames(t=t)
+
+    def forward():
+        for clip in (x, x.float() / 255):
+            out = enc(clip, INSTRUCTIONS)
+            expect(
+                isinstance(out, tuple | list) and len(out) == 2,
+                f"forward must return (Z_sce, Z_mot), got {type(out).__name__}",
+            )
+            z_sce, z_mot = out
+            expect(
+                tuple(z_sce.shape) == (B, ns, d) and tuple(z_mot.shape) == (B, nm, d),
+                f"forward(frames (B, T, 3, H, W) {str(clip.dtype).removeprefix('torch.')}) returned Z_sce "
+                f"{_shape(z_sce)} and Z_mot {_shape(z_mot)}; expected (B, Ns, D) = {(B, ns, d)} and (B, Nm, D) = "
+                f"{(B, nm, d)}",
+            )
+            expect(torch.isfinite(z_sce).all() and torch.isfinite(z_mot).all(), "forward returned non-finite latents")
+
+    c.rule("forward", forward)
+    _backward(c, enc, lambda: sum(z.square().mean() for z in enc(x, INSTRUCTIONS)))
+    _repeated_blocks(c, enc)
+    _state_dict_round_trip(c, lambda: cls(cfg), enc, lambda m: m(x, INSTRUCTIONS))
+
+
+# -- decoders ---------------------------------------------------------------------------------------------------
+def _decoders(c: Checker, cls: type, tmp: Path) -> None:
+    import torch
+
+    cfg = _config_rules(c, cls)
+    k = getattr(cfg, "horizon", None) or 3  # K = data.num_frames − 1 actions per clip
+    d = 24
+    torch.manual_seed(0)
+    dec = c.rule("build", lambda: cls(cfg, latent_width=d))
+    with torch.no_grad():  # zero-initialised outputs (adaLN-zero) pass no gradient at step 0: move off zero
+        for p in dec.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    f = frames(t=2)
+    z_sce = torch.randn(B, 3, d, requires_grad=True)
+    z_mot = torch.randn(B, 5, d, requires_grad=True)
+    actions, mask = torch.randn(B, k, 44), action_mask()
+
+    def forward():
+        losses = dec(z_sce, z_mot, f[:, 0], f[:, 1], actions, mask)
+        expect(isinstance(losses, dict), f"forward must return a dict of losses, got {type(losses).__name__}")
+        expect(
+            set(losses) == {"image", "action"},
+            f'forward(..., actions, action_mask) must return the keys {{"image", "action"}}, got {sorted(losses)}',
+        )
+        for key in losses:
+            _finite_scalar(losses, key)
+        return losses
+
+    losses = c.rule("forward", forward)
+
+    def image_only():
+        out = dec(z_sce, z_mot, f[:, 0], f[:, 1], None, None)
+        expect(
+            isinstance(out, dict) and set(out) == {"image"},
+            f'forward(..., None, None) (the image-only ablation) must return only "image", got {sorted(out)}',
+        )
+        _finite_scalar(out, "image")
+
+    c.rule("image_only", image_only, required=False)
+
+    def backward():
+        (losses["image"] + losses["action"]).backward()
+        for name, z in (("z_sce", z_sce), ("z_mot", z_mot)):
+            expect(z.grad is not None and z.grad.abs().sum() > 0, f"no gradient reaches {name} from the losses")
+
+    c.rule("backward", backward, required=False)
+
+    def masked():
+        none = dec(z_sce, z_mot, f[:, 0], f[:, 1], actions, torch.zeros_like(mask))["action"]
+        expect(
+            float(none.detach().abs()) < 1e-6,
+            f"with an all-zero action_mask the action loss must be 0 (got {float(none.detach()):.3g}); average "
+            "the action loss over the valid dimensions only (dims the embodiment lacks hold no data)",
+        )
+
+    c.rule("action_mask", masked, required=False)
+    if hasattr(dec, "sample"):
+
+        def sample():
+            with torch.no_grad():
+                frame, acts = dec.sample(z_sce.detach(), z_mot.detach(), f[:, 0])
+            expect(
+                frame.ndim == 4 and tuple(frame.shape[:2]) == (B, 3) and tuple(acts.shape) == (B, k, 44),
+                f"sample must return (frame (B, 3, S, S), actions (B, K, 44)) = ((2, 3, S, S), {(B, k, 44)}), got "
+                f"{_shape(frame)} and {_shape(acts)}",
+            )
+            expect(bool((frame >= 0).all() and (frame <= 1).all()), "sample's frame must be in [0, 1]")
+
+        c.rule("sample", sample, required=False)
+    _repeated_blocks(c, dec)
+    _state_dict_round_trip(
+        c,
+        lambda: cls(cfg, latent_width=d),
+        dec,
+        lambda m: tuple(m(z_sce.detach(), z_mot.detach(), f[:, 0], f[:, 1], actions, mask).values()),
+    )
+
+
+# -- students ---------------------------------------------------------------------------------------------------
+def _students(c: Checker, cls: type, tmp: Path) -> None:
+    import torch
+
+    cfg = _config_rules(c, cls)
+    _fields(
+        c,
+        cfg,
+        ("num_scene_tokens", "num_motion_tokens"),
+        "Ns and Nm, which the distillation stage checks against the teacher's",
+    )
+    n = cfg.num_scene_tokens + cfg.num_motion_tokens
+    torch.manual_seed(0)
+    student = c.rule("build", lambda: cls(cfg, latent_width=LATENT_WIDTH))
+
+    def properties():
+        values = {p: getattr(student, p, None) for p in ("width", "num_layers", "latent_width")}
+        bad = [p for p, v in values.items() if not (isinstance(v, int) and v > 0)]
+        expect(not bad, f"needs positive int properties width, num_layers, latent_width; got {values}")
+        expect(
+            values["latent_width"] == LATENT_WIDTH,
+            f"latent_width must be the latent_width it was built with ({LATENT_WIDTH}), got {values['latent_width']}",
+        )
+        return values
+
+    props = c.rule("properties", properties)
+    one = frames(t=1)  # (B, C = 1, 3, H, W): distillation shows the first frame only
+
+    def forward():
+        out = student(one, INSTRUCTIONS, subtasks=SUBTASKS)
+        expect(isinstance(out, dict), f"forward must return a dict, got {type(out).__name__}")
+        z = out.get("latents")
+        expect(
+            z is not None and tuple(z.shape) == (B, n, LATENT_WIDTH),
+            f'forward(...)["latents"] must be (B, Ns + Nm, D_teacher) = {(B, n, LATENT_WIDTH)}, got {_shape(z)}',
+        )
+        _finite_scalar(out, "lm_loss")
+        return out
+
+    out = c.rule("forward", forward)
+    _backward(c, student, lambda: out["latents"].square().mean() + out["lm_loss"])
+
+    def hidden():
+        two = frames(t=2)  # (B, C = 2 cameras, 3, H, W): finetuning shows every camera of the current step
+        ctx = student(two, INSTRUCTIONS, hidden_states=True)
+        layers, mask = ctx.get("layers"), ctx.get("attention_mask")
+        expect(
+            layers is not None and len(layers) == props["num_layers"] + 1,
+            f'forward(..., hidden_states=True)["layers"] must hold num_layers + 1 = {props["num_layers"] + 1} '
+            f"tensors, got {None if layers is None else len(layers)}",
+        )
+        expect(
+            mask is not None and mask.ndim == 2 and mask.shape[0] == B,
+            f'"attention_mask" must be (B, N), got {_shape(mask)}',
+        )
+        bad = [i for i, h in enumerate(layers) if tuple(h.shape) != (B, mask.shape[1], props["width"])]
+        expect(not bad, f'"layers" must each be (B, N, width) = {(B, mask.shape[1], props["width"])}; not: {bad}')
+
+    c.rule("hidden_states", hidden, required=False)
+    _repeated_blocks(c, student)
+    _state_dict_round_trip(
+        c, lambda: cls(cfg, latent_width=LATENT_WIDTH), student, lambda m: (m(one, INSTRUCTIONS)["latents"],)
+    )
+
+
+# -- action experts ---------------------------------------------------------------------------------------------
+def expert_inputs(b: int = B, horizon: int = HORIZON) -> dict[str, Any]:
+    """The dummy arguments of `loss` (docs/plugins.md, "Action experts")."""
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    pad = torch.zeros(b, horizon, dtype=torch.bool)
+    pad[0, -1] = True  # the first sample's episode ends before the chunk does
+    ctx_mask = torch.ones(b, CONTEXT, dtype=torch.bool)
+    ctx_mask[1, -2:] = False  # the second sample's context is shorter (padding)
+    return {
+        "actions": torch.randn(b, horizon, 44, generator=g),
+        "gripper": torch.rand(b, horizon, 2, generator=g),
+        "action_mask": action_mask(b).bool(),
+        "pad": pad,
+        "state": torch.randn(b, 46, generator=g),
+        "layers": [torch.randn(b, CONTEXT, VLM_WIDTH, generator=g) for _ in range(VLM_LAYERS + 1)],
+        "ctx_mask": ctx_mask,
+    }
+
+
+def _action_experts(c: Checker, cls: type, tmp: Path) -> None:
+    import torch
+
+    cfg = _config_rules(c, cls)
+
+    def build():
+        return cls(cfg, vlm_width=VLM_WIDTH, vlm_layers=VLM_LAYERS, horizon=HORIZON)
+
+    torch.manual_seed(0)
+    expert = c.rule("build", build)
+    x = expert_inputs()
+
+    def loss():
+        out = expert.loss(**x)
+        expect(isinstance(out, dict), f"loss must return a dict, got {type(out).__name__}")
+        missing = {"loss", "ee", "gripper"} - set(out)
+        expect(
+            not missing,
+            f'loss must return the keys "loss", "ee", "gripper" (the stage logs all three); lacks {sorted(missing)}',
+        )
+        for key in ("loss", "ee", "gripper"):
+            _finite_scalar(out, key)
+        return out
+
+    out = c.rule("loss", loss)
+    _backward(c, expert, lambda: out["loss"])
+
+    def run(m):
+        return m.sample(x["state"], x["layers"], x["ctx_mask"], x["action_mask"], torch.Generator().manual_seed(0))
+
+    def sample():
+        actions, grip = run(expert)
+        expect(
+            tuple(actions.shape) == (B, HORIZON, 44) and tuple(grip.shape) == (B, HORIZON, 2),
+            f"sample must return (actions (B, H, 44), gripper (B, H, 2)) = ({(B, HORIZON, 44)}, {(B, HORIZON, 2)}), "
+            f"got {_shape(actions)} and {_shape(grip)}",
+        )
+        expect(bool(((grip >= 0) & (grip <= 1)).all()), "sample's gripper must be probabilities in [0, 1]")
+
+    c.rule("sample", sample, required=False)
+    _repeated_blocks(c, expert)
+    _state_dict_round_trip(c, build, expert, run)
