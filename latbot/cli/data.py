@@ -1,4 +1,4 @@
-"""`latbot data convert | info | verify | stats`."""
+"""`latbot data convert | presets | info | verify | stats`."""
 
 from __future__ import annotations
 
@@ -16,8 +16,16 @@ app = typer.Typer(help="Episode stores: convert sources, inspect, verify, recomp
 @user_errors
 def convert(
     src: Path = typer.Argument(..., help="Source dataset (directory or file)."),
-    fmt: str = typer.Option(..., "--format", "-f", help="Adapter name (`latbot plugins list --kind datasets`)."),
-    out: Path = typer.Option(..., "--out", "-o", help="Episode store to create, or to resume."),
+    fmt: str | None = typer.Option(
+        None, "--format", "-f", help="Adapter name (`latbot plugins list --kind datasets`); or give --preset."
+    ),
+    out: str = typer.Option(..., "--out", "-o", help="Episode store to create or resume (a path or fsspec URL)."),
+    preset: str | None = typer.Option(
+        None, "--preset", "-p", help="Dataset preset (`latbot data presets`): format, cameras, layout, checks."
+    ),
+    shard: str | None = typer.Option(
+        None, "--shard", help="I/N: convert only shard I of N (by source key); each shard writes its own --out."
+    ),
     image_size: int = typer.Option(224, help="Square training resolution; frames are resized once, here."),
     resize: str = typer.Option("pad", help="Non-square sources: pad (letterbox), crop (centre) or stretch."),
     cameras: list[str] = typer.Option([], "--camera", help="Cameras to keep (repeatable; default: all)."),
@@ -29,9 +37,27 @@ def convert(
 ) -> None:
     """Convert a source dataset into an episode store (resumes an interrupted conversion)."""
     from latbot.data.convert import convert as run
+    from latbot.data.convert import parse_shard
+    from latbot.errors import RecipeError
 
+    extra = None
+    if preset is not None:
+        from latbot.data.presets import check_source, load_preset
+
+        p = load_preset(preset)
+        if fmt is not None and fmt != p.format:
+            raise RecipeError(f"--format {fmt}: preset '{p.name}' reads format '{p.format}'; drop --format")
+        adapter_config = _preset_config(p, config, overrides)
+        from latbot import registry
+
+        check_source(p, registry.build("datasets", adapter_config), src)
+        extra = {"preset": p.name, "preset_reads": p.reads, "frame_stride": p.frame_stride}
+    elif fmt is None:
+        raise RecipeError("give --format NAME (an adapter) or --preset NAME (`latbot data presets`)")
+    else:
+        adapter_config = plugin_options("datasets", fmt, config, overrides)
     result = run(
-        _adapter_config(fmt, config, overrides),
+        adapter_config,
         src,
         out,
         image_size=image_size,
@@ -40,17 +66,77 @@ def convert(
         codec=codec,
         limit=limit,
         skip_bad=skip_bad,
+        shard=parse_shard(shard),
+        manifest_extra=extra,
     )
+    for note in result.notes:
+        typer.echo(f"warning: {note}", err=True)
     for failure in result.failed:
         typer.echo(f"skipped: {failure}", err=True)
+    shard_note = f" (shard {shard}; {result.other_shards} episode(s) left to the other shards)" if shard else ""
     typer.echo(
         f"{out}: {result.added} episode(s) added, {result.skipped} already present, "
-        f"{len(result.failed)} failed; {result.total_episodes} in the store"
+        f"{len(result.failed)} failed; {result.total_episodes} in the store{shard_note}"
     )
 
 
-def _adapter_config(fmt: str, config: Path | None, overrides: list[str]):
-    return plugin_options("datasets", fmt, config, overrides)
+def _preset_config(preset, config: Path | None, overrides: list[str]):
+    """The preset's adapter options, then --config, then --set (each later one wins)."""
+    import yaml
+    from pydantic import ValidationError
+
+    from latbot.errors import RecipeError
+    from latbot.recipes.loader import RecipeSource, apply_overrides
+
+    data = {}
+    if config is not None:
+        try:
+            data = yaml.safe_load(config.read_text()) or {}
+        except (OSError, yaml.YAMLError) as e:
+            raise RecipeError(f"{config}: cannot read adapter options: {e}") from e
+    source = RecipeSource({**preset.adapter, **data, "type": preset.format}, {}, str(config or "--set"))
+    apply_overrides(source, overrides)
+    try:
+        return preset.adapter_config(source.data)
+    except ValidationError as e:
+        raise RecipeError(f"preset '{preset.name}' with your options: {e}") from None
+
+
+@app.command()
+@user_errors
+def presets(
+    name: str | None = typer.Argument(None, help="Show one preset in full."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+) -> None:
+    """The dataset presets (one per Table 6 source): what each reads and how, or why it refuses."""
+    from latbot.data.presets import load_preset, preset_names
+
+    if name is not None:
+        p = load_preset(name)
+        typer.echo(json.dumps(p.model_dump(mode="json"), indent=2) if as_json else _describe(p))
+        return
+    rows = [load_preset(n) for n in preset_names()]
+    if as_json:
+        typer.echo(json.dumps([p.model_dump(mode="json") for p in rows], indent=2))
+        return
+    for p in rows:
+        status = "REFUSES" if p.refuse else (f"{len(p.unmapped)} unmapped" if p.unmapped else "ok")
+        typer.echo(f"{p.name:26s} {p.format:8s} {p.fps:5g} Hz  stride {p.frame_stride}  {status:11s} {p.reads[:60]}")
+    typer.echo(f"{len(rows)} presets; `latbot data presets NAME` shows one with its conventions and sources")
+
+
+def _describe(p) -> str:
+    lines = [
+        f"{p.name}: {p.dataset}",
+        f"  reads: {p.reads}",
+        f"  format: {p.format}, {p.fps:g} Hz, stride {p.frame_stride}",
+    ]
+    lines += [f"  {k}: {v}" for k, v in p.conventions.items()]
+    lines += [f"  unmapped {k}: {v}" for k, v in p.unmapped.items()]
+    if p.refuse:
+        lines.append(f"  REFUSES: {p.refuse}")
+    lines += [f"  source: {c}" for c in p.citations]
+    return "\n".join(lines)
 
 
 @app.command()

@@ -18,6 +18,35 @@ class ConvertResult:
     skipped: int
     failed: list[str] = field(default_factory=list)
     total_episodes: int = 0
+    notes: list[str] = field(default_factory=list)  # what a default layout assumed or could not place
+    other_shards: int = 0  # episodes of the source left to the other shards
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """`"I/N"` → (I, N) with 0 ≤ I < N (the `--shard` option); None stays None."""
+    if text is None:
+        return None
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise StoreError(f"--shard: expected I/N (e.g. 0/8), got {text!r}") from None
+    if not (count >= 1 and 0 <= index < count):
+        raise StoreError(f"--shard: I/N needs 0 <= I < N, got {text!r}")
+    return index, count
+
+
+def shard_of(key: str, count: int) -> int:
+    """The shard (0..count-1) an episode belongs to, from its source key alone: stable across machines,
+    processes and Python versions (sha1, not `hash`), so N processes split a source without talking."""
+    return int.from_bytes(hashlib.sha1(key.encode("utf-8")).digest()[:8], "big") % count
+
+
+def natural_key(key: str) -> list:
+    """Sort key for source keys: digit runs compare as numbers ("ep_2" < "ep_10"). A store holds its episodes
+    in this order, so a set of shard stores merged in this order equals the single-process store."""
+    import re
+
+    return [(0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", key) if t]
 
 
 def convert(
@@ -34,6 +63,8 @@ def convert(
     limit: int | None = None,
     skip_bad: bool = False,
     progress: bool = True,
+    shard: tuple[int, int] | None = None,
+    manifest_extra: dict[str, Any] | None = None,
 ) -> ConvertResult:
     """Convert every episode of `src` into the store at `out` (created, or resumed if it exists).
 
@@ -42,7 +73,11 @@ def convert(
     naming the file and key (or, with `skip_bad`, is reported and skipped); committed episodes stay.
     A conversion that fails before its first episode is committed removes the store it created, so
     nothing is left behind and a retry starts clean; with `skip_bad`, a run where every episode it tried
-    failed is an error too."""
+    failed is an error too.
+
+    Episodes are written in the natural order of their source keys (`natural_key`). With `shard=(i, n)`
+    only the episodes with `shard_of(key, n) == i` are converted, so n processes, each with its own
+    `out`, together write exactly the single-process store, split n ways."""
     from latbot.data.adapters.base import SourceError
     from latbot.data.video import RESIZE_MODES
 
@@ -75,6 +110,8 @@ def convert(
             limit,
             skip_bad,
             progress,
+            shard,
+            manifest_extra,
         )
     except BaseException:
         if created and _uncommitted(out):
@@ -95,6 +132,8 @@ def _convert(
     limit,
     skip_bad,
     progress,
+    shard,
+    manifest_extra,
 ) -> ConvertResult:
     from tqdm import tqdm
 
@@ -129,7 +168,12 @@ def _convert(
         )
     result = ConvertResult(store=out, added=0, skipped=0)
     try:
-        items = list(adapter.episodes(src))
+        items = sorted(adapter.episodes(src), key=lambda item: natural_key(item.key))
+        result.notes = list(getattr(adapter, "notes", []))
+        if shard is not None:
+            mine = [item for item in items if shard_of(item.key, shard[1]) == shard[0]]
+            result.other_shards = len(items) - len(mine)
+            items = mine
         if limit is not None:
             items = items[:limit]
         bar = tqdm(items, desc=f"convert {src.name}", unit="episode", disable=not progress)
@@ -151,7 +195,12 @@ def _convert(
             raise SourceError(
                 f"{src}: every episode tried failed ({len(result.failed)}); the first: {result.failed[0]}"
             )
-        finalize(store, extra={"source": str(src.resolve()), "adapter": adapter_config.model_dump(mode="json")})
+        extra = {"source": str(src.resolve()), "adapter": adapter_config.model_dump(mode="json")}
+        if shard is not None:
+            extra["shard"] = {"index": shard[0], "count": shard[1], "by": "sha1(source key) mod count"}
+        if result.notes:
+            extra["layout_notes"] = result.notes
+        finalize(store, extra={**extra, **(manifest_extra or {})})
         result.total_episodes = store.num_episodes
     finally:
         store.close()

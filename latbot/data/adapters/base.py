@@ -65,7 +65,9 @@ class ArmLayout(Section):
 
     Index ranges are [start, stop). Actions that are absolute targets (`actions_are_deltas: false`) are
     turned into per-step deltas like states are. Gripper values are mapped linearly so that
-    `gripper_open` → 0 and `gripper_closed` → 1, then clipped to [0, 1]."""
+    `gripper_open` → 0 and `gripper_closed` → 1, then clipped to [0, 1]; the state's gripper uses
+    `state_gripper_open` / `state_gripper_closed` when a source records it on another scale or with the
+    other polarity (e.g. RT-1: action 1 = open, state `gripper_closed` 1 = closed)."""
 
     arm: Literal["left", "right"] = Field("right", description="Unified slot; single-arm robots use right.")
     action_position: tuple[int, int] | None = (0, 3)
@@ -79,6 +81,10 @@ class ArmLayout(Section):
     state_gripper: int | None = None
     gripper_open: float = 0.0
     gripper_closed: float = 1.0
+    state_gripper_open: float | None = Field(None, description="State value meaning open (default: gripper_open).")
+    state_gripper_closed: float | None = Field(
+        None, description="State value meaning closed (default: gripper_closed)."
+    )
 
 
 def to_matrix(values: np.ndarray, fmt: str) -> np.ndarray:
@@ -97,9 +103,9 @@ def to_matrix(values: np.ndarray, fmt: str) -> np.ndarray:
     raise ValueError(f"unknown rotation format {fmt!r}")
 
 
-def _gripper(values: np.ndarray, layout: ArmLayout) -> np.ndarray:
-    span = layout.gripper_closed - layout.gripper_open
-    return np.clip((values - layout.gripper_open) / (span if span else 1.0), 0.0, 1.0)
+def _gripper(values: np.ndarray, open_value: float, closed_value: float) -> np.ndarray:
+    span = closed_value - open_value
+    return np.clip((values - open_value) / (span if span else 1.0), 0.0, 1.0)
 
 
 def _cols(arr: np.ndarray | None, rng: tuple[int, int] | None, where: str, what: str) -> np.ndarray | None:
@@ -108,6 +114,12 @@ def _cols(arr: np.ndarray | None, rng: tuple[int, int] | None, where: str, what:
     if arr.ndim != 2 or rng[1] > arr.shape[1] or rng[0] >= rng[1]:
         raise SourceError(f"{where}: {what} columns {list(rng)} do not fit a vector of shape {arr.shape[1:]}")
     return arr[:, rng[0] : rng[1]].astype(np.float64)
+
+
+def _col(arr: np.ndarray, index: int, where: str, what: str) -> np.ndarray:
+    if arr.ndim != 2 or not 0 <= index < arr.shape[1]:
+        raise SourceError(f"{where}: {what} column {index} does not fit a vector of shape {arr.shape[1:]}")
+    return arr[:, index].astype(np.float64)
 
 
 def unify(
@@ -122,7 +134,9 @@ def unify(
         s_rot = _cols(states, lay.state_rotation, where, "state rotation")
         kw["rotation"] = to_matrix(s_rot, lay.state_rotation_format) if s_rot is not None else None
         if lay.state_gripper is not None and states is not None:
-            kw["gripper"] = _gripper(states[:, lay.state_gripper].astype(np.float64), lay)
+            lo = lay.gripper_open if lay.state_gripper_open is None else lay.state_gripper_open
+            hi = lay.gripper_closed if lay.state_gripper_closed is None else lay.state_gripper_closed
+            kw["gripper"] = _gripper(_col(states, lay.state_gripper, where, "state gripper"), lo, hi)
         a_pos = _cols(actions, lay.action_position, where, "action position")
         a_rot = _cols(actions, lay.action_rotation, where, "action rotation")
         a_rot_m = to_matrix(a_rot, lay.action_rotation_format) if a_rot is not None else None
@@ -135,7 +149,8 @@ def unify(
             kw["action_position"] = deltas(a_pos) if a_pos is not None else None
             kw["action_rotation"] = relative_euler(a_rot_m) if a_rot_m is not None else None
         if lay.action_gripper is not None and actions is not None:
-            kw["action_gripper"] = _gripper(actions[:, lay.action_gripper].astype(np.float64), lay)
+            values = _col(actions, lay.action_gripper, where, "action gripper")
+            kw["action_gripper"] = _gripper(values, lay.gripper_open, lay.gripper_closed)
         fill_arm(traj, lay.arm, **kw)
     return traj
 

@@ -6,8 +6,11 @@ data_path / video_path templates), per-frame parquet columns (`timestamp`, `fram
 `episode_index`, `index`, `task_index`, the action / state features), tasks (v2.1 meta/tasks.jsonl,
 v3.0 meta/tasks.parquet), and camera features of dtype "video" (mp4, AV1 or h264, decoded with PyAV or
 decord) or "image" (PNG bytes stored in the parquet). The source's action and state vectors are mapped
-into the unified spaces by `arms` (an `ArmLayout` per arm); the default is the common 7-D end-effector
-delta action (dx, dy, dz, droll, dpitch, dyaw, gripper) of OXE-derived datasets.
+into the unified spaces by `arms` (an `ArmLayout` per arm), usually from a preset (`latbot data presets`).
+Without `arms`, the state is placed from its feature names where they are unambiguous
+(`latbot.data.adapters.names`) and the action is taken as the 7-D end-effector delta (dx, dy, dz, droll,
+dpitch, dyaw, gripper 1 = closed); both are reported in `notes`, with every field that was not placed.
+`action_key` / `state_key` may list several features (AgiBot's per-part vectors), concatenated in order.
 """
 
 from __future__ import annotations
@@ -32,14 +35,24 @@ SUPPORTED_VERSIONS = ("v2.1", "v3.0")
 class LeRobotAdapter(DatasetAdapter):
     class Config(PluginConfig):
         type: Literal["lerobot"] = "lerobot"
-        action_key: str | None = Field("action", description="Parquet column of the action vector (null: none).")
-        state_key: str | None = Field("observation.state", description="Parquet column of the state vector.")
-        arms: list[ArmLayout] = Field(default_factory=lambda: [ArmLayout()], description="Unified mapping per arm.")
+        action_key: str | list[str] | None = Field(
+            "action", description="Parquet column(s) of the action vector, concatenated (null: none)."
+        )
+        state_key: str | list[str] | None = Field(
+            "observation.state", description="Parquet column(s) of the state vector, concatenated (null: none)."
+        )
+        arms: list[ArmLayout] | None = Field(
+            None, description="Unified mapping per arm (null: state from feature names, 7-D EEF delta action)."
+        )
         camera_keys: list[str] | None = Field(None, description="Image/video features to keep (default: all).")
         embodiment: str | None = Field(None, description="Default: info.json's robot_type.")
         video_backend: Literal["pyav", "decord"] = "pyav"
 
     config: Config
+
+    def __init__(self, config: PluginConfig):
+        super().__init__(config)
+        self.notes: list[str] = []  # what the default layout assumed or could not place (shown by convert)
 
     # -- metadata -----------------------------------------------------------------------------------
     def _info(self, src: Path) -> dict[str, Any]:
@@ -77,19 +90,56 @@ class LeRobotAdapter(DatasetAdapter):
     def cameras(self, src: Path) -> list[str]:
         return list(self._camera_features(self._info(src), src))
 
+    def describe(self, src: Path) -> dict[str, Any]:
+        """What a preset checks a source against: fps, robot type, and each vector feature's shape and names."""
+        from latbot.data.adapters.names import feature_names
+
+        info = self._info(src)
+        vectors = {
+            k: {"shape": v.get("shape"), "names": feature_names(v)}
+            for k, v in info["features"].items()
+            if v["dtype"] not in ("video", "image", "string")
+        }
+        return {"fps": info["fps"], "robot_type": info.get("robot_type"), "features": vectors}
+
+    def layouts(self, info: dict[str, Any]) -> list[ArmLayout]:
+        """The arms to map: the configured ones, or the default (see the module docstring), noting in
+        `self.notes` what the default assumed and which fields it could not place."""
+        from latbot.data.adapters.names import HOW_TO, feature_names, place_state
+
+        if self.config.arms is not None:
+            return self.config.arms
+        fields: dict[str, Any] = {}
+        self.notes = []
+        if self.config.state_key is not None:
+            keys = _keys(self.config.state_key)
+            spec = info["features"].get(keys[0]) if len(keys) == 1 else None
+            shape = spec.get("shape") if isinstance(spec, dict) else None
+            fields, unplaced = place_state(feature_names(spec), shape[0] if shape else None)
+            if unplaced:
+                self.notes.append(f"state not placed in the unified space: {'; '.join(unplaced)}; {HOW_TO}")
+        if self.config.action_key is not None:
+            self.notes.append(
+                "action assumed to be the 7-D end-effector delta (dx, dy, dz, droll, dpitch, dyaw in radians, "
+                f"gripper 0 = open, 1 = closed), which many datasets are not; {HOW_TO}"
+            )
+            return [ArmLayout(**fields)]
+        return [ArmLayout(action_position=None, action_rotation=None, action_gripper=None, **fields)]
+
     # -- episodes -----------------------------------------------------------------------------------
     def episodes(self, src: Path) -> Iterator[SourceEpisode]:
         info = self._info(src)
         version = info["codebase_version"]
+        arms = self.layouts(info)
         for ep in _episodes_v21(src) if version == "v2.1" else _episodes_v30(src):
             idx = int(ep["episode_index"])
             yield SourceEpisode(
                 key=f"episode_{idx:06d}",
                 source=f"{src}#episode_{idx}",
-                load=lambda ep=ep, **kw: self._load(src, info, ep, **kw),
+                load=lambda ep=ep, **kw: self._load(src, info, ep, arms, **kw),
             )
 
-    def _load(self, src: Path, info: dict, ep: dict, image_size, resize_mode, cameras) -> Episode:
+    def _load(self, src: Path, info: dict, ep: dict, arms, image_size, resize_mode, cameras) -> Episode:
         import pyarrow.parquet as pq
 
         idx = int(ep["episode_index"])
@@ -123,7 +173,7 @@ class LeRobotAdapter(DatasetAdapter):
             raise SourceError(f"{where}: meta says {ep['length']} frames, the parquet has {length}")
         actions = _vector(table, self.config.action_key, where)
         states = _vector(table, self.config.state_key, where)
-        traj = unify(actions, states, self.config.arms, where)
+        traj = unify(actions, states, arms, where)
         timestamps = _numbers(table, "timestamp", where, np.float64)
         if not np.isfinite(timestamps).all():
             raise SourceError(f"{where}: column 'timestamp' has a non-finite value")
@@ -181,19 +231,26 @@ class LeRobotAdapter(DatasetAdapter):
         return decode_frames(path, start=start, stop=stop, expected=len(timestamps))
 
 
-def _vector(table, key: str | None, where: str) -> np.ndarray | None:
+def _keys(key: str | list[str]) -> list[str]:
+    return [key] if isinstance(key, str) else list(key)
+
+
+def _vector(table, key: str | list[str] | None, where: str) -> np.ndarray | None:
+    """The per-frame vector of `key` (T, D); several keys are flattened per frame and concatenated."""
     if key is None:
         return None
+    if not isinstance(key, str):
+        parts = [_vector(table, k, where) for k in key]
+        return np.concatenate(parts, axis=1) if parts else None
     if key not in table.column_names:
         raise SourceError(f"{where}: missing column '{key}' (set action_key / state_key, or null if absent)")
     try:
         values = np.asarray(table.column(key).to_pylist(), dtype=np.float32)
     except (TypeError, ValueError) as e:
         raise SourceError(f"{where}: column '{key}' is not a fixed-length numeric vector per frame ({e})") from e
-    if values.ndim not in (1, 2):
+    if values.ndim == 0:
         raise SourceError(f"{where}: column '{key}' has shape {values.shape}, expected one vector per frame")
-    if values.ndim == 1:
-        values = values[:, None]
+    values = values.reshape(len(values), -1)  # (T,) → (T, 1); AgiBot's (T, 2, 3) → (T, 6)
     if not np.isfinite(values).all():
         step = int(np.argwhere(~np.isfinite(values))[0][0])
         raise SourceError(f"{where}: column '{key}' has a non-finite value at frame {step}")
