@@ -15,12 +15,17 @@ Batch keys are constants (`K_*`), defined here once. Shapes per sample (a DataLo
 Clip frames are V_t, V_{t+s}, …, V_{t+(T−1)s} for the source's stride s; the clip's actions are the
 T−1 actions between consecutive clip frames: position and fingertip deltas summed over the s steps,
 rotation deltas composed (R_{t+s} R_tᵀ as Euler), gripper the value at the end of the interval.
-Stores are opened lazily in each process, so DataLoader workers are safe with fork and spawn.
+Stores are opened lazily in each process (a forked worker reopens the store its parent used), so
+DataLoader workers are safe with fork and spawn. A sample reads only what it returns: the frames at its
+steps (one per camera for a chunk sample), and an episode's actions/states/native actions once, kept for
+the episode's later samples (`EPISODE_CACHE` episodes per process).
 """
 
 from __future__ import annotations
 
 import math
+import os
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -48,6 +53,7 @@ K_STEP = "step"
 K_SOURCE = "source"
 K_GRIPPER = "gripper"  # (H, 2) the unified gripper values (left, right) of the chunk, unnormalised
 K_LATENTS = "teacher_latents"  # (Ns + Nm, D) precomputed teacher latents (latbot.data.latent_cache)
+EPISODE_CACHE = 64  # episodes whose low-dimensional arrays a dataset keeps in memory, per process
 
 
 class _StoreDataset(Dataset):
@@ -79,20 +85,37 @@ class _StoreDataset(Dataset):
             self.action_norm = QuantileNormalizer.from_stats(stats, "actions")
             self.state_norm = QuantileNormalizer.from_stats(stats, "states")
         self._store = None
+        self._pid = os.getpid()
+        self._vectors: OrderedDict[int, dict[str, np.ndarray]] = OrderedDict()
 
     @property
     def store(self):
-        if self._store is None:
+        if self._store is None or self._pid != os.getpid():  # first use, or a forked worker
             from latbot.data.store import EpisodeStore
 
-            self._store = EpisodeStore.open(self.path)
+            self._store, self._pid, self._vectors = EpisodeStore.open(self.path), os.getpid(), OrderedDict()
         return self._store
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_store": None}  # workers reopen the store themselves
+        return {**self.__dict__, "_store": None, "_vectors": OrderedDict()}  # workers reopen the store themselves
 
     def _frames(self, episode: int, steps: np.ndarray) -> dict[str, np.ndarray]:
-        return self.store.read(episode, steps, self.cameras)
+        """camera → (n, H, W, 3) uint8 at `steps` (increasing) of an episode."""
+        return {c: self.store.read_steps(f"frames/{c}", episode, steps) for c in self.cameras}
+
+    def _episode(self, episode: int) -> dict[str, np.ndarray]:
+        """The episode's actions (L, 44), states (L, 46) and, when the store has them, native actions (L, A):
+        read once and kept (the last `EPISODE_CACHE` episodes)."""
+        store = self.store
+        hit = self._vectors.get(episode)
+        if hit is not None:
+            self._vectors.move_to_end(episode)
+            return hit
+        names = ["actions", "states"] + (["native_actions"] if self.has_native else [])
+        out = self._vectors[episode] = {n: store.read_steps(n, episode, slice(None)) for n in names}
+        if len(self._vectors) > EPISODE_CACHE:
+            self._vectors.popitem(last=False)
+        return out
 
 
 class ClipDataset(_StoreDataset):
@@ -131,12 +154,12 @@ class ClipDataset(_StoreDataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         episode, t = self.starts[i]
         rec = self.store.records[episode]
-        steps = t + np.arange((self.num_frames - 1) * self.stride + 1)
-        data = self._frames(episode, steps)
-        keep = np.arange(0, len(steps), self.stride)
-        frames = data[f"frames/{self.cameras[0]}"][keep]  # (T, H, W, 3)
-        actions = aggregate_actions(data["actions"][:-1], self.stride)  # (T−1, 44)
-        states = data["states"][keep]
+        span = (self.num_frames - 1) * self.stride + 1
+        keep = t + np.arange(0, span, self.stride)  # the clip's frames
+        frames = self._frames(episode, keep)[self.cameras[0]]  # (T, H, W, 3)
+        vectors = self._episode(episode)
+        actions = aggregate_actions(vectors["actions"][t : t + span - 1], self.stride)  # (T−1, 44)
+        states = vectors["states"][keep]
         if self.action_norm is not None:
             actions = self.action_norm.normalize(actions)
         if self.state_norm is not None:
@@ -182,14 +205,13 @@ class ChunkDataset(_StoreDataset):
         rec = self.store.records[episode]
         chunk = np.minimum(t + np.arange(self.horizon), rec.length - 1)  # past the end: repeat the last step
         pad = t + np.arange(self.horizon) >= rec.length
-        data = self.store.read(episode, np.unique(chunk), self.cameras)
-        pos = np.searchsorted(np.unique(chunk), chunk)
-        actions = data["actions"][pos]
+        vectors = self._episode(episode)
+        actions = vectors["actions"][chunk]
         gripper = actions[:, [ACTION_GRIPPER[arm] for arm in ARMS]].astype(np.float32)
-        state = data["states"][0]
+        state = vectors["states"][t]
         if self.action_norm is not None:
             actions, state = self.action_norm.normalize(actions), self.state_norm.normalize(state)
-        frames = np.stack([data[f"frames/{c}"][0] for c in self.cameras])  # (C, H, W, 3)
+        frames = np.concatenate(list(self._frames(episode, np.array([t])).values()))  # (C, H, W, 3): step t only
         action_mask, state_mask = rec.masks()
         subtask = rec.subtask_at(t)
         sample = {
@@ -206,8 +228,7 @@ class ChunkDataset(_StoreDataset):
             K_STEP: t,
         }
         if self.has_native:
-            native = self.store.array("native_actions")[rec.offset + chunk.min() : rec.offset + chunk.max() + 1]
-            sample[K_NATIVE_ACTIONS] = torch.from_numpy(native[chunk - chunk.min()].astype(np.float32))
+            sample[K_NATIVE_ACTIONS] = torch.from_numpy(vectors["native_actions"][chunk].astype(np.float32))
         return sample
 
 
@@ -229,10 +250,9 @@ def interval_action_stats(
         if len(records) > max_episodes:
             pick = np.sort(np.random.default_rng(seed).choice(len(records), max_episodes, replace=False))
             records = [records[i] for i in pick]
-        actions = s.array("actions")
         rows, masks = [], []
         for rec in records:
-            steps = np.asarray(actions[rec.offset : rec.stop], np.float64)
+            steps = np.asarray(s.read_rows("actions", rec.offset, rec.stop), np.float64)
             for offset in range(min(stride, len(steps))):  # every window start, in `stride` interleaved passes
                 windows = aggregate_actions(steps[offset:], stride)
                 rows.append(windows)

@@ -128,6 +128,10 @@ class EpisodeStore:
         self.writable = writable
         self._lock_fd: int | None = None
         self._present: dict[str, set[int]] = {}  # block files seen on disk, per array
+        self._arrays: dict[str, Any] = {}  # Zarr array handles, opened once (metadata parsing costs ~1 ms)
+        self._readers: dict[str, Any] = {}  # name → fastread.ArrayReader, or None: read with zarr-python
+        self.verify_checksums = True  # crc32c of every chunk read (`open(..., verify_checksums=False)`)
+        self._pid = os.getpid()
         self._keys = {r.key for r in records}
         self._offsets = np.array([r.offset for r in records] + [self.num_frames], dtype=np.int64)
 
@@ -202,12 +206,17 @@ class EpisodeStore:
         return cls._open(path, "a")
 
     @classmethod
-    def open(cls, path: str | Path, mode: str = "r", *, check: bool = True) -> EpisodeStore:
+    def open(
+        cls, path: str | Path, mode: str = "r", *, check: bool = True, verify_checksums: bool = True
+    ) -> EpisodeStore:
         """Open an existing store, read-only (`"r"`) or for appending (`"a"`, resumes after the last commit).
-        `check=False` skips the array-length check (for `verify`, which reports it as a finding)."""
+        `check=False` skips the array-length check (for `verify`, which reports it as a finding).
+        `verify_checksums=False` skips the crc32c check of each chunk read (`verify` always checks them)."""
         if mode not in ("r", "a"):
             raise ValueError(f"mode must be 'r' or 'a', got {mode!r}")
-        return cls._open(Path(path), mode, check=check)
+        store = cls._open(Path(path), mode, check=check)
+        store.verify_checksums = verify_checksums
+        return store
 
     @classmethod
     def _open(cls, path: Path, mode: str, check: bool = True) -> EpisodeStore:
@@ -256,6 +265,7 @@ class EpisodeStore:
         return store
 
     def close(self) -> None:
+        self._drop_readers()
         if self._lock_fd is not None:
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
             os.close(self._lock_fd)
@@ -294,10 +304,15 @@ class EpisodeStore:
         return self.records[-1].stop if self.records else 0
 
     def array(self, name: str) -> Any:
-        """A Zarr array of the store ("frames/<camera>", "actions", "states", "native_actions", ...)."""
+        """A Zarr array of the store ("frames/<camera>", "actions", "states", "native_actions", ...), opened
+        once per store and process."""
+        arr = self._arrays.get(name)
+        if arr is not None:
+            return arr
         try:
             with _write_every_chunk():
-                return self._group[name]
+                arr = self._arrays[name] = self._group[name]
+                return arr
         except KeyError as e:
             raise StoreError(f"{self.path}: no array '{name}' in this store (its zarr.json is missing?)") from e
         except Exception as e:  # unreadable array metadata
@@ -318,32 +333,81 @@ class EpisodeStore:
     # -- reading ------------------------------------------------------------------------------------
     def read(self, episode: int, steps: np.ndarray | slice, cameras: list[str] | None = None) -> dict[str, Any]:
         """Frames (per camera, (n, H, W, 3) uint8), actions (n, 44), states (n, 46) at `steps` of an episode.
-        `steps` are indices within the episode (a slice, or an increasing integer array)."""
-        rec = self.records[episode]
-        if isinstance(steps, slice):
-            start, stop, step = steps.indices(rec.length)
-            sel: Any = slice(rec.offset + start, rec.offset + stop, step)
-        else:
-            steps = np.asarray(steps)
-            if steps.size and (steps.min() < 0 or steps.max() >= rec.length):
-                raise IndexError(f"steps out of range for episode {episode} of length {rec.length}")
-            lo, hi = (int(steps.min()), int(steps.max()) + 1) if steps.size else (0, 0)
-            sel = (slice(rec.offset + lo, rec.offset + hi), steps - lo)
-        out: dict[str, Any] = {}
-        for name in [f"frames/{cam}" for cam in cameras or self.cameras] + ["actions", "states"]:
-            out[name] = self._read_array(name, sel, where=f"episode {episode} ({rec.key})")
-        return out
+        `steps` are indices within the episode (a slice, or an increasing integer array). Only the chunks
+        holding those steps are read."""
+        rows = self._rows(episode, steps)
+        where = f"episode {episode} ({self.records[episode].key})"
+        names = [f"frames/{cam}" for cam in cameras or self.cameras] + ["actions", "states"]
+        return {name: self._read_array(name, rows, where) for name in names}
+
+    def read_steps(self, name: str, episode: int, steps: np.ndarray | slice) -> np.ndarray:
+        """One array (e.g. "frames/<camera>", "native_actions") at `steps` of an episode, as `read`."""
+        return self._read_array(name, self._rows(episode, steps), f"episode {episode} ({self.records[episode].key})")
 
     def read_rows(self, name: str, start: int, stop: int) -> np.ndarray:
         """Rows [start, stop) of a flat array, checked like `read` (missing or corrupt blocks raise)."""
-        return self._read_array(name, slice(start, stop), where=f"frames {start}:{stop}")
+        return self._read_array(name, np.arange(start, max(start, stop)), where=f"frames {start}:{stop}")
 
-    def _read_array(self, name: str, sel: Any, where: str) -> np.ndarray:
+    def _rows(self, episode: int, steps: np.ndarray | slice) -> np.ndarray:
+        """Absolute rows of `steps` of an episode (increasing)."""
+        rec = self.records[episode]
+        if isinstance(steps, slice):
+            return rec.offset + np.arange(*steps.indices(rec.length))
+        steps = np.asarray(steps, np.int64)
+        if steps.size and (steps.min() < 0 or steps.max() >= rec.length):
+            raise IndexError(f"steps out of range for episode {episode} of length {rec.length}")
+        return rec.offset + steps
+
+    def _reader(self, name: str) -> Any:
+        """The fast reader of an array (latbot.data.fastread), or None where its layout is not the store's own."""
+        if os.getpid() != self._pid:  # a forked child: descriptors are shared but caches are per process
+            self._readers, self._pid = {}, os.getpid()
+        if name in self._readers:
+            return self._readers[name]
+        from latbot.data import fastread
+
         arr = self.array(name)
-        rows = sel[0] if isinstance(sel, tuple) else sel
-        self._check_blocks(name, arr, rows.start, rows.stop)
+        lay = fastread.layout(arr.metadata.to_dict())
+        if lay is not None and lay.shape[0] < self.num_frames:
+            lay = None  # shorter than the commit log (open(check=False)): let zarr-python report it
+        reader = fastread.ArrayReader(self.path / name, lay, self.verify_checksums) if lay is not None else None
+        self._readers[name] = reader
+        return reader
+
+    def _drop_readers(self) -> None:
+        for reader in self._readers.values():
+            if reader is not None and os.getpid() == self._pid:
+                reader.close()
+        self._readers = {}
+
+    def _read_array(self, name: str, rows: np.ndarray, where: str) -> np.ndarray:
+        from latbot.data import fastread
+
+        reader = self._reader(name)
+        if reader is None:
+            return self._read_zarr(name, rows, where)
         try:
-            return _take(arr, sel)
+            return reader.take(rows)
+        except fastread.BlockMissing as e:
+            raise StoreError(
+                f"{self.path}/{name}: the block holding frames {e.start}:{e.stop} is missing on disk (deleted or "
+                "never written); the store is damaged: run `latbot data verify` and re-convert"
+            ) from e
+        except (fastread.BlockCorrupt, OSError) as e:
+            raise StoreError(
+                f"{self.path}/{name}: {where} cannot be read ({e}); the store is damaged: run `latbot data verify` "
+                "and re-convert"
+            ) from e
+
+    def _read_zarr(self, name: str, rows: np.ndarray, where: str) -> np.ndarray:
+        """The same read through zarr-python (arrays in a layout the fast reader does not handle)."""
+        arr = self.array(name)
+        if not len(rows):
+            return np.zeros((0, *arr.shape[1:]), arr.dtype)
+        lo, hi = int(rows[0]), int(rows[-1]) + 1
+        self._check_blocks(name, arr, lo, hi)
+        try:
+            return np.asarray(arr[lo:hi])[rows - lo]
         except Exception as e:  # a block that does not decode (crc32c, codec): the bytes on disk are damaged
             raise StoreError(
                 f"{self.path}/{name}: {where} cannot be read ({type(e).__name__}: {e}); the store is damaged: "
@@ -420,6 +484,7 @@ class EpisodeStore:
                 )
             arr.resize((stop, *arr.shape[1:]))
             arr[start:stop] = value
+        self._drop_readers()  # shapes and shard files changed
         record = EpisodeRecord(
             index=len(self.records),
             offset=start,
@@ -561,12 +626,6 @@ def _create_vector_array(group: Any, name: str, dim: int) -> None:
         fill_value=float("nan"),
         config={"write_empty_chunks": True},
     )
-
-
-def _take(arr: Any, sel: Any) -> np.ndarray:
-    if isinstance(sel, tuple):  # (contiguous range, indices within it): one read, then pick
-        return arr[sel[0]][sel[1]]
-    return arr[sel]
 
 
 def _read_log(path: Path, repair: bool) -> list[EpisodeRecord]:
