@@ -181,3 +181,21 @@ def test_real_size_recipes_count_parameters_on_the_meta_device():
     assert abs((encoder + lm_head) / 1e9 - 2.35) < 0.02  # InternVL3.5-2B ≈ 2.3B
     assert abs(parts["decoder.transformer"]["total"] / 1e9 - 1.60) < 0.01  # SANA-1.6B
     assert parts["encoder.vision_tower"]["trainable"] == 0 and parts["decoder.vae"]["trainable"] == 0
+
+
+def test_reconstruction_is_judged_on_the_moving_region_against_copying_the_first_frame():
+    from latbot.analysis.diagnostics import reconstruction_quality, ssim_map
+
+    torch.manual_seed(0)
+    background = torch.rand(1, 3, 1, 1).expand(2, 3, 32, 32).clone()
+    first, truth = background.clone(), background.clone()
+    first[:, :, 2:8, 2:8] = 1.0  # the object moves from top-left ...
+    truth[:, :, 20:26, 20:26] = 1.0  # ... to bottom-right
+    assert float(ssim_map(truth, truth).mean()) == pytest.approx(1.0)
+    exact = reconstruction_quality(truth, truth, first)
+    copy = reconstruction_quality(first, truth, first)
+    assert exact["psnr_moving_db"] > 100 and exact["ssim_moving"] == pytest.approx(1.0)
+    # copying V_t scores well on the whole (mostly static) frame but not where things move
+    assert copy["psnr_db"] > 10 + copy["psnr_moving_db"] and copy["ssim_moving"] < 0.5
+    assert copy["copy_psnr_moving_db"] == pytest.approx(copy["psnr_moving_db"])
+    assert 0.05 < exact["moving_fraction"] < 0.2

@@ -36,6 +36,60 @@ def psnr(pred: torch.Tensor, target: torch.Tensor) -> float:
     return float(10 * torch.log10(1.0 / mse.clamp_min(1e-12)))
 
 
+def moving_mask(first: torch.Tensor, future: torch.Tensor, threshold: float = 0.05) -> torch.Tensor:
+    """(B, 1, h, w) bool: pixels whose colour changes by more than `threshold` (images in [0, 1]) between V_t
+    and V_{t+k} — where the arm and the objects move; reconstruction is judged there, not on the flat
+    background."""
+    return (future - first).abs().amax(1, keepdim=True) > threshold
+
+
+def ssim_map(a: torch.Tensor, b: torch.Tensor, window: int = 7) -> torch.Tensor:
+    """Per-pixel SSIM (B, h, w) of images (B, 3, h, w) in [0, 1] (Gaussian window σ = 1.5, the usual C1, C2),
+    averaged over channels."""
+    import torch.nn.functional as F
+
+    x = torch.arange(window, dtype=torch.float64) - window // 2
+    g = torch.exp(-(x**2) / (2 * 1.5**2))
+    g = (g / g.sum()).to(a.dtype)
+    kernel = (g[:, None] * g[None, :]).expand(a.shape[1], 1, window, window)
+
+    def blur(t: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(F.pad(t, [window // 2] * 4, mode="replicate"), kernel, groups=t.shape[1])
+
+    c1, c2 = 0.01**2, 0.03**2
+    mu_a, mu_b = blur(a), blur(b)
+    var_a, var_b, cov = blur(a * a) - mu_a**2, blur(b * b) - mu_b**2, blur(a * b) - mu_a * mu_b
+    s = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
+    return s.mean(1)
+
+
+def reconstruction_quality(pred: torch.Tensor, truth: torch.Tensor, first: torch.Tensor) -> dict[str, float]:
+    """PSNR and SSIM of generated future frames over the whole frame and over the moving region, next to the
+    trivial baseline "predict V_t again". All (B, 3, h, w) in [0, 1] at the decoder's resolution."""
+    pred, truth, first = pred.double(), truth.double(), first.double()
+    mask = moving_mask(first, truth)  # (B, 1, h, w)
+    moving = mask.expand_as(truth)
+
+    def masked_psnr(x: torch.Tensor) -> float:
+        err = ((x - truth) ** 2)[moving]
+        return float(10 * torch.log10(1.0 / err.mean().clamp_min(1e-12))) if err.numel() else float("nan")
+
+    def masked_ssim(x: torch.Tensor) -> float:
+        m = mask[:, 0]
+        return float(ssim_map(x, truth)[m].mean()) if m.any() else float("nan")
+
+    return {
+        "psnr_db": psnr(pred, truth),
+        "psnr_moving_db": masked_psnr(pred),
+        "ssim": float(ssim_map(pred, truth).mean()),
+        "ssim_moving": masked_ssim(pred),
+        "copy_psnr_db": psnr(first, truth),
+        "copy_psnr_moving_db": masked_psnr(first),
+        "copy_ssim_moving": masked_ssim(first),
+        "moving_fraction": float(mask.double().mean()),
+    }
+
+
 def action_mse_per_slice(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
     """MSE per named unified slice (left_pos, right_rot, …) over the valid dims only; slices no sample
     fills are omitted. pred/target (B, K, 44), mask (B, 44)."""
@@ -121,7 +175,7 @@ def diagnose_checkpoint(run_dir, store, samples: int = 64, seed: int = 0) -> dic
 
     model, dataset = lam_clips(run_dir, store)
     picks = np.random.default_rng(seed).permutation(len(dataset))[:samples]
-    z_sce, z_mot, targets, psnrs, mses, masks = [], [], [], [], [], []
+    z_sce, z_mot, targets, psnrs, mses, masks, quality = [], [], [], [], [], [], []
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for batch in DataLoader(Subset(dataset, picks.tolist()), batch_size=16):
@@ -129,6 +183,9 @@ def diagnose_checkpoint(run_dir, store, samples: int = 64, seed: int = 0) -> dic
             z_sce.append(s), z_mot.append(m)
             frame, truth, actions = future_frames(model, batch, generator)
             psnrs.append(psnr(frame, truth))
+            first = batch[K_FRAMES][:, 0].float() / 255
+            first = torch.nn.functional.interpolate(first, size=frame.shape[-2:], mode="bilinear", antialias=True)
+            quality.append(reconstruction_quality(frame, truth, first))
             if actions is not None:
                 mses.append(action_mse_per_slice(actions, batch[K_ACTIONS], batch[K_ACTION_MASK].float()))
             targets.append(batch[K_ACTIONS].flatten(1).numpy())
@@ -146,6 +203,7 @@ def diagnose_checkpoint(run_dir, store, samples: int = 64, seed: int = 0) -> dic
             "z_mot": float(token_variance(z_mot).mean()),
         },
         "psnr_db": float(np.mean(psnrs)),
+        "reconstruction": {k: float(np.nanmean([q[k] for q in quality])) for k in quality[0]},
         "action_mse": {k: float(np.mean([m[k] for m in mses])) for k in (mses[0] if mses else {})},
         "probe_r2": {
             "z_mot": linear_probe(z_mot.mean(1).numpy(), y),

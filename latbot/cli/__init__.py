@@ -6,7 +6,7 @@ from __future__ import annotations
 import typer
 
 from latbot import __version__
-from latbot.cli import analysis, data, plan, plugins, quickstart, recipe, serve, sim, train, viz
+from latbot.cli import analysis, data, plan, plugins, quickstart, recipe, serve, sim, study, train, viz
 
 app = typer.Typer(
     name="latbot",
@@ -37,6 +37,7 @@ app.command("plan")(plan.plan)
 app.command("grounding-analysis")(analysis.grounding_analysis)
 app.command("serve")(serve.serve)
 app.command("quickstart")(quickstart.quickstart)
+app.command("study")(study.study)
 app.add_typer(recipe.app, name="recipe")
 app.add_typer(plugins.app, name="plugins")
 data.app.command("gen-sim")(sim.gen_sim)

@@ -18,7 +18,6 @@ its last checkpoint, and recomputes what changed (and everything after it).
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -72,161 +71,45 @@ class QuickstartError(LatBotError):
     """The quickstart cannot go on (a stage failed, an artifact under --out is not what it should be)."""
 
 
-def _say(text: str) -> None:
-    print(f"[quickstart] {text}", flush=True)
-
-
-# -- stages ------------------------------------------------------------------------------------------------
-def _parents_current(manifest) -> bool:
-    from latbot.artifacts import ArtifactError, read_manifest
-
-    for p in manifest.parents:
-        try:
-            if read_manifest(p.path).content_hash != p.content_hash:
-                return False
-        except ArtifactError:
-            return False
-    return True
-
-
+# -- stages (latbot.pipeline's steps, laid out under --out) ------------------------------------------------
 def store_stage(out: Path, name: str, tasks: tuple[str, ...], episodes: int, preset: Preset, seed: int) -> Path:
     """MetaWorld demonstrations into `out/stores/<name>`; skipped when the store already holds them."""
-    from latbot import registry
-    from latbot.artifacts import ArtifactError, read_manifest
-    from latbot.sim.generate import generate
+    from latbot import pipeline
 
     path = out / "stores" / name
-    try:
-        m = read_manifest(path, kind="episode_store")
-        if m.extra.get("tasks") == list(tasks) and m.extra.get("seed") == seed and _has(path, tasks, episodes):
-            _say(f"stores/{name}: up to date, skipped")
-            return path
-    except ArtifactError:
-        pass
-    _say(f"stores/{name}: {episodes} demonstrations × {len(tasks)} tasks ({', '.join(tasks)})")
-    sim = registry.get("simulators", "metaworld").Config()
-    generate(sim, list(tasks), episodes, path, image_size=preset.image_size, seed=seed, progress=True)
-    return path
-
-
-def _has(path: Path, tasks: tuple[str, ...], episodes: int) -> bool:
-    from collections import Counter
-
-    from latbot.data.store import EpisodeStore
-
-    with EpisodeStore.open(path) as store:
-        counts = Counter(r.task for r in store.records)
-    return all(counts[t] >= episodes for t in tasks)
+    return pipeline.demonstrations(path, "metaworld", list(tasks), episodes, preset.image_size, seed, f"stores/{name}")
 
 
 def train_stage(out: Path, name: str, recipe_path: Path, sets: list[str]) -> Path:
-    """`latbot train` of one recipe into `out/runs/<name>`: skipped when the finished run's recipe matches
-    and its parents are current, resumed from the last checkpoint when interrupted, retrained when anything
-    changed."""
-    from latbot import runs, stages
-    from latbot.artifacts import ArtifactError
-    from latbot.recipes import load_recipe, to_dict
-    from latbot.train import checkpoint
+    """One stage's run into `out/runs/<name>`: skipped, resumed or trained (latbot.pipeline.train)."""
+    from latbot import pipeline
 
-    root = out / "runs"
-    recipe = load_recipe(recipe_path, [*sets, f"log.out_dir={root}", f"log.run_name={name}"])
-    run_dir = root / name
-    intended = to_dict(recipe)
-    try:
-        run = runs.open_run(run_dir, recipe.stage, complete=False)
-    except ArtifactError:
-        run = None
-    if run is not None and run.complete:
-        if run.manifest.recipe == intended and _parents_current(run.manifest):
-            _say(f"runs/{name}: up to date, skipped")
-            return run_dir
-        _say(f"runs/{name}: its recipe or inputs changed, training again")
-    elif run is not None and run.manifest.recipe == intended and checkpoint.latest(run_dir) is not None:
-        _say(f"runs/{name}: resuming from {checkpoint.latest(run_dir).name}")
-        return stages.run(recipe, resume=run_dir)
-    shutil.rmtree(run_dir, ignore_errors=True)
-    _say(f"runs/{name}: training ({recipe.stage}, {recipe.train.steps} steps)")
-    return stages.run(recipe, recipe_path=recipe_path)
+    return pipeline.train(out / "runs", name, recipe_path, sets, f"runs/{name}")
 
 
 def eval_stage(out: Path, name: str, policy_run: Path, preset: Preset) -> dict[str, Any]:
     """Closed-loop evaluation of a policy on the held-out tasks into `out/eval/<name>`."""
-    from latbot import registry
-    from latbot.artifacts import ArtifactError, parent_ref, read_manifest, write_manifest
-    from latbot.sim.evaluate import evaluate
+    from latbot import pipeline
 
-    path = out / "eval" / name
-    settings = {"tasks": list(preset.heldout_tasks), "episodes": preset.eval_episodes}
-    settings |= {"image_size": preset.image_size, "execute_steps": preset.execute_steps}
-    try:
-        m = read_manifest(path, kind="eval")
-        if m.extra.get("settings") == settings and _parents_current(m):
-            _say(f"eval/{name}: up to date, skipped")
-            return json.loads((path / "report.json").read_text())
-    except ArtifactError:
-        pass
-    _say(f"eval/{name}: {preset.eval_episodes} episodes × {len(preset.heldout_tasks)} held-out tasks")
-    sim = registry.get("simulators", "metaworld").Config()
-    report = evaluate(
-        sim,
-        str(policy_run),
+    return pipeline.evaluate(
+        out / "eval" / name,
+        policy_run,
+        "metaworld",
         list(preset.heldout_tasks),
         preset.eval_episodes,
-        image_size=preset.image_size,
-        execute_steps=preset.execute_steps,
+        preset.image_size,
+        preset.execute_steps,
+        label=f"eval/{name}",
     )
-    if report["overall"]["errors"]:
-        first = next(e["error"] for e in report["episodes"] if e["error"])
-        raise QuickstartError(f"eval/{name}: {report['overall']['errors']} episode(s) crashed, e.g. {first}")
-    shutil.rmtree(path, ignore_errors=True)
-    path.mkdir(parents=True)
-    (path / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    write_manifest(path, "eval", parents=[parent_ref(policy_run, "finetune")], extra={"settings": settings})
-    return report
-
-
-def _drop_stale_cache(cache: Path, lam: Path) -> None:
-    """A teacher cache built by an earlier LAM would be refused by the distillation stage: rebuild it."""
-    from latbot.artifacts import ArtifactError, read_manifest
-
-    if not cache.exists():
-        return
-    try:
-        stale = read_manifest(cache).extra.get("teacher") != read_manifest(lam).content_hash
-    except ArtifactError:
-        stale = True
-    if stale:
-        _say("cache/teacher_latents: built by another teacher, rebuilding")
-        shutil.rmtree(cache)
 
 
 # -- the pipeline --------------------------------------------------------------------------------------------
-def _timed_call(fn: Callable, args: tuple) -> tuple[Any, float]:
-    t0 = time.perf_counter()
-    return fn(*args), time.perf_counter() - t0
-
-
-def _run_side_by_side(jobs: dict[str, tuple[Callable, tuple]]) -> dict[str, tuple[Any, float]]:
-    """Run independent stages in separate processes (spawned: no state shared with this one), each with
-    one compute thread; results come back by value. A failing stage's error is raised here."""
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
-
-    with ProcessPoolExecutor(len(jobs), mp_context=mp.get_context("spawn"), initializer=_one_thread) as pool:
-        futures = {stage: pool.submit(_timed_call, fn, args) for stage, (fn, args) in jobs.items()}
-        return {stage: f.result() for stage, f in futures.items()}
-
-
-def _one_thread() -> None:
-    import torch
-
-    torch.set_num_threads(1)
-
-
 def run(out: str | Path = "quickstart", preset: str = "tiny", seed: int = 0, parallel: bool = True) -> Path:
     """Run (or finish) the quickstart into `out`; returns the report directory. With `parallel`, the
     independent stages (the two stores, the two finetuning runs, the two evaluations) run side by side,
     one per core; results are the same either way (every stage is seeded on its own)."""
+    from latbot import pipeline
+
     if preset not in PRESETS:
         raise QuickstartError(f"--preset {preset}: choose one of {', '.join(PRESETS)}")
     p = PRESETS[preset]
@@ -248,7 +131,7 @@ def run(out: str | Path = "quickstart", preset: str = "tiny", seed: int = 0, par
 
     def pair(jobs: dict[str, tuple[Callable, tuple]]) -> dict[str, Any]:
         """Two independent stages at once, one per core (`parallel`), or one after the other."""
-        results = _run_side_by_side(jobs) if parallel else {k: _timed_call(f, a) for k, (f, a) in jobs.items()}
+        results = pipeline.side_by_side(jobs, workers=2 if parallel else 1)
         for stage, (_, seconds) in results.items():
             record(stage, seconds)
         return {stage: result for stage, (result, _) in results.items()}
@@ -274,7 +157,7 @@ def run(out: str | Path = "quickstart", preset: str = "tiny", seed: int = 0, par
         f"model.teacher_cache={out / 'cache' / 'teacher_latents'}",
         *extra.get("distill", ()),
     ]
-    _drop_stale_cache(out / "cache" / "teacher_latents", lam)
+    pipeline.drop_stale_cache(out / "cache" / "teacher_latents", lam)
     distill = timed("runs/distill", lambda: train_stage(out, "distill", p.recipes / "distill.yaml", distill_sets))
     few_shot = f"data.sources=[{{store: {held}, demos_per_task: {p.demos_per_task}}}]"
     jobs = {}
@@ -291,5 +174,5 @@ def run(out: str | Path = "quickstart", preset: str = "tiny", seed: int = 0, par
         "report",
         lambda: write_report(out, preset, p, {"pretrain": pre, "heldout": held}, lam, distill, ft, evals, times),
     )
-    _say(f"done in {time.perf_counter() - t_start:.0f} s: {report_dir / 'report.md'}")
+    pipeline.say(f"done in {time.perf_counter() - t_start:.0f} s: {report_dir / 'report.md'}")
     return report_dir

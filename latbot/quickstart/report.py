@@ -61,7 +61,7 @@ def lam_reconstructions(lam_run: Path, store: Path, path: Path, samples: int) ->
     of held-out episodes; returns their PSNR."""
     import torch
 
-    from latbot.analysis.diagnostics import future_frames, lam_clips, psnr
+    from latbot.analysis.diagnostics import future_frames, lam_clips, psnr, reconstruction_quality
     from latbot.data.clips import K_FRAMES, K_INSTRUCTION
 
     lam, data = lam_clips(lam_run, store)
@@ -70,6 +70,10 @@ def lam_reconstructions(lam_run: Path, store: Path, path: Path, samples: int) ->
     pred, small, _ = future_frames(lam, batch, torch.Generator().manual_seed(0), with_actions=False)
     truth = batch[K_FRAMES][:, -1].float() / 255
     values = psnr(pred, small)
+    first = torch.nn.functional.interpolate(
+        batch[K_FRAMES][:, 0].float() / 255, size=pred.shape[-2:], mode="bilinear", antialias=True
+    )
+    quality = reconstruction_quality(pred, small, first)
     plt = _plt()
     fig, axes = plt.subplots(3, samples, figsize=(2.0 * samples, 6.2), squeeze=False)
     rows = [
@@ -89,7 +93,7 @@ def lam_reconstructions(lam_run: Path, store: Path, path: Path, samples: int) ->
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-    return {"psnr_db": float(np.mean(values)), "samples": int(samples), "image": path.name}
+    return {"psnr_db": float(np.mean(values)), "samples": int(samples), "image": path.name, "quality": quality}
 
 
 def training_curves(runs: dict[str, Path], path: Path) -> dict[str, dict[str, float]]:
@@ -171,6 +175,24 @@ def _pct(r: dict) -> str:
     return f"{r['successes']}/{r['episodes']} = {rate:.2f} [{lo:.2f}, {hi:.2f}]" if rate is not None else "—"
 
 
+def _quality_lines(diagnostics: dict) -> list[str]:
+    """Reconstruction judged where things move (pixels changing > 0.05 between V_t and V_t+k), against the
+    trivial prediction "V_t again"."""
+    lines = [
+        "Judged on the moving region (where V_t and V_t+k differ), against copying V_t:",
+        "",
+        "| store | PSNR moving (dB) | copy V_t | SSIM moving | copy V_t | whole-frame PSNR | copy V_t | moving px |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, d in diagnostics.items():
+        q = d["reconstruction"]
+        lines.append(
+            f"| {name} | {q['psnr_moving_db']:.2f} | {q['copy_psnr_moving_db']:.2f} | {q['ssim_moving']:.3f} | "
+            f"{q['copy_ssim_moving']:.3f} | {q['psnr_db']:.2f} | {q['copy_psnr_db']:.2f} | {q['moving_fraction']:.1%} |"
+        )
+    return lines
+
+
 def _markdown(r: dict, preset) -> str:
     s = r["success"]
     lines = [
@@ -202,6 +224,8 @@ def _markdown(r: dict, preset) -> str:
         f"{r['lam_reconstruction']['psnr_db']:.2f} dB over {r['lam_reconstruction']['samples']} clips.",
         "",
         "![reconstructions](lam_reconstructions.png)",
+        "",
+        *_quality_lines(r["latent_diagnostics"]),
         "",
         "## Latent diagnostics",
         "",

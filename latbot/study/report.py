@@ -1,0 +1,269 @@
+"""A study's numbers: success per cell with Wilson intervals, pooled over seeds with a hierarchical
+bootstrap, paired differences against the baseline variant, held-out probe R², plots, report.md/json.
+
+Intervals, stated in the report:
+- a cell (variant, seed, demos): Wilson 95% over its episodes;
+- a variant at a demo count: the mean over seeds of each seed's success rate, with a 95% interval from a
+  hierarchical bootstrap (resample seeds with replacement, then each seed's episodes within each task);
+- a paired difference (variant − baseline) at a demo count: the mean over seeds of the per-seed
+  difference, same bootstrap applied to both arms of a resampled seed together.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+BOOTSTRAP = 2000
+
+
+def _outcomes(evaluation: dict[str, Any]) -> dict[str, np.ndarray]:
+    """task → (episodes,) 0/1 successes of one evaluation report."""
+    out: dict[str, list[float]] = {}
+    for e in evaluation["episodes"]:
+        if e.get("error") is None:
+            out.setdefault(e["task"], []).append(float(e["success"]))
+    return {task: np.asarray(v) for task, v in out.items()}
+
+
+def _rate(outcomes: dict[str, np.ndarray]) -> float:
+    """Mean over tasks of each task's success rate (tasks weigh the same)."""
+    return float(np.mean([v.mean() for v in outcomes.values()]))
+
+
+def _bootstrap(per_seed: list[dict[str, np.ndarray]], rng: np.random.Generator, other=None) -> np.ndarray:
+    """BOOTSTRAP draws of the seed-mean success (or, with `other`, of the paired difference per seed)."""
+    n = len(per_seed)
+    draws = np.empty(BOOTSTRAP)
+    for b in range(BOOTSTRAP):
+        seeds = rng.integers(0, n, n)
+        values = []
+        for s in seeds:
+            value = np.mean([rng.choice(v, len(v)).mean() for v in per_seed[s].values()])
+            if other is not None:
+                value -= np.mean([rng.choice(v, len(v)).mean() for v in other[s].values()])
+            values.append(value)
+        draws[b] = np.mean(values)
+    return draws
+
+
+def aggregate(study, evaluations: dict[str, dict], probes: dict[str, dict], seed: int = 0) -> dict[str, Any]:
+    from latbot.sim.base import wilson_interval
+
+    rng = np.random.default_rng(seed)
+    cells, pooled, paired = [], {}, {}
+    outcomes = {key: _outcomes(ev) for key, ev in evaluations.items()}
+    for name in study.variants:
+        for d in study.demos:
+            per_seed = [outcomes[f"{name}/s{s}/d{d}"] for s in study.seeds]
+            for s, o in zip(study.seeds, per_seed, strict=True):
+                wins, eps = int(sum(v.sum() for v in o.values())), int(sum(len(v) for v in o.values()))
+                cells.append(
+                    {
+                        "variant": name,
+                        "seed": s,
+                        "demos": d,
+                        "successes": wins,
+                        "episodes": eps,
+                        "success_rate": _rate(o),
+                        "ci95": list(wilson_interval(wins, eps)),
+                        "tasks": {t: float(v.mean()) for t, v in o.items()},
+                    }
+                )
+            rates = [_rate(o) for o in per_seed]
+            draws = _bootstrap(per_seed, rng)
+            tasks = {t: float(np.mean([o[t].mean() for o in per_seed])) for t in study.heldout_tasks}
+            pooled[f"{name}/d{d}"] = {
+                "variant": name,
+                "demos": d,
+                "mean": float(np.mean(rates)),
+                "per_seed": rates,
+                "ci95": [float(np.quantile(draws, 0.025)), float(np.quantile(draws, 0.975))],
+                "tasks": tasks,
+            }
+    for name in study.variants:
+        if name == study.baseline:
+            continue
+        for d in study.demos:
+            ours = [outcomes[f"{name}/s{s}/d{d}"] for s in study.seeds]
+            base = [outcomes[f"{study.baseline}/s{s}/d{d}"] for s in study.seeds]
+            diffs = [_rate(a) - _rate(b) for a, b in zip(ours, base, strict=True)]
+            draws = _bootstrap(ours, rng, other=base)
+            lo, hi = float(np.quantile(draws, 0.025)), float(np.quantile(draws, 0.975))
+            paired[f"{name}/d{d}"] = {
+                "variant": name,
+                "against": study.baseline,
+                "demos": d,
+                "mean": float(np.mean(diffs)),
+                "per_seed": diffs,
+                "ci95": [lo, hi],
+                "above_zero": lo > 0,
+            }
+    probe = {}
+    for key, p in probes.items():
+        name, s = key.split("/")
+        probe.setdefault(name, {})[s] = p
+    probe_summary = {
+        name: {
+            group: float(np.mean([p["probe_r2"][group] for p in by_seed.values()]))
+            for group in ("z_mot", "z_sce", "random")
+        }
+        | {"z_mot_above_z_sce": sum(p["probe_r2"]["z_mot"] > p["probe_r2"]["z_sce"] for p in by_seed.values())}
+        for name, by_seed in probe.items()
+    }
+    return {
+        "study": study.name,
+        "variants": list(study.variants),
+        "baseline": study.baseline,
+        "seeds": study.seeds,
+        "demos": study.demos,
+        "heldout_tasks": study.heldout_tasks,
+        "eval_episodes_per_task": study.eval_episodes,
+        "cells": cells,
+        "pooled": pooled,
+        "paired_differences": paired,
+        "probes": probe,
+        "probe_means": probe_summary,
+        "interval_method": __doc__.split("Intervals, stated in the report:")[1].strip(),
+    }
+
+
+def _plots(result: dict, rdir: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = []
+    fig, ax = plt.subplots(figsize=(5.2, 3.6))
+    for k, name in enumerate(result["variants"]):
+        rows = [result["pooled"][f"{name}/d{d}"] for d in result["demos"]]
+        x = np.asarray(result["demos"], float) * (1 + 0.03 * (k - (len(result["variants"]) - 1) / 2))
+        mean = np.array([r["mean"] for r in rows])
+        err = np.array([[r["mean"] - r["ci95"][0], r["ci95"][1] - r["mean"]] for r in rows]).T
+        ax.errorbar(x, mean, yerr=err, marker="o", capsize=3, label=name)
+    ax.set_xscale("log")
+    ax.set_xticks(result["demos"], [str(d) for d in result["demos"]])
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("finetuning demonstrations per held-out task")
+    ax.set_ylabel("success (mean over seeds, 95%)")
+    ax.set_title(f"{result['study']}: held-out tasks")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(rdir / "success_vs_demos.png", dpi=110)
+    plt.close(fig)
+    names.append("success_vs_demos.png")
+    if result["paired_differences"]:
+        fig, ax = plt.subplots(figsize=(5.2, 3.2))
+        for name in result["variants"]:
+            rows = [result["paired_differences"].get(f"{name}/d{d}") for d in result["demos"]]
+            if rows[0] is None:
+                continue
+            mean = np.array([r["mean"] for r in rows])
+            err = np.array([[r["mean"] - r["ci95"][0], r["ci95"][1] - r["mean"]] for r in rows]).T
+            ax.errorbar(result["demos"], mean, yerr=err, marker="o", capsize=3, label=f"{name} − {result['baseline']}")
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.set_xscale("log")
+        ax.set_xticks(result["demos"], [str(d) for d in result["demos"]])
+        ax.set_ylabel("paired difference in success")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(rdir / "paired_difference.png", dpi=110)
+        plt.close(fig)
+        names.append("paired_difference.png")
+    return names
+
+
+def _fmt(r: dict) -> str:
+    return f"{r['mean']:.2f} [{r['ci95'][0]:.2f}, {r['ci95'][1]:.2f}]"
+
+
+def _markdown(result: dict, images: list[str]) -> str:
+    lines = [
+        f"# Study `{result['study']}`",
+        "",
+        f"Held-out tasks: {', '.join(result['heldout_tasks'])}; seeds {result['seeds']}; "
+        f"{result['eval_episodes_per_task']} evaluation episodes per task per cell.",
+        "",
+        "## Success (mean over seeds of the task-averaged success rate, 95% hierarchical bootstrap)",
+        "",
+        "| variant | " + " | ".join(f"{d} demos" for d in result["demos"]) + " |",
+        "|---|" + "---|" * len(result["demos"]),
+    ]
+    for name in result["variants"]:
+        row = [_fmt(result["pooled"][f"{name}/d{d}"]) for d in result["demos"]]
+        lines.append(f"| {name} | " + " | ".join(row) + " |")
+    if result["paired_differences"]:
+        lines += [
+            "",
+            f"## Paired differences against `{result['baseline']}` (same seeds)",
+            "",
+            "| variant | " + " | ".join(f"{d} demos" for d in result["demos"]) + " |",
+            "|---|" + "---|" * len(result["demos"]),
+        ]
+        for name in result["variants"]:
+            if name == result["baseline"]:
+                continue
+            row = []
+            for d in result["demos"]:
+                r = result["paired_differences"][f"{name}/d{d}"]
+                row.append(_fmt(r) + (" ✔" if r["above_zero"] else ""))
+            lines.append(f"| {name} | " + " | ".join(row) + " |")
+        lines.append("")
+        lines.append("✔: the 95% interval of the paired difference lies above 0.")
+    lines += ["", "## Per task (mean over seeds)", ""]
+    lines.append("| variant | demos | " + " | ".join(result["heldout_tasks"]) + " |")
+    lines.append("|---|---|" + "---|" * len(result["heldout_tasks"]))
+    for r in result["pooled"].values():
+        lines.append(
+            f"| {r['variant']} | {r['demos']} | " + " | ".join(f"{r['tasks'][t]:.2f}" for t in result["heldout_tasks"])
+        )
+    if result["probe_means"]:
+        lines += [
+            "",
+            "## Held-out linear probes of the true actions (R², mean over seeds)",
+            "",
+            "| variant | from Z_mot | from Z_sce | from random | seeds with Z_mot > Z_sce |",
+            "|---|---|---|---|---|",
+        ]
+        for name, p in result["probe_means"].items():
+            lines.append(
+                f"| {name} | {p['z_mot']:.3f} | {p['z_sce']:.3f} | {p['random']:.3f} | "
+                f"{p['z_mot_above_z_sce']}/{len(result['seeds'])} |"
+            )
+    lines += [
+        "",
+        "## Cells (Wilson 95% over episodes)",
+        "",
+        "| variant | seed | demos | successes | rate |",
+        "|---|---|---|---|---|",
+    ]
+    for c in result["cells"]:
+        lo, hi = c["ci95"]
+        lines.append(
+            f"| {c['variant']} | {c['seed']} | {c['demos']} | {c['successes']}/{c['episodes']} | "
+            f"{c['success_rate']:.2f} [{lo:.2f}, {hi:.2f}] |"
+        )
+    lines += ["", "## Intervals", "", result["interval_method"], ""]
+    lines += [f"![{name}]({name})" for name in images]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(study, out: Path, evaluations: dict[str, dict], probes: dict[str, dict]) -> Path:
+    import shutil
+
+    from latbot.artifacts import parent_ref, write_manifest
+
+    rdir = out / "report"
+    shutil.rmtree(rdir, ignore_errors=True)
+    rdir.mkdir(parents=True)
+    result = aggregate(study, evaluations, probes)
+    images = _plots(result, rdir)
+    (rdir / "report.json").write_text(json.dumps(result, indent=2) + "\n")
+    (rdir / "report.md").write_text(_markdown(result, images))
+    parents = [parent_ref(out / key / "eval", "eval") for key in evaluations]
+    write_manifest(rdir, "report", parents=parents, extra={"study": study.name})
+    return rdir

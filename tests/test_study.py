@@ -1,0 +1,103 @@
+"""`latbot study`: the grid runs through the real pipeline, resumes by skipping finished cells, and its
+aggregation (Wilson per cell, hierarchical bootstrap over seeds, paired differences) says what it should."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from latbot.study import Study, load_study
+from latbot.study.report import aggregate
+from tests.conftest import REPO
+
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "MUJOCO_GL": "egl"}
+
+
+def _evaluation(task_successes: dict[str, list[int]]) -> dict:
+    return {
+        "episodes": [{"task": t, "success": bool(x), "error": None} for t, xs in task_successes.items() for x in xs]
+    }
+
+
+def _study(**update) -> Study:
+    base = {
+        "name": "t",
+        "pretrain_tasks": ["reach"],
+        "pretrain_episodes": 1,
+        "heldout_tasks": ["a", "b"],
+        "demos": [5],
+        "seeds": [0, 1, 2],
+        "eval_episodes": 10,
+        "baseline": "base",
+        "variants": {
+            "ours": {"lam": "x.yaml", "distill": "y.yaml", "finetune": "z.yaml"},
+            "base": {"finetune": "z.yaml"},
+        },
+    }
+    return Study.model_validate(base | update)
+
+
+def test_aggregation_pools_seeds_and_pairs_variants():
+    study = _study()
+    evaluations = {}
+    for s in study.seeds:
+        evaluations[f"ours/s{s}/d5"] = _evaluation({"a": [1] * 9 + [0], "b": [1] * 8 + [0] * 2})
+        evaluations[f"base/s{s}/d5"] = _evaluation({"a": [1] * 3 + [0] * 7, "b": [0] * 10})
+    probes = {f"ours/s{s}": {"probe_r2": {"z_mot": 0.6, "z_sce": 0.4, "random": -1.0}} for s in study.seeds}
+    r = aggregate(study, evaluations, probes)
+    ours, base = r["pooled"]["ours/d5"], r["pooled"]["base/d5"]
+    assert ours["mean"] == pytest.approx(0.85) and base["mean"] == pytest.approx(0.15)  # tasks weigh the same
+    assert ours["ci95"][0] <= ours["mean"] <= ours["ci95"][1]
+    diff = r["paired_differences"]["ours/d5"]
+    assert diff["mean"] == pytest.approx(0.70) and diff["above_zero"] and diff["ci95"][0] > 0.4
+    cell = next(c for c in r["cells"] if c["variant"] == "ours" and c["seed"] == 0)
+    assert cell["successes"] == 17 and cell["episodes"] == 20 and 0.6 < cell["ci95"][0] < 0.85 < cell["ci95"][1]
+    assert r["probe_means"]["ours"]["z_mot_above_z_sce"] == 3
+
+
+def test_a_difference_that_seeds_disagree_on_is_not_called_significant():
+    study = _study()
+    rng = np.random.default_rng(0)
+    evaluations = {}
+    for s in study.seeds:
+        for name in ("ours", "base"):
+            evaluations[f"{name}/s{s}/d5"] = _evaluation({t: list(rng.integers(0, 2, 10)) for t in ("a", "b")})
+    diff = aggregate(study, evaluations, {})["paired_differences"]["ours/d5"]
+    assert diff["ci95"][0] < 0 < diff["ci95"][1] and not diff["above_zero"]
+
+
+def test_study_files_are_checked():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="never be pretrained"):
+        _study(pretrain_tasks=["a"])
+    with pytest.raises(ValidationError, match="baseline 'nope'"):
+        _study(baseline="nope")
+    with pytest.raises(ValidationError, match="both `lam` and `distill`"):
+        _study(variants={"base": {"finetune": "z.yaml", "lam": "x.yaml"}})
+    for name in ("fewshot_metaworld", "table5_metaworld", "smoke"):
+        study = load_study(REPO / "recipes/studies" / f"{name}.yaml")
+        for v in study.variants.values():
+            assert v.finetune.is_file()
+
+
+def test_smoke_study_runs_the_pipeline_then_resumes_by_skipping(tmp_path):
+    out = tmp_path / "study"
+    cmd = [sys.executable, "-m", "latbot", "study", str(REPO / "recipes/studies/smoke.yaml"), "--out", str(out)]
+    first = subprocess.run(cmd, capture_output=True, text=True, env=ENV, cwd=REPO, timeout=1200)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    report = json.loads((out / "report" / "report.json").read_text())
+    assert len(report["cells"]) == 2 and set(report["pooled"]) == {"latbot/d2", "pi05/d2"}
+    assert set(report["paired_differences"]) == {"latbot/d2"} and set(report["probes"]["latbot"]) == {"s0"}
+    assert all(0.0 <= c["success_rate"] <= 1.0 and c["episodes"] == 2 for c in report["cells"])
+    assert (out / "report" / "success_vs_demos.png").stat().st_size > 1000
+    assert "Paired differences" in (out / "report" / "report.md").read_text()
+    second = subprocess.run(cmd, capture_output=True, text=True, env=ENV, cwd=REPO, timeout=600)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert second.stdout.count("up to date, skipped") >= 2 + 2 + 2 + 2  # stores, LAM + distill, finetunes, evals
+    assert "training (" not in second.stdout
