@@ -176,11 +176,14 @@ def info(
 
 @app.command()
 @user_errors
-def verify(store: Path = typer.Argument(..., help="Episode store.")) -> None:
-    """Check a store thoroughly; exit 0 when sound, 1 with a report of every problem."""
+def verify(
+    store: str = typer.Argument(..., help="Episode store, or a set: a glob of shard stores or a list file."),
+) -> None:
+    """Check a store (or every store of a set) thoroughly; exit 0 when sound, 1 with a report of every problem."""
+    from latbot.data.mixture import resolve_stores
     from latbot.data.verify import verify_store
 
-    problems = verify_store(store, progress=True)
+    problems = [p for path in resolve_stores(store) for p in verify_store(path, progress=True)]
     if not problems:
         typer.echo(f"ok: {store}")
         return
@@ -192,12 +195,25 @@ def verify(store: Path = typer.Argument(..., help="Episode store.")) -> None:
 
 @app.command()
 @user_errors
-def stats(store: Path = typer.Argument(..., help="Episode store.")) -> None:
-    """Recompute the store's normalisation statistics (mean, std, min, max, q01, q99 per dimension)."""
+def stats(
+    store: str = typer.Argument(..., help="Episode store, or a set: a glob of shard stores or a list file."),
+    out: Path | None = typer.Option(None, "--out", help="A set: write the merged statistics here (JSON)."),
+) -> None:
+    """Recompute normalisation statistics (mean, std, min, max, q01, q99 per dimension). For a set, each
+    store's own, and the set's merged exactly (quantiles over all the set's rows, as for one store)."""
     from latbot.data.convert import finalize
+    from latbot.data.mixture import merged_stats, resolve_stores
     from latbot.data.store import EpisodeStore
 
-    with EpisodeStore.open(store, mode="a") as s:
-        finalize(s)
-        n = s.num_frames
-    typer.echo(f"{store}: statistics recomputed over {n} frames")
+    paths = resolve_stores(store)
+    total = 0
+    for path in paths:
+        with EpisodeStore.open(path, mode="a") as s:
+            finalize(s)
+            total += s.num_frames
+    if len(paths) > 1:
+        merged = merged_stats(paths)
+        if out is not None:
+            out.write_text(json.dumps(merged, indent=1))
+        typer.echo(f"{store}: merged statistics of {len(paths)} stores" + (f" written to {out}" if out else ""))
+    typer.echo(f"{store}: statistics recomputed over {total} frames")

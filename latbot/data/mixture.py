@@ -1,11 +1,83 @@
 """Training mixtures over episode stores: `build_mixture` turns a recipe's `data.sources` (a mixture file
 is resolved into sources when the recipe loads, latbot.recipes.mixture) into one dataset plus a
 `MixtureSampler` that draws sources by weight; `select_episodes` makes few-shot splits.
+
+A source's `store` may name a SET of stores, e.g. the shards of one conversion (`latbot data convert
+--shard I/N`): a glob (`fractal/shard-*`) or a text file listing one store per line. The set is one
+source: its clips are ordered by the natural order of their episodes' source keys, which is the order a
+single-process conversion writes, so a mixture over the shards samples exactly what it would from one
+store holding the same episodes (and resumes exactly, the sampler being a function of its position).
 """
 
 from __future__ import annotations
 
+import glob
+import itertools
+from pathlib import Path
+
+import numpy as np
+
 from latbot.recipes.schema import DataSource
+
+GLOB_CHARS = set("*?[")
+
+
+def resolve_stores(store: str | Path) -> list[Path]:
+    """The stores a source names: itself, the sorted matches of a glob, or the lines of a list file."""
+    from latbot.data.store import StoreError
+
+    text = str(store)
+    if GLOB_CHARS & set(text):
+        found = sorted(Path(p) for p in glob.glob(text) if (Path(p) / "zarr.json").is_file())
+        if not found:
+            raise StoreError(f"{text}: no episode store matches this pattern")
+        return found
+    path = Path(text)
+    if path.is_file():
+        lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines()]
+        listed = [Path(ln) if Path(ln).is_absolute() else path.parent / ln for ln in lines if ln and ln[0] != "#"]
+        if not listed:
+            raise StoreError(f"{path}: lists no store (one store path per line)")
+        return listed
+    return [path]
+
+
+def stores_exist(store: str | Path) -> bool:
+    """True when every store a source names is there (for `latbot recipe validate`)."""
+    try:
+        return all((p / "zarr.json").is_file() for p in resolve_stores(store))
+    except Exception:  # a pattern with no match, an unreadable list file
+        return False
+
+
+class StoreSet:
+    """Several per-store datasets (one per shard) as one, in the natural order of the episodes' source keys."""
+
+    def __init__(self, parts: list):
+        from latbot.data.convert import natural_key
+
+        entries = []  # (key, part, first index in the part, number of samples)
+        for p, part in enumerate(parts):
+            episodes = np.asarray([e for e, _ in part.starts], np.int64)  # runs: one per episode, in order
+            bounds = np.r_[0, np.flatnonzero(np.diff(episodes)) + 1, len(episodes)]
+            for lo, hi in itertools.pairwise(bounds):
+                entries.append((part.store.records[int(episodes[lo])].key, p, int(lo), int(hi - lo)))
+        keys = [e[0] for e in entries]
+        if len(set(keys)) != len(keys):
+            raise ValueError("the stores of a set hold the same source key twice (overlapping shards?)")
+        entries.sort(key=lambda e: natural_key(e[0]))
+        self.parts = parts
+        self.part = np.array([e[1] for e in entries], np.int64)
+        self.first = np.array([e[2] for e in entries], np.int64)
+        self.ends = np.cumsum([e[3] for e in entries])
+
+    def __len__(self) -> int:
+        return int(self.ends[-1]) if len(self.ends) else 0
+
+    def __getitem__(self, i: int):
+        j = int(np.searchsorted(self.ends, i, side="right"))
+        before = int(self.ends[j - 1]) if j else 0
+        return self.parts[self.part[j]][int(self.first[j]) + i - before]
 
 
 def build_mixture(
@@ -27,32 +99,77 @@ def build_mixture(
 
     parts = []
     for k, s in enumerate(sources):
-        episodes = source_episodes(s)
         stats = action_stats[k] if action_stats is not None else None
-        parts.append(
+        clips = [
             ClipDataset(
-                s.store,
+                store,
                 num_frames,
                 s.frame_stride,
-                episodes=episodes,
+                episodes=source_episodes(s, store),
                 cameras=cameras,
                 normalize=normalize,
                 action_stats=stats,
             )
-        )
+            for store in _non_empty(resolve_stores(s.store))
+        ]
+        parts.append(clips[0] if len(clips) == 1 else StoreSet(clips))
     sampler = MixtureSampler(
         [len(p) for p in parts], [s.weight for s in sources], seed=seed, rank=rank, world_size=world_size
     )
     return ConcatDataset(parts), sampler
 
 
-def source_episodes(source: DataSource) -> list[int] | None:
-    """The episodes a source contributes after its `tasks` / `exclude_tasks` / `demos_per_task` (None: all)."""
+def merged_stats(paths: list[Path]) -> dict:
+    """Statistics of a set of stores as if they were one: every store's rows, concatenated, through the same
+    `compute_stats` (exact quantiles of the union, not an average of per-store quantiles)."""
+    from dataclasses import replace
+
+    from latbot.data.normalize import compute_stats
+    from latbot.data.store import EpisodeStore
+
+    arrays: dict[str, list] = {"actions": [], "states": []}
+    records, offset = [], 0
+    for path in paths:
+        with EpisodeStore.open(path) as store:
+            for name in arrays:
+                arrays[name].append(store.read_rows(name, 0, store.num_frames))
+            records += [replace(r, offset=r.offset + offset) for r in store.records]
+            offset += store.num_frames
+
+    class _Union:  # what compute_stats reads of a store
+        num_frames = offset
+
+        def __init__(self):
+            self.records = records
+
+        def array(self, name):
+            return np.concatenate(arrays[name])
+
+    return compute_stats(_Union())
+
+
+def _non_empty(stores: list[Path]) -> list[Path]:
+    """The stores of a set that hold episodes (a shard may be empty); a lone store is kept as it is."""
+    from latbot.data.store import EpisodeStore
+
+    if len(stores) == 1:
+        return stores
+    kept = []
+    for path in stores:
+        with EpisodeStore.open(path) as store:
+            if store.num_episodes:
+                kept.append(path)
+    return kept or stores[:1]
+
+
+def source_episodes(source: DataSource, store: str | Path | None = None) -> list[int] | None:
+    """The episodes a source (or one `store` of its set) contributes after its `tasks` / `exclude_tasks` /
+    `demos_per_task` (None: all). On a set, `demos_per_task` counts per store."""
     from latbot.data.store import EpisodeStore
 
     if source.tasks is None and not source.exclude_tasks and source.demos_per_task is None:
         return None
-    with EpisodeStore.open(source.store) as store:
+    with EpisodeStore.open(store if store is not None else source.store) as store:
         return select_episodes(store.records, source.tasks, source.demos_per_task, source.exclude_tasks)
 
 

@@ -505,7 +505,7 @@ def _missing_paths(recipe: RecipeModel, source: RecipeSource) -> list[str]:
             values = nxt
         mixture = source.data.get("data", {}).get("mixture") if isinstance(source.data.get("data"), dict) else None
         for loc, value in values:
-            if value is None or Path(value).exists():
+            if value is None or _exists(loc, value):
                 continue
             if mixture and loc[:2] == ("data", "sources"):  # a source listed in the mixture file
                 name = recipe.data.sources[loc[2]].name or loc[2]
@@ -516,6 +516,15 @@ def _missing_paths(recipe: RecipeModel, source: RecipeSource) -> list[str]:
             else:
                 problems.append(f"{source.where(loc)}: {dotted(loc)}: '{value}' does not exist")
     return problems
+
+
+def _exists(loc: Loc, value: Any) -> bool:
+    """A path exists; a data source's store may also name a set of shard stores (a glob or a list file)."""
+    if loc[:2] == ("data", "sources"):
+        from latbot.data.mixture import stores_exist
+
+        return stores_exist(value)
+    return Path(value).exists()
 
 
 def _resolve_mixture(recipe: RecipeModel, source: RecipeSource) -> RecipeModel:
