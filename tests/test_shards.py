@@ -118,3 +118,21 @@ def test_verify_and_stats_work_across_the_set(converted):
     out = root / "merged.json"
     result = runner.invoke(app, ["data", "stats", str(root / "sharded/shard-*"), "--out", str(out)])
     assert result.exit_code == 0 and out.is_file(), result.output
+
+
+def test_the_lam_normalises_a_shard_set_as_the_single_store(converted):
+    """The LAM's per-source action statistics (aggregated deltas at the stride) over the set equal the
+    single store's; distillation's subtask coverage too."""
+    from latbot.data.mixture import source_action_stats
+    from latbot.stages.distill import subtask_coverage
+
+    root, _ = converted
+    single = DataSource(store=root / "single", frame_stride=2)
+    sharded = DataSource(store=root / "sharded" / "shard-*", frame_stride=2)
+    a, b = source_action_stats(single), source_action_stats(sharded)
+    assert a["intervals"] == b["intervals"] > 0
+    for key in ("q01", "q99", "mean"):
+        np.testing.assert_allclose(
+            [np.nan if v is None else v for v in a[key]], [np.nan if v is None else v for v in b[key]], rtol=1e-9
+        )
+    assert subtask_coverage(single) == pytest.approx(subtask_coverage(sharded))

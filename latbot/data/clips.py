@@ -233,7 +233,7 @@ class ChunkDataset(_StoreDataset):
 
 
 def interval_action_stats(
-    store: str | Path,
+    store: str | Path | Sequence[tuple[str | Path, Sequence[int] | None]],
     stride: int,
     episodes: Sequence[int] | None = None,
     max_episodes: int = 2000,
@@ -241,22 +241,17 @@ def interval_action_stats(
 ) -> dict[str, Any]:
     """Statistics (mean, std, min, max, q01, q99 per dimension; None where no episode fills it) of the
     per-interval actions a LAM sees at `stride`: every window of `stride` consecutive steps, aggregated as
-    in `aggregate_actions`. At most `max_episodes` episodes (a deterministic random subset) are read."""
+    in `aggregate_actions`. `store` is one store (with optional `episodes`) or a set of (store, episodes)
+    pairs taken together; at most `max_episodes` episodes in all (a deterministic random subset) are read."""
     from latbot.data.normalize import STAT_KEYS
-    from latbot.data.store import EpisodeStore
 
-    with EpisodeStore.open(store) as s:
-        records = [s.records[i] for i in episodes] if episodes is not None else list(s.records)
-        if len(records) > max_episodes:
-            pick = np.sort(np.random.default_rng(seed).choice(len(records), max_episodes, replace=False))
-            records = [records[i] for i in pick]
-        rows, masks = [], []
-        for rec in records:
-            steps = np.asarray(s.read_rows("actions", rec.offset, rec.stop), np.float64)
-            for offset in range(min(stride, len(steps))):  # every window start, in `stride` interleaved passes
-                windows = aggregate_actions(steps[offset:], stride)
-                rows.append(windows)
-                masks.append(np.broadcast_to(rec.masks()[0], windows.shape))
+    parts = [(store, episodes)] if isinstance(store, str | Path) else list(store)
+    rows, masks, read = [], [], 0
+    for path, chosen in parts:
+        r, m, n = _interval_windows(path, stride, chosen, max(1, max_episodes // len(parts)), seed)
+        rows += r
+        masks += m
+        read += n
     values = np.concatenate(rows) if rows else np.zeros((0, 44))
     valid = np.concatenate(masks) if masks else np.zeros((0, 44), bool)
     out: dict[str, Any] = {k: [] for k in STAT_KEYS}
@@ -269,7 +264,27 @@ def interval_action_stats(
         )
         for k, v in zip(STAT_KEYS, numbers, strict=True):
             out[k].append(None if v is None else float(v))
-    return out | {"stride": stride, "intervals": len(values), "episodes": len(records)}
+    return out | {"stride": stride, "intervals": len(values), "episodes": read}
+
+
+def _interval_windows(store, stride: int, episodes, max_episodes: int, seed: int):
+    """([aggregated windows (n, 44)], [their validity masks], episodes read) of one store."""
+    from latbot.data.store import EpisodeStore
+
+    with EpisodeStore.open(store) as s:
+        records = [s.records[i] for i in episodes] if episodes is not None else list(s.records)
+        if len(records) > max_episodes:
+            pick = np.sort(np.random.default_rng(seed).choice(len(records), max_episodes, replace=False))
+            records = [records[i] for i in pick]
+        actions = s.array("actions")
+        rows, masks = [], []
+        for rec in records:
+            steps = np.asarray(actions[rec.offset : rec.stop], np.float64)
+            for offset in range(min(stride, len(steps))):  # every window start, in `stride` interleaved passes
+                windows = aggregate_actions(steps[offset:], stride)
+                rows.append(windows)
+                masks.append(np.broadcast_to(rec.masks()[0], windows.shape))
+    return rows, masks, len(records)
 
 
 def aggregate_actions(steps: np.ndarray, stride: int) -> np.ndarray:

@@ -173,6 +173,15 @@ def source_episodes(source: DataSource, store: str | Path | None = None) -> list
         return select_episodes(store.records, source.tasks, source.demos_per_task, source.exclude_tasks)
 
 
+def source_action_stats(source: DataSource) -> dict:
+    """The LAM's action statistics of one source (a store or a set of shard stores, taken as one):
+    `latbot.data.clips.interval_action_stats` at the source's stride over its selected episodes."""
+    from latbot.data.clips import interval_action_stats
+
+    stores = _non_empty(resolve_stores(source.store))
+    return interval_action_stats([(p, source_episodes(source, p)) for p in stores], source.frame_stride)
+
+
 def select_episodes(
     records, tasks: list[str] | None, demos_per_task: int | None, exclude_tasks: list[str] = ()
 ) -> list[int]:

@@ -65,8 +65,9 @@ class Stage:
 
     def source_parents(self) -> list:
         from latbot.artifacts import parent_ref
+        from latbot.data.mixture import resolve_stores
 
-        return [parent_ref(s.store, "episode_store") for s in self.sources()]
+        return [parent_ref(path, "episode_store") for s in self.sources() for path in resolve_stores(s.store)]
 
     # -- the life cycle --------------------------------------------------------------------------------------
     @classmethod

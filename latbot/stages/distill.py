@@ -142,12 +142,14 @@ class DistillStage(Stage):
 def subtask_coverage(source) -> float:
     """Share of the source's steps (its selected episodes) that carry a subtask annotation; the rest get the
     `subtask_fallback` treatment."""
-    from latbot.data.mixture import source_episodes
+    from latbot.data.mixture import resolve_stores, source_episodes
     from latbot.data.store import EpisodeStore
 
-    with EpisodeStore.open(source.store) as store:
-        chosen = source_episodes(source)
-        records = [store.records[i] for i in chosen] if chosen is not None else store.records
-        steps = sum(r.length for r in records)
-        covered = sum(1 for r in records for t in range(r.length) if r.subtask_at(t) is not None)
+    steps = covered = 0
+    for path in resolve_stores(source.store):  # one store, or every store of a shard set
+        with EpisodeStore.open(path) as store:
+            chosen = source_episodes(source, path)
+            records = [store.records[i] for i in chosen] if chosen is not None else store.records
+            steps += sum(r.length for r in records)
+            covered += sum(1 for r in records for t in range(r.length) if r.subtask_at(t) is not None)
     return covered / max(steps, 1)

@@ -51,14 +51,11 @@ class LamStage(Stage):
     def prepare(self) -> None:
         """The sources (a recipe without data fails before anything is created on disk) and, per source, the
         statistics its action targets are normalised with (deterministic: a resumed run recomputes the same)."""
-        from latbot.data.clips import interval_action_stats
-        from latbot.data.mixture import source_episodes
+        from latbot.data.mixture import source_action_stats
 
         self.action_stats = None
         if self.recipe.model.action_normalization == "quantile":
-            self.action_stats = [
-                interval_action_stats(s.store, s.frame_stride, episodes=source_episodes(s)) for s in self.sources()
-            ]
+            self.action_stats = [source_action_stats(s) for s in self.sources()]
         else:
             self.sources()
 
@@ -96,12 +93,14 @@ class LamStage(Stage):
         return {"rank_z_sce": effective_rank(z_sce), "rank_z_mot": effective_rank(z_mot)}
 
     def extra(self, model) -> dict:
+        from latbot.data.mixture import resolve_stores
         from latbot.data.store import EpisodeStore
 
         stats = {}
         for s in self.sources():  # the statistics of the stores the weights were trained on
-            with EpisodeStore.open(s.store) as store:
-                stats[str(s.store)] = store.stats
+            for path in resolve_stores(s.store):
+                with EpisodeStore.open(path) as store:
+                    stats[str(path)] = store.stats
         normalization = {"method": self.recipe.model.action_normalization, "sources": []}
         for s, a in zip(self.sources(), self.action_stats or [], strict=False):
             normalization["sources"].append({"store": str(s.store), **a})
