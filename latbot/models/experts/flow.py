@@ -5,7 +5,11 @@ tokens x_t. Every block: adaptive RMSNorm conditioned on the flow time t (scale,
 gate, as pi0.5's adaRMS) → self-attention over the expert's tokens (bidirectional within the chunk) →
 cross-attention to the VLM's hidden states → MLP. Block i reads the VLM layer at the same relative depth
 (layer ⌈(i + 1)·L / depth⌉), so a deep expert follows the VLM layer by layer as pi0's shared attention
-does; the VLM runs once per prediction and the 10 denoising steps reuse its states.
+does; the VLM runs once per prediction and the 10 denoising steps reuse its states. At inference
+`context()` computes, once per prediction, every block's normalised cross-attention keys and values over
+the VLM's hidden states (a `gemma.PrefixCache`, the container the pi0.5 expert's prefix cache uses) and
+the time conditioning of every Euler step (the adaRMS scale, shift and gate of each norm, for all steps
+in one batched projection); each step then runs only the expert's own tokens.
 
 Outputs: the flow velocity v(x_t, t) for every unified action dimension, and gripper logits (left,
 right) per step. Training (pi0.5 convention, t = 1 noise, t = 0 data): t ~ Beta(1.5, 1)·0.999 + 0.001,
@@ -18,6 +22,7 @@ Euler steps from noise; the gripper comes from the logits of the last step. The 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -27,7 +32,7 @@ from torch.nn import functional as F
 
 from latbot.config import PluginConfig
 from latbot.data.spaces import ACTION_DIM, ACTION_GRIPPER, ACTION_POS, ACTION_ROT, ARMS, STATE_DIM
-from latbot.models import flow
+from latbot.models import flow, gemma
 
 
 def ee_dims() -> torch.Tensor:
@@ -40,6 +45,16 @@ def ee_dims() -> torch.Tensor:
 
 
 GRIPPER_DIMS = [ACTION_GRIPPER[arm] for arm in ARMS]
+
+
+@dataclass
+class FlowContext(gemma.PrefixCache):
+    """What the denoising steps of one prediction share (`FlowActionExpert.context`): per block the
+    cross-attention keys and values over its VLM layer (B, heads, M, hd) and the context mask (B, M), as
+    pi0.5's prefix cache holds them; `mods[norm][step]`: an adaRMS norm's (scale, shift, gate) at an Euler
+    step (norms: 3 per block, then the final one)."""
+
+    mods: list | None = None
 
 
 def sincos(t: torch.Tensor, dim: int, min_period: float = 4e-3, max_period: float = 4.0) -> torch.Tensor:
@@ -60,9 +75,14 @@ class AdaRMSNorm(nn.Module):
         nn.init.zeros_(self.mod.weight)
         nn.init.zeros_(self.mod.bias)
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        scale, shift, gate = self.mod(cond)[:, None].chunk(3, dim=-1)
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | tuple) -> tuple[torch.Tensor, torch.Tensor]:
+        """`cond` (B, C), or its precomputed modulation `(scale, shift, gate)` from `modulation`."""
+        scale, shift, gate = self.modulation(cond) if isinstance(cond, torch.Tensor) else cond
         return self.norm(x) * (1 + scale) + shift, gate
+
+    def modulation(self, cond: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """cond (..., B, C) → scale, shift, gate (..., B, 1, width)."""
+        return self.mod(cond).unsqueeze(-2).chunk(3, dim=-1)
 
 
 class Attention(nn.Module):
@@ -73,13 +93,21 @@ class Attention(nn.Module):
         self.kv = nn.Linear(kv_width or width, 2 * width)
         self.out = nn.Linear(width, width)
 
-    def forward(self, x: torch.Tensor, ctx: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, ctx: torch.Tensor | None, key_mask: torch.Tensor | None = None, kv=None
+    ) -> torch.Tensor:
+        """`kv`: keys and values (B, heads, M, hd) already projected from `ctx` (`keys_values`)."""
         b, n, w = x.shape
         q = self.q(x).view(b, n, self.heads, -1).transpose(1, 2)
-        k, v = self.kv(ctx).view(b, ctx.shape[1], 2, self.heads, -1).permute(2, 0, 3, 1, 4)
+        k, v = kv if kv is not None else self.keys_values(ctx)
         mask = None if key_mask is None else key_mask[:, None, None, :].bool()
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.out(y.transpose(1, 2).reshape(b, n, w))
+
+    def keys_values(self, ctx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """ctx (B, M, D) → keys, values (B, heads, M, hd)."""
+        k, v = self.kv(ctx).view(ctx.shape[0], ctx.shape[1], 2, self.heads, -1).permute(2, 0, 3, 1, 4)
+        return k, v
 
 
 class ExpertBlock(nn.Module):
@@ -92,13 +120,20 @@ class ExpertBlock(nn.Module):
         hidden = int(width * mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, width))
 
-    def forward(self, x, cond, ctx, ctx_mask):
-        h, gate = self.norm1(x, cond)
+    def forward(self, x, cond, ctx, ctx_mask, kv=None, mods=None):
+        """`kv`: this block's cross-attention keys and values (`context_kv`); `mods`: the three norms'
+        precomputed modulations (`AdaRMSNorm.modulation`); either replaces recomputing from ctx / cond."""
+        mods = mods or (cond, cond, cond)
+        h, gate = self.norm1(x, mods[0])
         x = x + gate * self.self_attn(h, h)
-        h, gate = self.norm2(x, cond)
-        x = x + gate * self.cross_attn(h, self.ctx_norm(ctx), ctx_mask)
-        h, gate = self.norm3(x, cond)
+        h, gate = self.norm2(x, mods[1])
+        x = x + gate * self.cross_attn(h, None if kv is not None else self.ctx_norm(ctx), ctx_mask, kv)
+        h, gate = self.norm3(x, mods[2])
         return x + gate * self.mlp(h)
+
+    def context_kv(self, ctx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The cross-attention's keys and values over the normalised VLM states (the same at every step)."""
+        return self.cross_attn.keys_values(self.ctx_norm(ctx))
 
 
 class FlowActionExpert(nn.Module):
@@ -142,19 +177,47 @@ class FlowActionExpert(nn.Module):
         """Index into the VLM's hidden-state tuple (0 = embeddings, L = last layer) read by block i."""
         return math.ceil((i + 1) * self.vlm_layers / len(self.blocks))
 
-    def forward(self, x_t, t, state, layers, ctx_mask, action_mask=None):
+    def forward(self, x_t, t, state, layers, ctx_mask, action_mask=None, cache=None, step=None):
         """x_t (B, H, 44), t (B,), state (B, 46), layers: the VLM's L + 1 hidden states (B, N, D),
         ctx_mask (B, N), action_mask (B, 44): dimensions the embodiment does not have are zeroed in the
-        input → velocity (B, H, 44), gripper logits (B, H, 2)."""
+        input → velocity (B, H, 44), gripper logits (B, H, 2). `cache` (`context`): the blocks' keys and
+        values over `layers`, which are then not read; with `step`, also that Euler step's conditioning."""
         if action_mask is not None:
             x_t = x_t * action_mask[:, None, :].to(x_t.dtype)
-        cond = self.time_mlp(sincos(t, self.config.width).to(x_t.dtype))
+        n = len(self.blocks)
+        if cache is not None and step is not None:
+            mods = [m[step] for m in cache.mods]  # per norm: (scale, shift, gate) of this step
+            cond = None
+        else:
+            cond = self.time_mlp(sincos(t, self.config.width).to(x_t.dtype))
+            mods = [None] * (3 * n) + [cond]
         tokens = torch.cat([self.state_in(state)[:, None], self.action_in(x_t)], dim=1) + self.pos
         for i, block in enumerate(self.blocks):
-            tokens = block(tokens, cond, layers[self.layer_for_block(i)], ctx_mask)
-        h, _ = self.final_norm(tokens, cond)
+            kv = (cache.keys[i], cache.values[i]) if cache is not None else None
+            norms = tuple(mods[3 * i : 3 * i + 3]) if mods[3 * i] is not None else None
+            ctx = layers[self.layer_for_block(i)] if cache is None else None
+            tokens = block(tokens, cond, ctx, ctx_mask, kv, norms)
+        h, _ = self.final_norm(tokens, mods[-1])
         h = h[:, 1:]
         return self.velocity(h), self.gripper(h)
+
+    def context(self, layers, ctx_mask, times: torch.Tensor | None = None) -> FlowContext:
+        """What every denoising step shares, computed once: each block's cross-attention keys and values
+        over its (normalised) VLM layer; with `times` (S,) — the Euler steps' flow
+        times — also `mods`: per adaRMS norm (3 per block, then the final one), its (scale, shift, gate)
+        at every step, (S, B, 1, width) each, from one batched projection."""
+        keys, values = zip(
+            *(blk.context_kv(layers[self.layer_for_block(i)]) for i, blk in enumerate(self.blocks)), strict=True
+        )
+        cache = FlowContext(list(keys), list(values), ctx_mask.bool())
+        if times is not None:
+            b = ctx_mask.shape[0]
+            dtype = keys[0].dtype
+            cond = self.time_mlp(sincos(times.to(keys[0].device), self.config.width).to(dtype))  # (S, W)
+            cond = cond[:, None].expand(-1, b, -1)  # (S, B, W): every sample of the batch shares t
+            norms = [n for blk in self.blocks for n in (blk.norm1, blk.norm2, blk.norm3)] + [self.final_norm]
+            cache.mods = [list(zip(*norm.modulation(cond), strict=True)) for norm in norms]
+        return cache
 
     def loss(self, actions, gripper, action_mask, pad, state, layers, ctx_mask) -> dict[str, torch.Tensor]:
         """actions (B, H, 44) normalised; gripper (B, H, 2) unnormalised in [0, 1]; action_mask (B, 44);
@@ -174,14 +237,65 @@ class FlowActionExpert(nn.Module):
     @torch.no_grad()
     def sample(self, state, layers, ctx_mask, action_mask=None, generator: torch.Generator | None = None):
         """Euler integration from noise (t = 1) to data (t = 0) → actions (B, H, 44) normalised,
-        gripper probabilities (B, H, 2) from the last step."""
+        gripper probabilities (B, H, 2) from the last step. What the steps share is computed once
+        (`context`: cross-attention keys and values; every norm's modulation at every step in one
+        projection); each step then runs `_step`, `forward`'s network over the expert's own tokens in
+        functional ops (tests/test_flow_expert.py checks it against `forward`'s loop)."""
         b = state.shape[0]
         x = torch.randn((b, self.horizon, ACTION_DIM), generator=generator, device="cpu").to(state.device, state.dtype)
-        last = {}
+        steps = self.config.num_steps
+        dt = 1.0 / steps
+        times = torch.tensor([1.0 - k * dt for k in range(steps)], dtype=torch.float32)  # as flow.integrate
+        cache = self.context(layers, ctx_mask)
+        mods = self._modulations(times.to(x.device, x.dtype))
+        mask = None if action_mask is None else action_mask[:, None, :].to(x.dtype)
+        state_token = self.state_in(state)[:, None] + self.pos[:1]  # (B, 1, W): the same at every step
+        qkv = [
+            (
+                torch.cat([b.self_attn.q.weight, b.self_attn.kv.weight]),
+                torch.cat([b.self_attn.q.bias, b.self_attn.kv.bias]),
+            )
+            for b in self.blocks
+        ]
+        h = x
+        for k in range(steps):  # flow.integrate's Euler loop
+            h = self._step(x if mask is None else x * mask, state_token, cache, mods[k], qkv)
+            x = x - dt * F.linear(h, self.velocity.weight, self.velocity.bias)
+        return x, torch.sigmoid(F.linear(h, self.gripper.weight, self.gripper.bias).float())
 
-        def velocity(x, t):
-            v, last["logits"] = self(x, t, state, layers, ctx_mask, action_mask)
-            return (v,)
+    def _modulations(self, times: torch.Tensor) -> list[list[torch.Tensor]]:
+        """Per Euler step, per adaRMS norm (3 per block, then the final one): 1 + scale, shift and gate,
+        (1, 1, W) each (the flow time is the same for the whole batch), from one batched projection."""
+        cond = self.time_mlp(sincos(times, self.config.width).to(times.dtype))  # (S, W)
+        norms = [n for blk in self.blocks for n in (blk.norm1, blk.norm2, blk.norm3)] + [self.final_norm]
+        weight = torch.cat([n.mod.weight for n in norms])
+        bias = torch.cat([n.mod.bias for n in norms])
+        w = self.config.width
+        m = F.linear(cond, weight, bias).view(len(times), len(norms), 3, 1, 1, w)  # (S, norms, 3, 1, 1, W)
+        m = torch.cat([m[:, :, :1] + 1, m[:, :, 1:]], 2).view(len(times), 3 * len(norms), 1, 1, w)
+        return [list(step.unbind(0)) for step in m.unbind(0)]
 
-        (x,) = flow.integrate(velocity, (x,), self.config.num_steps)
-        return x, torch.sigmoid(last["logits"].float())
+    def _step(self, x_t, state_token, cache: FlowContext, mods: list, qkv: list) -> torch.Tensor:
+        """One Euler step of `forward` with the cached keys/values and this step's modulations → the final
+        normed hidden states of the action tokens (B, H, W)."""
+        w, heads = self.config.width, self.config.heads
+        tokens = torch.cat([state_token, F.linear(x_t, self.action_in.weight, self.action_in.bias) + self.pos[1:]], 1)
+        b, n, _ = tokens.shape
+        key_mask = cache.valid[:, None, None, :]
+
+        def norm(x, j):  # adaRMS j: rms(x) · (1 + scale) + shift
+            return torch.addcmul(mods[3 * j + 1], F.rms_norm(x, (w,), eps=1e-6), mods[3 * j])
+
+        for i, blk in enumerate(self.blocks):
+            g1, g2, g3 = (mods[3 * (3 * i + j) + 2] for j in range(3))
+            q, k, v = F.linear(norm(tokens, 3 * i), *qkv[i]).view(b, n, 3, heads, -1).permute(2, 0, 3, 1, 4)
+            y = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, w)
+            tokens = torch.addcmul(tokens, g1, F.linear(y, blk.self_attn.out.weight, blk.self_attn.out.bias))
+            ca = blk.cross_attn
+            q = F.linear(norm(tokens, 3 * i + 1), ca.q.weight, ca.q.bias).view(b, n, heads, -1).transpose(1, 2)
+            y = F.scaled_dot_product_attention(q, cache.keys[i], cache.values[i], attn_mask=key_mask)
+            tokens = torch.addcmul(tokens, g2, F.linear(y.transpose(1, 2).reshape(b, n, w), ca.out.weight, ca.out.bias))
+            up, down = blk.mlp[0], blk.mlp[2]
+            h = F.gelu(F.linear(norm(tokens, 3 * i + 2), up.weight, up.bias), approximate="tanh")
+            tokens = torch.addcmul(tokens, g3, F.linear(h, down.weight, down.bias))
+        return norm(tokens[:, 1:], 3 * len(self.blocks))
