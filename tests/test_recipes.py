@@ -20,7 +20,9 @@ RECIPES = REPO / "recipes"
 SHIPPED = sorted(
     p
     for p in RECIPES.rglob("*.yaml")
-    if not any(part.startswith("_") for part in p.relative_to(RECIPES).parts) and "mixtures" not in p.parts
+    if not any(part.startswith("_") for part in p.relative_to(RECIPES).parts)
+    and "mixtures" not in p.parts
+    and "studies" not in p.parts  # study files (tests/test_study.py), not recipes
 )
 
 MINIMAL = """\
