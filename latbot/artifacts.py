@@ -114,10 +114,22 @@ def write_manifest(
     status: str = "complete",
 ) -> Manifest:
     """Write `latbot.json` into `directory` atomically. The hash is computed unless one is given
-    (huge artifacts such as episode stores supply their own, cheaper, hash)."""
+    (huge artifacts such as episode stores supply their own, cheaper, hash). `directory` may be an fsspec
+    URL (an episode store on object storage; the hash must then be given): one PUT, atomic there."""
     version = format_version(kind)
     if version is None:
         raise ValueError(f"unknown artifact kind {kind!r}; known: {known_kinds()}")
+    if _is_url(directory):
+        if content_hash is None:
+            raise ValueError(f"{directory}: give the content hash of an artifact at a URL")
+        from latbot.data.location import StoreDir
+
+        manifest = Manifest(
+            kind=kind, format_version=version, status=status, recipe=recipe, parents=list(parents),
+            content_hash=content_hash, extra=extra or {},
+        )  # fmt: skip
+        StoreDir(directory).write_atomic(MANIFEST_NAME, (manifest.model_dump_json(indent=2) + "\n").encode())
+        return manifest
     root = Path(directory)
     root.mkdir(parents=True, exist_ok=True)
     manifest = Manifest(
@@ -134,15 +146,11 @@ def write_manifest(
 
 
 def read_manifest(directory: str | Path, kind: str | Iterable[str] | None = None) -> Manifest:
-    """Read and check `directory/latbot.json`; `kind` restricts which artifact kinds are accepted."""
-    root = Path(directory)
-    path = root / MANIFEST_NAME
-    if not root.is_dir():
-        raise ArtifactError(f"{root}: not a directory (expected a LatBot artifact directory)")
-    if not path.is_file():
-        raise ArtifactError(f"{root}: no {MANIFEST_NAME} here, so this is not a LatBot artifact directory")
+    """Read and check `directory/latbot.json`; `kind` restricts which artifact kinds are accepted. `directory`
+    may be an fsspec URL (an episode store on object storage)."""
+    raw, root, path = _manifest_bytes(directory)
     try:
-        manifest = Manifest.model_validate(json.loads(path.read_text(encoding="utf-8")))
+        manifest = Manifest.model_validate(json.loads(raw.decode("utf-8")))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ArtifactError(f"{path}: not valid JSON ({e}); the artifact is damaged, re-create it") from e
     except ValidationError as e:
@@ -166,6 +174,34 @@ def read_manifest(directory: str | Path, kind: str | Iterable[str] | None = None
     return manifest
 
 
+def _is_url(directory: str | Path) -> bool:
+    from latbot.data.location import is_url
+
+    return is_url(directory)
+
+
+def _manifest_bytes(directory: str | Path) -> tuple[bytes, Any, Any]:
+    """(the manifest's bytes, the directory, the manifest's location), or an `ArtifactError` saying why not."""
+    if _is_url(directory):
+        from latbot.data.location import StoreDir
+
+        d = StoreDir(directory)
+        try:
+            raw = d.read_bytes(MANIFEST_NAME)
+        except FileNotFoundError:
+            raise ArtifactError(f"{d}: no {MANIFEST_NAME} here, so this is not a LatBot artifact directory") from None
+        except OSError as e:
+            raise ArtifactError(f"{d}: cannot read {MANIFEST_NAME} ({type(e).__name__}: {e})") from e
+        return raw, d.location, d.child(MANIFEST_NAME)
+    root = Path(directory)
+    path = root / MANIFEST_NAME
+    if not root.is_dir():
+        raise ArtifactError(f"{root}: not a directory (expected a LatBot artifact directory)")
+    if not path.is_file():
+        raise ArtifactError(f"{root}: no {MANIFEST_NAME} here, so this is not a LatBot artifact directory")
+    return path.read_bytes(), root, path
+
+
 def verify_manifest(directory: str | Path, kind: str | Iterable[str] | None = None) -> Manifest:
     """`read_manifest` plus a check that the directory's content still matches the recorded hash."""
     manifest = read_manifest(directory, kind)
@@ -181,4 +217,5 @@ def verify_manifest(directory: str | Path, kind: str | Iterable[str] | None = No
 def parent_ref(directory: str | Path, kind: str | Iterable[str] | None = None) -> ParentRef:
     """A reference to an existing artifact, for the `parents` of a new one."""
     manifest = read_manifest(directory, kind)
-    return ParentRef(kind=manifest.kind, path=str(Path(directory).resolve()), content_hash=manifest.content_hash)
+    where = str(directory) if _is_url(directory) else str(Path(directory).resolve())
+    return ParentRef(kind=manifest.kind, path=where, content_hash=manifest.content_hash)

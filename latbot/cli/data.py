@@ -142,7 +142,7 @@ def _describe(p) -> str:
 @app.command()
 @user_errors
 def info(
-    store: Path = typer.Argument(..., help="Episode store."),
+    store: str = typer.Argument(..., help="Episode store (a path or fsspec URL)."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
 ) -> None:
     """Episodes, frames, cameras, image size, embodiments, tasks and instructions of a store."""
@@ -177,7 +177,9 @@ def info(
 @app.command()
 @user_errors
 def verify(
-    store: str = typer.Argument(..., help="Episode store, or a set: a glob of shard stores or a list file."),
+    store: str = typer.Argument(
+        ..., help="Episode store (a path or fsspec URL), or a set: a glob of shard stores or a list file."
+    ),
 ) -> None:
     """Check a store (or every store of a set) thoroughly; exit 0 when sound, 1 with a report of every problem."""
     from latbot.data.mixture import resolve_stores
@@ -196,7 +198,9 @@ def verify(
 @app.command()
 @user_errors
 def stats(
-    store: str = typer.Argument(..., help="Episode store, or a set: a glob of shard stores or a list file."),
+    store: str = typer.Argument(
+        ..., help="Episode store (a path or fsspec URL), or a set: a glob of shard stores or a list file."
+    ),
     out: Path | None = typer.Option(None, "--out", help="A set: write the merged statistics here (JSON)."),
 ) -> None:
     """Recompute normalisation statistics (mean, std, min, max, q01, q99 per dimension). For a set, each

@@ -67,9 +67,10 @@ class _StoreDataset(Dataset):
         cameras: list[str] | None,
         stats: dict[str, Any] | None = None,
     ):
+        from latbot.data.location import store_location
         from latbot.data.store import EpisodeStore
 
-        self.path = Path(store)
+        self.path = store_location(store)  # a Path, or a URL string (a store on object storage)
         with EpisodeStore.open(self.path) as s:
             self.records = [s.records[i] for i in episodes] if episodes is not None else list(s.records)
             self.cameras = cameras or s.cameras[:1]

@@ -8,12 +8,13 @@ from pathlib import Path
 from typing import Any
 
 from latbot.config import PluginConfig
+from latbot.data.location import LocationError, StoreDir
 from latbot.data.store import LOG_NAME, MAX_IMAGE_SIDE, EpisodeStore, StoreError
 
 
 @dataclass
 class ConvertResult:
-    store: Path
+    store: Path | str  # a path, or a URL (latbot.data.location)
     added: int
     skipped: int
     failed: list[str] = field(default_factory=list)
@@ -77,11 +78,13 @@ def convert(
 
     Episodes are written in the natural order of their source keys (`natural_key`). With `shard=(i, n)`
     only the episodes with `shard_of(key, n) == i` are converted, so n processes, each with its own
-    `out`, together write exactly the single-process store, split n ways."""
+    `out`, together write exactly the single-process store, split n ways. `out` may be an fsspec URL
+    (`s3://bucket/stores/x`); the source is a local path."""
     from latbot.data.adapters.base import SourceError
     from latbot.data.video import RESIZE_MODES
 
-    src, out = Path(src), Path(out)
+    src, store_dir = Path(src), StoreDir(out)
+    out = store_dir.location
     if not src.exists():
         raise SourceError(f"{src}: source not found")
     if resize_mode not in RESIZE_MODES:
@@ -90,12 +93,15 @@ def convert(
     _check_int("--limit", limit, 1, 10**9, optional=True)
     _check_int("chunk_frames", chunk_frames, 1, 65536)
     _check_int("shard_frames", shard_frames, chunk_frames, 65536)
-    if out.exists() and not out.is_dir():
-        raise StoreError(f"--out {out}: exists and is not a directory; choose another --out")
-    if _never_written(out):
-        _remove_store(out, keep_dir=True)  # a store whose creation was interrupted: start it again
-    created = not (out / "zarr.json").exists()
-    leftover = out.exists()
+    try:
+        if store_dir.exists() and not store_dir.is_dir():
+            raise StoreError(f"--out {out}: exists and is not a directory; choose another --out")
+    except (LocationError, OSError) as e:
+        raise StoreError(f"--out {out}: cannot reach it ({e}); see docs/data.md, 'Stores on object storage'") from e
+    if _never_written(store_dir):
+        _remove_store(store_dir, keep_dir=True)  # a store whose creation was interrupted: start it again
+    created = not store_dir.exists("zarr.json")
+    leftover = store_dir.exists()
     try:
         return _convert(
             adapter_config,
@@ -114,8 +120,8 @@ def convert(
             manifest_extra,
         )
     except BaseException:
-        if created and _uncommitted(out):
-            _remove_store(out, keep_dir=leftover)
+        if created and _uncommitted(store_dir):
+            _remove_store(store_dir, keep_dir=leftover)
         raise
 
 
@@ -148,7 +154,7 @@ def _convert(
     if unknown:
         raise SourceError(f"{src}: camera(s) {unknown} not in this source (it has {', '.join(available)})")
     size = (image_size, image_size)
-    if (out / "zarr.json").exists():
+    if StoreDir(out).exists("zarr.json"):
         store = EpisodeStore.open(out, mode="a")
         if store.cameras != cams or store.image_size != size:
             store.close()
@@ -217,24 +223,21 @@ def _check_int(name: str, value: Any, lo: int, hi: int, optional: bool = False) 
         raise StoreError(f"{name}: expected an integer in [{lo}, {hi}], got {value!r}")
 
 
-def _uncommitted(out: Path) -> bool:
+def _uncommitted(out: StoreDir) -> bool:
     """True when `out` holds a store (or the start of one) without a single committed episode."""
-    log = out / LOG_NAME
     try:
-        return out.is_dir() and (not log.exists() or log.stat().st_size == 0)
+        return out.is_dir() and not out.size(LOG_NAME)
     except OSError:
         return False
 
 
-def _never_written(out: Path) -> bool:
+def _never_written(out: StoreDir) -> bool:
     """A store directory with group metadata but no commit log and no array data (creation was cut short)."""
-    return (out / "zarr.json").is_file() and not (out / LOG_NAME).exists() and not any(out.rglob("c"))
+    return out.is_file("zarr.json") and not out.exists(LOG_NAME) and not out.has_block_files()
 
 
-def _remove_store(out: Path, keep_dir: bool) -> None:
+def _remove_store(out: StoreDir, keep_dir: bool) -> None:
     """Remove what a failed first conversion wrote (only store files: never a user's other files)."""
-    import shutil
-
     for name in (
         "zarr.json",
         LOG_NAME,
@@ -246,16 +249,9 @@ def _remove_store(out: Path, keep_dir: bool) -> None:
         "native_actions",
         "native_states",
     ):
-        p = out / name
-        if p.is_dir():
-            shutil.rmtree(p, ignore_errors=True)
-        elif p.exists():
-            p.unlink()
+        out.remove(name)
     if not keep_dir:
-        try:
-            out.rmdir()
-        except OSError:
-            pass  # something else is in there: leave it
+        out.remove_root_if_empty()  # something else is in there: leave it
 
 
 def finalize(store: EpisodeStore, extra: dict[str, Any] | None = None) -> None:
@@ -265,6 +261,6 @@ def finalize(store: EpisodeStore, extra: dict[str, Any] | None = None) -> None:
 
     store.check_vectors()
     store.set_stats(compute_stats(store))
-    digest = hashlib.sha256((store.path / LOG_NAME).read_bytes()).hexdigest()
+    digest = hashlib.sha256(store.log_bytes()).hexdigest()
     summary = {k: v for k, v in store.summary().items() if k in ("episodes", "frames", "cameras", "image_size")}
     write_manifest(store.path, "episode_store", content_hash=f"sha256:{digest}", extra={**summary, **(extra or {})})

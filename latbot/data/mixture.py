@@ -7,6 +7,7 @@ A source's `store` may name a SET of stores, e.g. the shards of one conversion (
 source: its clips are ordered by the natural order of their episodes' source keys, which is the order a
 single-process conversion writes, so a mixture over the shards samples exactly what it would from one
 store holding the same episodes (and resumes exactly, the sampler being a function of its position).
+Stores, patterns and list files may be fsspec URLs (`s3://bucket/fractal/shard-*`, latbot.data.location).
 """
 
 from __future__ import annotations
@@ -17,16 +18,20 @@ from pathlib import Path
 
 import numpy as np
 
+from latbot.errors import LatBotError
 from latbot.recipes.schema import DataSource
 
 GLOB_CHARS = set("*?[")
 
 
-def resolve_stores(store: str | Path) -> list[Path]:
+def resolve_stores(store: str | Path) -> list[Path | str]:
     """The stores a source names: itself, the sorted matches of a glob, or the lines of a list file."""
+    from latbot.data.location import is_url
     from latbot.data.store import StoreError
 
     text = str(store)
+    if is_url(text):
+        return _resolve_url(text)
     if GLOB_CHARS & set(text):
         found = sorted(Path(p) for p in glob.glob(text) if (Path(p) / "zarr.json").is_file())
         if not found:
@@ -42,12 +47,52 @@ def resolve_stores(store: str | Path) -> list[Path]:
     return [path]
 
 
+def _resolve_url(url: str) -> list[str]:
+    """`resolve_stores` for a URL: a store, a pattern (fsspec's glob), or a list file (lines: URLs, or paths
+    relative to the list file's own location)."""
+    from latbot.data.location import StoreDir, glob, is_url, join, store_location
+    from latbot.data.store import StoreError
+
+    if GLOB_CHARS & set(url.split("://", 1)[1]):
+        found = [u for u in glob(url) if StoreDir(u).is_file("zarr.json")]
+        if not found:
+            raise StoreError(f"{url}: no episode store matches this pattern")
+        return found
+    url = str(store_location(url))
+    parent, name = url.rsplit("/", 1) if url.count("/") > 2 else (url, "")
+    listing = StoreDir(parent)
+    if name and listing.is_file(name):
+        lines = [ln.strip() for ln in listing.read_bytes(name).decode("utf-8").splitlines()]
+        listed = [ln if is_url(ln) else str(join(parent, ln)) for ln in lines if ln and ln[0] != "#"]
+        if not listed:
+            raise StoreError(f"{url}: lists no store (one store URL per line)")
+        return listed
+    return [url]
+
+
 def stores_exist(store: str | Path) -> bool:
     """True when every store a source names is there (for `latbot recipe validate`)."""
+    return check_stores(store) is None
+
+
+def check_stores(store: str | Path) -> str | None:
+    """None when every store a source names is there, else what is wrong: "does not exist", or for a URL
+    that cannot be reached, "cannot be checked: <why>" (no backend installed, no credentials, no network)."""
+    from latbot.data.location import StoreDir, is_url
+
     try:
-        return all((p / "zarr.json").is_file() for p in resolve_stores(store))
-    except Exception:  # a pattern with no match, an unreadable list file
-        return False
+        stores = resolve_stores(store)
+    except Exception as e:  # a pattern with no match, an unreadable list file, an unreachable URL
+        if is_url(str(store)) and not isinstance(e, LatBotError):
+            return f"cannot be checked: {type(e).__name__}: {e}"
+        return "does not exist"
+    for p in stores:
+        try:
+            if not StoreDir(p).is_file("zarr.json"):
+                return "does not exist"
+        except Exception as e:  # fsspec backends raise their own errors (credentials, network)
+            return f"cannot be checked: {type(e).__name__}: {e}"
+    return None
 
 
 class StoreSet:
@@ -119,7 +164,7 @@ def build_mixture(
     return ConcatDataset(parts), sampler
 
 
-def merged_stats(paths: list[Path]) -> dict:
+def merged_stats(paths: list[Path | str]) -> dict:
     """Statistics of a set of stores as if they were one: every store's rows, concatenated, through the same
     `compute_stats` (exact quantiles of the union, not an average of per-store quantiles)."""
     from dataclasses import replace
@@ -148,7 +193,7 @@ def merged_stats(paths: list[Path]) -> dict:
     return compute_stats(_Union())
 
 
-def _non_empty(stores: list[Path]) -> list[Path]:
+def _non_empty(stores: list[Path | str]) -> list[Path | str]:
     """The stores of a set that hold episodes (a shard may be empty); a lone store is kept as it is."""
     from latbot.data.store import EpisodeStore
 

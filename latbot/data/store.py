@@ -23,6 +23,12 @@ frames, NaN actions); opening checks that every array holds the frames the commi
 that does not decode (crc32c) raises a `StoreError` naming the array and frames.
 File count: frames are stored `shard_frames` per file, so 10^6 episodes of ~200 frames at 256 frames per
 shard is ~8·10^5 files per camera, independent of how the frames are split into episodes.
+
+A store may also live at an fsspec URL (`s3://bucket/stores/x`, latbot.data.location): its arrays are read
+and written through zarr's `FsspecStore`, its commit log through fsspec. Object stores have no append, so
+there a commit is one PUT of the whole log (atomic: a reader sees the old log or the new one), and commits
+are grouped (`REMOTE_COMMIT_FRACTION`, `REMOTE_COMMIT_SECONDS`): an interrupted conversion then loses the
+episodes written since the last commit, which a rerun converts again. No writer lock exists there.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ import fcntl
 import json
 import os
 import re
+import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -38,6 +45,7 @@ from typing import Any
 
 import numpy as np
 
+from latbot.data.location import LocationError, StoreDir
 from latbot.data.spaces import ACTION_DIM, STATE_DIM, UnifiedTrajectory, mask_from_str, mask_to_str
 from latbot.errors import LatBotError
 
@@ -47,6 +55,11 @@ LOCK_NAME = ".writer.lock"
 CODECS = ("zstd", "lz4", "none")
 STAT_SAMPLE_ROWS = 2_000_000  # quantiles from at most this many rows (a deterministic subsample)
 MAX_IMAGE_SIDE = 4096  # pixels; the recipes' data.image_size has the same bound
+# A store at a URL commits its log by rewriting it whole (one PUT), so commits are grouped: when the episodes
+# written since the last commit reach 1/REMOTE_COMMIT_FRACTION of the committed ones (log bytes uploaded stay
+# O(n), not O(n²)), or REMOTE_COMMIT_SECONDS have passed, and when the store is closed.
+REMOTE_COMMIT_FRACTION = 16
+REMOTE_COMMIT_SECONDS = 30.0
 
 
 class StoreError(LatBotError):
@@ -106,7 +119,7 @@ class EpisodeRecord:
 _RECORD_TYPES = {"index": int, "offset": int, "length": int, "key": str, "instruction": str, "task": str}
 
 
-def _record_from_json(line: str, lineno: int, path: Path) -> EpisodeRecord:
+def _record_from_json(line: str, lineno: int, path: Path | str) -> EpisodeRecord:
     try:
         data = json.loads(line)
         data["subtasks"] = [tuple(s) for s in data["subtasks"]]
@@ -121,8 +134,9 @@ def _record_from_json(line: str, lineno: int, path: Path) -> EpisodeRecord:
 class EpisodeStore:
     """Open with `EpisodeStore.open(path)` (read) / `open(path, mode="a")` (append), or `create(...)`."""
 
-    def __init__(self, path: Path, group: Any, records: list[EpisodeRecord], writable: bool):
-        self.path = path
+    def __init__(self, path: Path | str, group: Any, records: list[EpisodeRecord], writable: bool):
+        self.dir = StoreDir(path)
+        self.path = self.dir.location  # a Path, or a URL string (latbot.data.location)
         self._group = group
         self.records = records
         self.writable = writable
@@ -134,6 +148,8 @@ class EpisodeStore:
         self._pid = os.getpid()
         self._keys = {r.key for r in records}
         self._offsets = np.array([r.offset for r in records] + [self.num_frames], dtype=np.int64)
+        self._committed = len(records)  # records[_committed:] are written but not yet in the log (URL stores)
+        self._last_commit = time.monotonic()
 
     # -- opening ------------------------------------------------------------------------------------
     @classmethod
@@ -151,8 +167,9 @@ class EpisodeStore:
         """A new, empty store (the directory must not hold one already)."""
         import zarr
 
-        path = Path(path)
-        if (path / "zarr.json").exists():
+        d = StoreDir(path)
+        path = d.location
+        if _reach(d, d.exists, "zarr.json"):
             raise StoreError(f"{path}: a store exists here already; open it with mode='a' to append")
         if codec not in CODECS:
             raise StoreError(f"codec must be one of {CODECS}, got {codec!r}")
@@ -180,13 +197,13 @@ class EpisodeStore:
             "state_dim": STATE_DIM,
             "stats": None,
         }
-        if path.exists() and not (path.is_dir() and not any(path.iterdir())):
+        if d.exists() and not (d.is_dir() and not d.names()):
             raise StoreError(f"{path}: exists and is not an empty directory (nor a store); choose another --out")
         try:
-            path.mkdir(parents=True, exist_ok=True)
+            d.mkdir()
             with _write_every_chunk():
-                group = zarr.open_group(str(path), mode="w-", attributes={"latbot": attrs})
-            (path / LOG_NAME).touch()
+                group = zarr.open_group(d.zarr_store(read_only=False), mode="w-", attributes={"latbot": attrs})
+            d.write_atomic(LOG_NAME, b"")
         except OSError as e:
             raise StoreError(f"{path}: cannot create the store here ({e.strerror or e}); choose another --out") from e
         for cam in cameras:
@@ -214,19 +231,27 @@ class EpisodeStore:
         `verify_checksums=False` skips the crc32c check of each chunk read (`verify` always checks them)."""
         if mode not in ("r", "a"):
             raise ValueError(f"mode must be 'r' or 'a', got {mode!r}")
-        store = cls._open(Path(path), mode, check=check)
+        store = cls._open(path, mode, check=check)
         store.verify_checksums = verify_checksums
         return store
 
     @classmethod
-    def _open(cls, path: Path, mode: str, check: bool = True) -> EpisodeStore:
+    def _open(cls, path: Path | str, mode: str, check: bool = True) -> EpisodeStore:
         import zarr
 
-        if not (path / "zarr.json").is_file():
+        d = StoreDir(path)
+        path = d.location
+        if d.is_url:
+            _reach(d, d.refresh)
+        if not _reach(d, d.is_file, "zarr.json"):
             raise StoreError(f"{path}: not an episode store (no zarr.json); create one with `latbot data convert`")
         try:
             with _write_every_chunk():
-                group = zarr.open_group(str(path), mode="r" if mode == "r" else "r+")
+                group = zarr.open_group(
+                    d.zarr_store(read_only=mode == "r"),
+                    mode="r" if mode == "r" else "r+",
+                    zarr_format=3 if d.is_url else None,  # on a URL, no probing for Zarr v2 metadata (requests)
+                )
             attrs = dict(group.attrs).get("latbot")
         except Exception as e:  # any Zarr/JSON failure here means the group metadata is damaged
             raise StoreError(
@@ -241,7 +266,7 @@ class EpisodeStore:
                 f"version {STORE_FORMAT_VERSION}; re-convert the source data"
             )
         lock_fd = None
-        if mode == "a":
+        if mode == "a" and not d.is_url:  # object stores have no lock: one writer per store is the user's job
             lock_fd = os.open(path / LOCK_NAME, os.O_CREAT | os.O_RDWR, 0o644)
             try:
                 fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -249,9 +274,9 @@ class EpisodeStore:
                 os.close(lock_fd)
                 raise StoreError(f"{path}: another process is writing to this store") from e
         try:
-            if mode == "a" and not (path / LOG_NAME).exists() and _all_empty(group, attrs):
-                (path / LOG_NAME).touch()  # created but never committed to (an older LatBot died here): empty
-            records = _read_log(path / LOG_NAME, repair=mode == "a")
+            if mode == "a" and not d.exists(LOG_NAME) and _all_empty(group, attrs):
+                d.write_atomic(LOG_NAME, b"")  # created but never committed to (an older LatBot died here): empty
+            records = _read_log(d, repair=mode == "a")
             store = cls(path, group, records, writable=mode == "a")
             store._lock_fd = lock_fd
             if check or mode == "a":
@@ -265,6 +290,8 @@ class EpisodeStore:
         return store
 
     def close(self) -> None:
+        if self.writable:
+            self.commit()
         self._drop_readers()
         if self._lock_fd is not None:
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
@@ -366,6 +393,9 @@ class EpisodeStore:
             return self._readers[name]
         from latbot.data import fastread
 
+        if self.dir.is_url:  # the fast reader preads local files; a URL store reads through zarr's own pipeline
+            self._readers[name] = None
+            return None
         arr = self.array(name)
         lay = fastread.layout(arr.metadata.to_dict())
         if lay is not None and lay.shape[0] < self.num_frames:
@@ -425,8 +455,8 @@ class EpisodeStore:
         for block in range(start // rows, -(-stop // rows) if stop > start else start // rows):
             if block in known:
                 continue
-            file = self.path / name / encode((block,) + (0,) * (arr.ndim - 1))
-            if file.is_file() and file.stat().st_size > 0:  # Zarr reads an empty shard as fill values too
+            size = self.dir.size(f"{name}/{encode((block,) + (0,) * (arr.ndim - 1))}")
+            if size:  # Zarr reads an empty shard as fill values too
                 known.add(block)
             else:
                 missing.append((block * rows, min((block + 1) * rows, arr.shape[0])))
@@ -500,11 +530,33 @@ class EpisodeStore:
             action_mask=mask_to_str(episode.trajectory.action_mask),
             state_mask=mask_to_str(episode.trajectory.state_mask),
         )
-        _append_log(self.path / LOG_NAME, record)
+        if not self.dir.is_url:
+            _append_log(self.path / LOG_NAME, record)  # the commit
         self.records.append(record)
         self._keys.add(record.key)
         self._offsets = np.append(self._offsets[:-1], [start, stop])
+        if not self.dir.is_url:
+            self._committed = len(self.records)
+        elif len(self.records) - self._committed >= max(1, self._committed // REMOTE_COMMIT_FRACTION) or (
+            time.monotonic() - self._last_commit >= REMOTE_COMMIT_SECONDS
+        ):
+            self.commit()
         return record
+
+    def commit(self) -> None:
+        """Make every appended episode durable. A local store commits each episode as it is appended; a store
+        at a URL commits in groups (see REMOTE_COMMIT_FRACTION), by one atomic PUT of the whole log."""
+        if self._committed == len(self.records):
+            return
+        self.dir.write_atomic(LOG_NAME, b"".join(_log_line(r) for r in self.records))
+        self._committed = len(self.records)
+        self._last_commit = time.monotonic()
+
+    def log_bytes(self) -> bytes:
+        """The committed log (after committing every appended episode): what the manifest's hash covers."""
+        if self.writable:
+            self.commit()
+        return self.dir.read_bytes(LOG_NAME)
 
     def _validate(self, episode: Episode, n: int) -> None:
         where = episode.source or episode.key
@@ -537,7 +589,7 @@ class EpisodeStore:
         names = [f"frames/{c}" for c in self.cameras] + ["actions", "states"]
         # A native array whose directory is on disk counts even when its metadata is gone (damage to report).
         native = ("native_actions", "native_states")
-        return names + [n for n in native if self.has_array(n) or (self.path / n).exists()]
+        return names + [n for n in native if self.has_array(n) or self.dir.exists(n)]
 
     def check_vectors(self) -> None:
         """Raise a `StoreError` unless actions and states are readable and finite in every valid dimension
@@ -628,11 +680,13 @@ def _create_vector_array(group: Any, name: str, dim: int) -> None:
     )
 
 
-def _read_log(path: Path, repair: bool) -> list[EpisodeRecord]:
-    """Parse the commit log. A torn last line (a kill mid-append) is uncommitted: cut off when `repair`."""
-    if not path.is_file():
+def _read_log(d: StoreDir, repair: bool) -> list[EpisodeRecord]:
+    """Parse the commit log. A torn last line (a kill mid-append) is uncommitted: cut off when `repair`.
+    (A log on object storage is never torn, being written whole; one copied there from a disk may be.)"""
+    path = d.child(LOG_NAME)
+    if not d.is_file(LOG_NAME):
         raise StoreError(f"{path}: the commit log is missing; the store is damaged")
-    data = path.read_bytes()
+    data = d.read_bytes(LOG_NAME)
     good_end = data.rfind(b"\n") + 1
     records = []
     try:
@@ -649,14 +703,37 @@ def _read_log(path: Path, repair: bool) -> list[EpisodeRecord]:
             )
         records.append(rec)
     if good_end != len(data) and repair:
-        with path.open("r+b") as f:
-            f.truncate(good_end)
-            os.fsync(f.fileno())
+        if d.is_url:
+            d.write_atomic(LOG_NAME, data[:good_end])
+        else:
+            with path.open("r+b") as f:
+                f.truncate(good_end)
+                os.fsync(f.fileno())
     return records
 
 
+def _log_line(record: EpisodeRecord) -> bytes:
+    return (json.dumps(asdict(record), ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
+
+
+def _reach(d: StoreDir, call: Any, *args: Any) -> Any:
+    """`call(*args)` on a store's files; a URL that cannot be reached (no backend, no credentials, no bucket,
+    no network) is a `StoreError` that says so."""
+    try:
+        return call(*args)
+    except LocationError as e:
+        raise StoreError(str(e)) from e
+    except (OSError, ValueError) as e:
+        if not d.is_url:
+            raise
+        raise StoreError(
+            f"{d}: cannot reach the store ({type(e).__name__}: {e}); check the URL, the credentials and the "
+            "endpoint (docs/data.md, 'Stores on object storage')"
+        ) from e
+
+
 def _append_log(path: Path, record: EpisodeRecord) -> None:
-    line = (json.dumps(asdict(record), ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
+    line = _log_line(record)
     fd = os.open(path, os.O_WRONLY | os.O_APPEND)
     try:
         os.write(fd, line)

@@ -27,19 +27,21 @@ class Problem:
 
 
 def verify_store(path: str | Path, progress: bool = False) -> list[Problem]:
-    """All problems found in the store at `path` (an empty list means it is sound)."""
+    """All problems found in the store at `path` (a directory or an fsspec URL; an empty list means it is sound)."""
     from latbot.artifacts import read_manifest
+    from latbot.data.location import store_location
     from latbot.data.store import LOG_NAME, EpisodeStore
     from latbot.errors import LatBotError
 
-    path = Path(path)
+    path = store_location(path)
     try:
         store = EpisodeStore.open(path, check=False)
     except LatBotError as e:
         return [Problem(str(path), str(e))]
+    path, files = store.path, store.dir
     problems: list[Problem] = []
-    log = path / LOG_NAME
-    raw = log.read_bytes()
+    log = files.child(LOG_NAME)
+    raw = files.read_bytes(LOG_NAME)
     if raw and not raw.endswith(b"\n"):
         problems.append(
             Problem(str(log), "the last record is torn (an interrupted write); reopen for append to repair")
@@ -50,7 +52,7 @@ def verify_store(path: str | Path, progress: bool = False) -> list[Problem]:
         problems.append(Problem(str(path), f"{e} (was the conversion interrupted? rerun it to finish)"))
     n = store.num_frames
     for group in sorted({name.rsplit("/", 1)[0] for name in store._array_names() if "/" in name}):
-        problems += _check_group(path / group)
+        problems += _check_group(files, group)
     for name in store._array_names():
         try:
             arr = store.array(name)
@@ -75,13 +77,13 @@ def verify_store(path: str | Path, progress: bool = False) -> list[Problem]:
     return problems
 
 
-def _check_group(group: Path) -> list[Problem]:
+def _check_group(files, name: str) -> list[Problem]:
     """Zarr does not read an intermediate group's metadata to reach its arrays: check it here."""
     import json
 
-    meta = group / "zarr.json"
+    group, meta = files.child(name), files.child(f"{name}/zarr.json")
     try:
-        doc = json.loads(meta.read_bytes())
+        doc = json.loads(files.read_bytes(f"{name}/zarr.json"))
     except FileNotFoundError:
         return [Problem(str(group), "the group's zarr.json is missing (deleted?)")]
     except (OSError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
@@ -91,7 +93,7 @@ def _check_group(group: Path) -> list[Problem]:
     return []
 
 
-def _check_chunks(path: Path, name: str, arr, n: int, store, progress: bool) -> list[Problem]:
+def _check_chunks(path: Path | str, name: str, arr, n: int, store, progress: bool) -> list[Problem]:
     from tqdm import tqdm
 
     problems = []
@@ -111,7 +113,7 @@ def _check_chunks(path: Path, name: str, arr, n: int, store, progress: bool) -> 
     return problems
 
 
-def _nonfinite(path: Path, name: str, block: np.ndarray, start: int, store) -> list[Problem]:
+def _nonfinite(path: Path | str, name: str, block: np.ndarray, start: int, store) -> list[Problem]:
     out = []
     for row in np.unique(np.argwhere(~np.isfinite(block))[:, 0]):
         frame = start + int(row)

@@ -28,6 +28,7 @@ from pydantic import BaseModel, ValidationError
 
 from latbot import registry
 from latbot.config import PluginConfig
+from latbot.data.location import is_url
 from latbot.errors import RecipeError, RegistryError
 from latbot.recipes.schema import PluginSlot, RecipeModel, iter_slots
 
@@ -486,6 +487,8 @@ def _relative_to_recipe(data: dict, cls: type[BaseModel], source: RecipeSource) 
         for part in loc[:-1]:
             parent = parent[part]
         value = parent[loc[-1]]
+        if is_url(value):
+            continue  # a store on object storage (s3://...): no directory to be relative to
         if not Path(value).is_absolute() and not value.startswith("~"):
             parent[loc[-1]] = os.path.normpath(file.parent / value)
 
@@ -505,26 +508,29 @@ def _missing_paths(recipe: RecipeModel, source: RecipeSource) -> list[str]:
             values = nxt
         mixture = source.data.get("data", {}).get("mixture") if isinstance(source.data.get("data"), dict) else None
         for loc, value in values:
-            if value is None or _exists(loc, value):
+            problem = None if value is None else _path_problem(loc, value)
+            if problem is None:
                 continue
             if mixture and loc[:2] == ("data", "sources"):  # a source listed in the mixture file
                 name = recipe.data.sources[loc[2]].name or loc[2]
                 problems.append(
                     f"{source.where(('data', 'mixture'))}: data.mixture: store '{value}' of source '{name}' "
-                    f"(listed in {mixture}) does not exist"
+                    f"(listed in {mixture}) {problem}"
                 )
             else:
-                problems.append(f"{source.where(loc)}: {dotted(loc)}: '{value}' does not exist")
+                problems.append(f"{source.where(loc)}: {dotted(loc)}: '{value}' {problem}")
     return problems
 
 
-def _exists(loc: Loc, value: Any) -> bool:
-    """A path exists; a data source's store may also name a set of shard stores (a glob or a list file)."""
+def _path_problem(loc: Loc, value: Any) -> str | None:
+    """None when a path exists, else what is wrong ("does not exist", or for a URL that cannot be reached,
+    "cannot be checked: why"). A data source's store may also name a set of shard stores (a glob or a list
+    file), and may be an fsspec URL (checked through fsspec, with the user's credentials)."""
     if loc[:2] == ("data", "sources"):
-        from latbot.data.mixture import stores_exist
+        from latbot.data.mixture import check_stores
 
-        return stores_exist(value)
-    return Path(value).exists()
+        return check_stores(value)
+    return None if Path(value).exists() else "does not exist"
 
 
 def _resolve_mixture(recipe: RecipeModel, source: RecipeSource) -> RecipeModel:

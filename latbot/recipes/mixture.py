@@ -17,7 +17,7 @@ from pathlib import Path
 from pydantic import Field
 
 from latbot.config import Section
-from latbot.recipes.schema import DataSource
+from latbot.recipes.schema import DataSource, StoreLocation
 
 
 class MixtureSource(DataSource):
@@ -27,16 +27,23 @@ class MixtureSource(DataSource):
 class Mixture(Section):
     name: str
     description: str = ""
-    root: Path | None = Field(None, description="Directory the stores' paths are relative to.")
+    root: StoreLocation | None = Field(
+        None, description="Directory (or fsspec URL, e.g. s3://bucket/stores) the stores' paths are relative to."
+    )
     sources: list[MixtureSource] = Field(min_length=1)
 
 
 def load_mixture(path: str | Path) -> Mixture:
     """Read and validate a mixture file; errors name the file, line and dotted field (exit code 2)."""
+    from latbot.data.location import is_url, join
     from latbot.recipes.loader import load_yaml_model
 
     mixture = load_yaml_model(path, Mixture)
+    if is_url(mixture.root):
+        for s in mixture.sources:  # relative stores under a root on object storage
+            s.store = s.store if is_url(s.store) or s.store.is_absolute() else join(mixture.root, s.store.as_posix())
+        return mixture
     root = Path(path).parent / (mixture.root or ".")
     for s in mixture.sources:
-        s.store = s.store if s.store.is_absolute() else Path(os.path.normpath(root / s.store))
+        s.store = s.store if is_url(s.store) or s.store.is_absolute() else Path(os.path.normpath(root / s.store))
     return mixture

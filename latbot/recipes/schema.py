@@ -57,11 +57,28 @@ ActionExpertSlot = _slot("action_experts")
 
 
 # -- data ------------------------------------------------------------------------------------------
+def _store_location(value: Any) -> Any:
+    """A store written as an fsspec URL stays a string (`Path` would collapse `s3://bucket` to `s3:/bucket`);
+    any other string is a `Path` (relative ones are resolved against the recipe file by the loader)."""
+    if isinstance(value, str):
+        from latbot.data.location import store_location
+
+        return store_location(value)
+    return value
+
+
+StoreLocation = Annotated[Path | str, BeforeValidator(_store_location)]
+"""An episode store (or a set of them): a local path, or an fsspec URL such as `s3://bucket/stores/x`."""
+
+
 class DataSource(Section):
     """One episode store in the training mixture."""
 
     name: str | None = Field(None, description="Dataset name, for logs (set by mixture files).")
-    store: Path = Field(description="Episode store directory (written by `latbot data convert` / `gen-sim`).")
+    store: StoreLocation = Field(
+        description="Episode store (written by `latbot data convert` / `gen-sim`): a directory, an fsspec URL "
+        "(s3://bucket/path, gs://..., file://...), or a set of shard stores (a glob or a list file)."
+    )
     weight: float = Field(1.0, gt=0, le=1e6, description="Sampling weight in the mixture (normalised over sources).")
     frame_stride: int = Field(
         1,
