@@ -23,6 +23,7 @@ missing from a shard's index, a short read, a bad checksum or a chunk that does 
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -140,7 +141,7 @@ def _compressor(codec: dict[str, Any]) -> Any:
 class _Block:
     """One open block file: its descriptor, size, and (sharded) its index of (offset, nbytes) per chunk."""
 
-    __slots__ = ("fd", "size", "index")
+    __slots__ = ("fd", "index", "size")
 
     def __init__(self, fd: int, size: int, index: np.ndarray | None):
         self.fd, self.size, self.index = fd, size, index
@@ -191,7 +192,7 @@ class ArrayReader:
         chunks = rows // cr
         cuts = np.flatnonzero(chunks[1:] != chunks[:-1]) + 1
         bounds = np.concatenate([[0], cuts, [len(rows)]]).tolist()
-        for i0, i1 in zip(bounds[:-1], bounds[1:], strict=True):
+        for i0, i1 in itertools.pairwise(bounds):
             c = int(chunks[i0])
             local = rows[i0:i1] - c * cr
             if i1 - i0 == cr and local[0] == 0 and local[-1] == cr - 1 and c not in self._decoded:
