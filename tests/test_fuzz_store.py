@@ -54,7 +54,10 @@ def check(pristine, tmp_path_factory, index: int, action: str, where: float, xor
     if action == "delete":
         target.unlink()
     elif action == "truncate":
-        target.write_bytes(data[: int(where * len(data))])
+        kept = data[: int(where * len(data))]
+        if rel.endswith(".json") and kept.strip() == data.strip():
+            return  # only trailing whitespace cut from a JSON file: nothing was damaged
+        target.write_bytes(kept)
     else:
         buf = bytearray(data)
         buf[int(where * len(buf)) % max(1, len(buf))] ^= xor

@@ -97,6 +97,10 @@ def _check_chunks(path: Path | str, name: str, arr, n: int, store, progress: boo
     from tqdm import tqdm
 
     problems = []
+    width = {"actions": ACTION_DIM, "states": STATE_DIM}.get(name)
+    if width is not None and (arr.ndim != 2 or arr.shape[1] != width):
+        # damaged array metadata: the rows cannot be read as the unified space (found by the fuzz suite)
+        return [Problem(f"{path}/{name}", f"shape {tuple(arr.shape)}, expected (N, {width}); the metadata is damaged")]
     step = arr.shards[0] if arr.shards else arr.chunks[0]
     starts = range(0, n, step)
     for start in tqdm(starts, desc=f"verify {name}", unit="block", disable=not progress, leave=False):

@@ -44,6 +44,8 @@ PRESETS = {
     # the tiny model of tests/fixtures/pi05_tiny (tools/pi05_crosscheck/make_fixture.py); LeRobot's shared
     # attention hard-codes 8 heads
     "tiny": ((16, 32, 2, 2, 32, 8), (32, 64, 2, 8, 1, 8, 448)),
+    # CPU quickstart size: the tiny PaliGemma's widths (SigLIP 32, Gemma 64 × 2 layers, 4 heads of 16)
+    "mini": ((32, 64, 2, 2, 32, 8), (64, 128, 2, 4, 1, 16, 448)),
 }
 
 
@@ -110,7 +112,9 @@ class Pi05Student(nn.Module):
 
     class Config(PluginConfig):
         type: Literal["pi05"] = "pi05"
-        preset: Literal["pi05", "tiny"] = Field("pi05", description="pi05: SigLIP So400m/14 + Gemma-2B (2.92B).")
+        preset: Literal["pi05", "tiny", "mini"] = Field(
+            "pi05", description="pi05: SigLIP So400m/14 + Gemma-2B (2.92B); tiny / mini: CPU sizes (local tokenizer)."
+        )
         pretrained: str | None = Field(
             None, description="LeRobot `pi05` checkpoint directory (config.json + *.safetensors), e.g. pi05_base."
         )
@@ -322,8 +326,8 @@ class Pi05Student(nn.Module):
 
 def _tokenizer(config):
     if config.tokenizer is None:
-        if config.preset != "tiny":
-            raise ValueError("students.pi05: tokenizer is null; only the tiny preset has a local tokenizer")
+        if config.preset == "pi05":
+            raise ValueError("students.pi05: tokenizer is null; only the tiny and mini presets have a local tokenizer")
         from latbot.models.tokenizer import build_tiny_tokenizer
 
         return build_tiny_tokenizer(["task", "state", "action", *map(str, range(256))])
