@@ -14,10 +14,10 @@ from latbot import registry
 from latbot.data import spaces
 from latbot.data.adapters.base import SourceError
 from latbot.data.convert import convert
-from latbot.testing.samples import make_egodex, make_lerobot_v21, make_lerobot_v30, make_libero_hdf5
 from latbot.data.store import EpisodeStore
 from latbot.data.verify import verify_store
 from latbot.data.video import VideoError
+from latbot.testing.samples import make_egodex, make_lerobot_v21, make_lerobot_v30, make_libero_hdf5
 
 SIZE = 24  # store resolution; sources are 32² (LIBERO, LeRobot) or 64×36 (EgoDex): every frame is resized
 

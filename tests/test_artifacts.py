@@ -7,8 +7,8 @@ import json
 import pytest
 
 from latbot.artifacts import (
-    format_version,
     MANIFEST_NAME,
+    format_version,
     hash_directory,
     parent_ref,
     read_manifest,

@@ -6,8 +6,8 @@ import json
 import subprocess
 import sys
 
-from latbot.testing.samples import make_lerobot_v30
 from latbot.data.store import EpisodeStore
+from latbot.testing.samples import make_lerobot_v30
 from tests.conftest import REPO
 
 

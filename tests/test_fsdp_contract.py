@@ -66,7 +66,9 @@ class Harness(nn.Module):
             out = self.m(x["frames"][:, :1], x["text"], subtasks=["grasp the puck", "pull the drawer"])
             return out["latents"].square().mean() + out["lm_loss"]
         layers = tuple(x["layers"])
-        out = self.m.loss(x["actions"][:, :3], x["gripper"], x["mask"].bool(), x["pad"], x["state"], layers, x["ctx_mask"])
+        out = self.m.loss(
+            x["actions"][:, :3], x["gripper"], x["mask"].bool(), x["pad"], x["state"], layers, x["ctx_mask"]
+        )
         return out["loss"]
 
 

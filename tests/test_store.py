@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 from latbot.data.convert import convert, finalize
-from latbot.testing.samples import make_libero_hdf5, synthetic_frames
 from latbot.data.spaces import UnifiedTrajectory, fill_arm
 from latbot.data.store import LOG_NAME, Episode, EpisodeStore, StoreError
 from latbot.data.verify import verify_store
+from latbot.testing.samples import make_libero_hdf5, synthetic_frames
 from tests.conftest import REPO
 
 
