@@ -42,8 +42,8 @@ def plot_success(table: dict[str, Any], path: Path) -> None:
     for k, name in enumerate(policies):
         rows = [*table[name]["tasks"].values(), table[name]["overall"]]
         rate = np.array([r["success_rate"] or 0.0 for r in rows])
-        lo = rate - np.array([r["ci95"][0] for r in rows])
-        hi = np.array([r["ci95"][1] for r in rows]) - rate
+        lo = np.clip(rate - np.array([r["ci95"][0] for r in rows]), 0, None)  # rounding can make either
+        hi = np.clip(np.array([r["ci95"][1] for r in rows]) - rate, 0, None)  # a tiny negative: clip it
         x = np.arange(len(tasks)) + (k - (len(policies) - 1) / 2) * width
         ax.bar(x, rate, width, yerr=[lo, hi], capsize=3, label=name)
     ax.set_xticks(np.arange(len(tasks)), tasks, rotation=15)

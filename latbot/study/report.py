@@ -143,7 +143,7 @@ def _plots(result: dict, rdir: Path) -> list[str]:
         rows = [result["pooled"][f"{name}/d{d}"] for d in result["demos"]]
         x = np.asarray(result["demos"], float) * (1 + 0.03 * (k - (len(result["variants"]) - 1) / 2))
         mean = np.array([r["mean"] for r in rows])
-        err = np.array([[r["mean"] - r["ci95"][0], r["ci95"][1] - r["mean"]] for r in rows]).T
+        err = np.clip(np.array([[r["mean"] - r["ci95"][0], r["ci95"][1] - r["mean"]] for r in rows]).T, 0, None)
         ax.errorbar(x, mean, yerr=err, marker="o", capsize=3, label=name)
     ax.set_xscale("log")
     ax.set_xticks(result["demos"], [str(d) for d in result["demos"]])
@@ -163,7 +163,7 @@ def _plots(result: dict, rdir: Path) -> list[str]:
             if rows[0] is None:
                 continue
             mean = np.array([r["mean"] for r in rows])
-            err = np.array([[r["mean"] - r["ci95"][0], r["ci95"][1] - r["mean"]] for r in rows]).T
+            err = np.clip(np.array([[r["mean"] - r["ci95"][0], r["ci95"][1] - r["mean"]] for r in rows]).T, 0, None)
             ax.errorbar(result["demos"], mean, yerr=err, marker="o", capsize=3, label=f"{name} − {result['baseline']}")
         ax.axhline(0, color="grey", lw=0.8)
         ax.set_xscale("log")
