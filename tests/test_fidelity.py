@@ -297,3 +297,49 @@ def test_subtask_coverage_of_a_source(tmp_path):
         s.append(episode("a", steps=12))  # one subtask over steps 0..5 of 12
         finalize(s)
     assert subtask_coverage(DataSource(store=path)) == pytest.approx(6 / 12)
+
+
+# -- EgoDex: deltas in a moving camera frame are composed in one frame over a stride ----------------------------
+def test_deltas_in_moving_camera_frames_compose_in_the_first_frame_of_the_interval():
+    from scipy.spatial.transform import Rotation
+
+    from latbot.data import rotations as rot
+    from latbot.data.clips import aggregate_actions
+    from latbot.data.spaces import ACTION_ROT, ACTION_TIPS
+
+    rng = np.random.default_rng(0)
+    t, stride = 9, 4
+    cam = Rotation.random(t, random_state=1).as_matrix()  # world → camera rotation of each step (the head turns)
+    wrist = np.cumsum(rng.normal(scale=0.02, size=(t, 3)), 0)  # world positions
+    tip = np.cumsum(rng.normal(scale=0.02, size=(t, 3)), 0)
+    world_rot = Rotation.random(t, random_state=2).as_matrix()
+    steps = np.zeros((t - 1, 44))
+    for k in range(t - 1):  # what the EgoDex adapter writes: each step's motion in that step's camera
+        steps[k, ACTION_POS["right"]] = cam[k] @ (wrist[k + 1] - wrist[k])
+        steps[k, ACTION_TIPS["right"].start : ACTION_TIPS["right"].start + 3] = cam[k] @ (tip[k + 1] - tip[k])
+        rel = cam[k] @ world_rot[k + 1] @ world_rot[k].T @ cam[k].T
+        steps[k, ACTION_ROT["right"]] = rot.matrix_to_euler(rel[None])[0]
+    motion = cam[:-1] @ np.swapaxes(cam[1:], -1, -2)  # step k+1's camera → step k's
+    out = aggregate_actions(steps, stride, motion)[0]
+    np.testing.assert_allclose(out[ACTION_POS["right"]], cam[0] @ (wrist[stride] - wrist[0]), atol=1e-9)
+    tips = ACTION_TIPS["right"].start
+    np.testing.assert_allclose(out[tips : tips + 3], cam[0] @ (tip[stride] - tip[0]), atol=1e-9)
+    expected = rot.matrix_to_euler((cam[0] @ world_rot[stride] @ world_rot[0].T @ cam[0].T)[None])[0]
+    np.testing.assert_allclose(out[ACTION_ROT["right"]], expected, atol=1e-9)
+    naive = aggregate_actions(steps, stride)[0]  # summing deltas of different frames: wrong
+    assert not np.allclose(naive[ACTION_POS["right"]], cam[0] @ (wrist[stride] - wrist[0]), atol=1e-3)
+
+
+def test_egodex_stores_carry_the_camera_motion_and_clips_use_it(tmp_path):
+    from latbot.data.convert import convert
+    from latbot.testing.samples import make_egodex
+
+    src = make_egodex(tmp_path / "src")
+    convert(registry.get("datasets", "egodex").Config(), src, tmp_path / "store", image_size=16, progress=False)
+    with EpisodeStore.open(tmp_path / "store") as s:
+        motion = s.read_rows("frame_motion", 0, s.num_frames).reshape(-1, 3, 3)
+    np.testing.assert_allclose(
+        motion @ np.swapaxes(motion, -1, -2), np.broadcast_to(np.eye(3), motion.shape), atol=1e-5
+    )
+    clips = ClipDataset(tmp_path / "store", 3, 2)
+    assert clips.has_frame_motion and torch.isfinite(clips[0]["actions"]).all()

@@ -36,7 +36,7 @@ from torch.utils.data import Dataset, Sampler
 
 from latbot.data import rotations as rot
 from latbot.data.normalize import QuantileNormalizer
-from latbot.data.spaces import ACTION_GRIPPER, ACTION_ROT, ARMS
+from latbot.data.spaces import ACTION_GRIPPER, ACTION_POS, ACTION_ROT, ACTION_TIPS, ARMS
 
 K_FRAMES = "frames"
 K_ACTIONS = "actions"
@@ -79,6 +79,7 @@ class _StoreDataset(Dataset):
                 raise ValueError(f"{self.path}: camera(s) {missing} not in the store (it has {s.cameras})")
             stats = stats or s.stats
             self.has_native = s.has_array("native_actions")
+            self.has_frame_motion = s.has_array("frame_motion")
         self.action_norm = self.state_norm = None
         if normalize:
             if stats is None:
@@ -113,6 +114,7 @@ class _StoreDataset(Dataset):
             self._vectors.move_to_end(episode)
             return hit
         names = ["actions", "states"] + (["native_actions"] if self.has_native else [])
+        names += ["frame_motion"] if getattr(self, "has_frame_motion", False) else []
         out = self._vectors[episode] = {n: store.read_steps(n, episode, slice(None)) for n in names}
         if len(self._vectors) > EPISODE_CACHE:
             self._vectors.popitem(last=False)
@@ -159,7 +161,9 @@ class ClipDataset(_StoreDataset):
         keep = t + np.arange(0, span, self.stride)  # the clip's frames
         frames = self._frames(episode, keep)[self.cameras[0]]  # (T, H, W, 3)
         vectors = self._episode(episode)
-        actions = aggregate_actions(vectors["actions"][t : t + span - 1], self.stride)  # (T−1, 44)
+        motion = vectors.get("frame_motion")
+        motion = motion[t : t + span - 1] if motion is not None else None
+        actions = aggregate_actions(vectors["actions"][t : t + span - 1], self.stride, motion)  # (T−1, 44)
         states = vectors["states"][keep]
         if self.action_norm is not None:
             actions = self.action_norm.normalize(actions)
@@ -278,31 +282,50 @@ def _interval_windows(store, stride: int, episodes, max_episodes: int, seed: int
             pick = np.sort(np.random.default_rng(seed).choice(len(records), max_episodes, replace=False))
             records = [records[i] for i in pick]
         actions = s.array("actions")
+        motion = s.array("frame_motion") if s.has_array("frame_motion") else None
         rows, masks = [], []
         for rec in records:
             steps = np.asarray(actions[rec.offset : rec.stop], np.float64)
+            frames = np.asarray(motion[rec.offset : rec.stop], np.float64) if motion is not None else None
             for offset in range(min(stride, len(steps))):  # every window start, in `stride` interleaved passes
-                windows = aggregate_actions(steps[offset:], stride)
+                windows = aggregate_actions(steps[offset:], stride, None if frames is None else frames[offset:])
                 rows.append(windows)
                 masks.append(np.broadcast_to(rec.masks()[0], windows.shape))
     return rows, masks, len(records)
 
 
-def aggregate_actions(steps: np.ndarray, stride: int) -> np.ndarray:
-    """(n·s, 44) per-step actions → (n, 44) per-interval actions (see the module docstring)."""
+def aggregate_actions(steps: np.ndarray, stride: int, frame_motion: np.ndarray | None = None) -> np.ndarray:
+    """(n·s, 44) per-step actions → (n, 44) per-interval actions (see the module docstring).
+
+    `frame_motion` (n·s, 3, 3) or (n·s, 9), for actions expressed in a moving frame (EgoDex: the camera of
+    each step): the rotation from step k+1's frame to step k's. Each step's deltas are then re-expressed in
+    the frame of the interval's first step before they are summed (positions, fingertips) or composed
+    (rotations, conjugated), so an interval's action is the motion over it as its first camera saw it."""
     if stride == 1:
         return steps
     n = len(steps) // stride
     groups = steps[: n * stride].reshape(n, stride, -1)
+    if frame_motion is not None:
+        groups = groups.astype(np.float64)
+        m = np.asarray(frame_motion, np.float64)[: n * stride].reshape(n, stride, 3, 3)
+        q = np.empty_like(m)  # q[:, k]: step k's frame → the interval's first frame
+        q[:, 0] = np.eye(3)
+        for k in range(1, stride):
+            q[:, k] = q[:, k - 1] @ m[:, k - 1]
+        for sl in (*ACTION_POS.values(), *ACTION_TIPS.values()):
+            xyz = groups[:, :, sl].reshape(n, stride, -1, 3)  # (n, s, points, 3)
+            groups[:, :, sl] = np.einsum("nkij,nkpj->nkpi", q, xyz).reshape(n, stride, -1)
     out = groups.sum(axis=1)
     for arm in ARMS:
         mats = rot.euler_to_matrix(groups[:, :, ACTION_ROT[arm]])  # (n, s, 3, 3)
+        if frame_motion is not None:
+            mats = q @ mats @ np.swapaxes(q, -1, -2)  # each step's relative rotation in the first frame
         total = mats[:, 0]
         for k in range(1, stride):
             total = mats[:, k] @ total  # world-frame deltas compose on the left
         out[:, ACTION_ROT[arm]] = rot.matrix_to_euler(total)
         out[:, ACTION_GRIPPER[arm]] = groups[:, -1, ACTION_GRIPPER[arm]]
-    return out
+    return out.astype(steps.dtype, copy=False)
 
 
 class MixtureSampler(Sampler[int]):

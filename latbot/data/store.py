@@ -9,6 +9,7 @@ On disk (a directory)::
                            (zstd or blosc-lz4) with a crc32c checksum per chunk
     actions/  states/      float32 (N, 44) / (N, 46): the unified spaces (latbot.data.spaces)
     native_actions/ ...    float32 (N, A): the source's own action/state vectors, when it has them
+    frame_motion/          float32 (N, 9): step t+1's action frame → step t's (moving cameras, e.g. EgoDex)
     episodes.jsonl         the commit log: one JSON record per episode (offset, length, instruction,
                            subtasks, embodiment, fps, source, success, masks, source key)
     latbot.json            the artifact manifest, written when a conversion finishes
@@ -82,6 +83,10 @@ class Episode:
     success: bool | None = None
     native_actions: np.ndarray | None = None  # (T, A)
     native_states: np.ndarray | None = None  # (T, S)
+    # (T, 3, 3): for sources whose actions are expressed in a moving frame (EgoDex: the camera of each step),
+    # the rotation taking vectors in step t+1's frame to step t's, so that deltas summed over a clip's frame
+    # stride are composed in one frame (latbot.data.clips.aggregate_actions); None: a fixed frame (robots)
+    frame_motion: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.trajectory.actions)
@@ -496,7 +501,12 @@ class EpisodeStore:
         arrays: dict[str, np.ndarray] = {f"frames/{c}": episode.frames[c] for c in self.cameras}
         arrays["actions"] = episode.trajectory.actions.astype(np.float32)
         arrays["states"] = episode.trajectory.states.astype(np.float32)
-        for name, value in (("native_actions", episode.native_actions), ("native_states", episode.native_states)):
+        optional = (
+            ("native_actions", episode.native_actions),
+            ("native_states", episode.native_states),
+            ("frame_motion", episode.frame_motion),
+        )
+        for name, value in optional:
             if value is not None:
                 value = np.asarray(value, np.float32).reshape(n, -1)
                 if not self.has_array(name):
@@ -588,8 +598,8 @@ class EpisodeStore:
     def _array_names(self) -> list[str]:
         names = [f"frames/{c}" for c in self.cameras] + ["actions", "states"]
         # A native array whose directory is on disk counts even when its metadata is gone (damage to report).
-        native = ("native_actions", "native_states")
-        return names + [n for n in native if self.has_array(n) or self.dir.exists(n)]
+        optional = ("native_actions", "native_states", "frame_motion")
+        return names + [n for n in optional if self.has_array(n) or self.dir.exists(n)]
 
     def check_vectors(self) -> None:
         """Raise a `StoreError` unless actions and states are readable and finite in every valid dimension

@@ -85,6 +85,10 @@ class EgoDexAdapter(DatasetAdapter):
         traj = UnifiedTrajectory.empty(n)
         for side in ("left", "right"):
             _fill_hand(traj, side, wrists[side], tips[side], world_to_cam)
+        # step t+1's camera frame → step t's (actions are in each step's camera; clips sum them over a stride)
+        r = world_to_cam[:, :3, :3]
+        motion = np.repeat(np.eye(3)[None], n, 0)
+        motion[:-1] = r[:-1] @ np.swapaxes(r[1:], -1, -2)
         frames = resized(decode_frames(video, expected=n), image_size, resize_mode)
         if len(frames) < n:
             raise SourceError(f"{video}: {len(frames)} frames but {n} poses")
@@ -98,6 +102,7 @@ class EgoDexAdapter(DatasetAdapter):
             fps=self.config.fps,
             source=str(path),
             success=None,
+            frame_motion=motion,
         )
 
 
