@@ -98,16 +98,24 @@ def create_run(recipe, recipe_path: Path | None, parents: list[ParentRef], envir
     process only."""
     from latbot.recipes import to_dict
 
-    name = (
-        recipe.log.run_name or f"{recipe_path.stem if recipe_path else recipe.stage}-{time.strftime('%Y%m%d-%H%M%S')}"
-    )
-    run_dir = Path(recipe.log.out_dir) / name
+    run_dir = Path(recipe.log.out_dir) / (recipe.log.run_name or _timestamped(recipe, recipe_path))
     if (run_dir / "checkpoints").exists() or (run_dir / "latbot.json").exists():
         raise TrainingError(f"{run_dir} already holds a run; resume it with --resume {run_dir} or set log.run_name")
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / ENVIRONMENT).write_text(json.dumps(environment, indent=2))
     write_manifest(run_dir, recipe.stage, recipe=to_dict(recipe), parents=parents, content_hash="", status="running")
     return run_dir
+
+
+def _timestamped(recipe, recipe_path: Path | None) -> str:
+    """A fresh run name: the recipe's stem and the time, with a counter if that name is taken (two runs
+    started within one second)."""
+    base = f"{recipe_path.stem if recipe_path else recipe.stage}-{time.strftime('%Y%m%d-%H%M%S')}"
+    name, k = base, 1
+    while (Path(recipe.log.out_dir) / name).exists():
+        k += 1
+        name = f"{base}-{k}"
+    return name
 
 
 def resumable(path: str | Path) -> Run:

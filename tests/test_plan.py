@@ -23,16 +23,26 @@ def expected_layers(model) -> dict[str, list]:
     parts = {}
     vlms = [("encoder", model.encoder)] if hasattr(model, "encoder") else [("student", model.student)]
     for label, enc in vlms:
-        vcfg, tcfg = enc.vlm.config.vision_config, enc.vlm.config.text_config
-        tower = enc.vlm.vision_tower.encoder
-        parts[f"{label}.vision"] = (list(getattr(tower, "layer", None) or tower.layers), vcfg.num_hidden_layers)
-        parts[f"{label}.language"] = (list(enc.vlm.language_model.layers), tcfg.num_hidden_layers)
+        if hasattr(enc.vlm, "config"):  # a transformers model: depths from its configs
+            vcfg, tcfg = enc.vlm.config.vision_config, enc.vlm.config.text_config
+            tower = enc.vlm.vision_tower.encoder
+            parts[f"{label}.vision"] = (list(getattr(tower, "layer", None) or tower.layers), vcfg.num_hidden_layers)
+            parts[f"{label}.language"] = (list(enc.vlm.language_model.layers), tcfg.num_hidden_layers)
+        else:  # the pi05 student's own PaliGemma: depths from its architecture table
+            from latbot.models.students.pi05 import PRESETS
+
+            vision, text = PRESETS[enc.config.preset]
+            parts[f"{label}.vision"] = (list(enc.vlm.vision_tower.vision_model.encoder.layers), vision[2])
+            parts[f"{label}.language"] = (list(enc.vlm.language_model.layers), text[2])
     if hasattr(model, "decoder"):
         n = model.decoder.transformer.config.num_layers
         parts["decoder.sana_blocks"] = (list(model.decoder.transformer.transformer_blocks), n)
         parts["decoder.joint_layers"] = (list(model.decoder.joint), n)
     if hasattr(model, "expert"):
-        parts["action_expert"] = (list(model.expert.blocks), model.expert.config.depth)
+        if hasattr(model.expert, "blocks"):  # the cross-attention flow expert
+            parts["action_expert"] = (list(model.expert.blocks), model.expert.config.depth)
+        else:  # pi0.5's expert: one layer per VLM layer (shared attention)
+            parts["action_expert"] = (list(model.expert.layers), len(model.student.vlm.language_model.layers))
     return parts
 
 

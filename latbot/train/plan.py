@@ -59,11 +59,14 @@ def _without_weights(config):
 
 def _give_tokenizers(model: nn.Module) -> None:
     from latbot.models.encoders.vlm import VLMLatentEncoder
+    from latbot.models.students.pi05 import Pi05Student
     from latbot.models.tokenizer import build_tiny_tokenizer
 
     for m in model.modules():
         if isinstance(m, VLMLatentEncoder) and m.tokenizer is None:
             m.tokenizer = build_tiny_tokenizer()
+        elif isinstance(m, Pi05Student) and m._tokenizer is None:  # it would read PaliGemma's from the hub
+            m._tokenizer = build_tiny_tokenizer(["task", "state", "action", *map(str, range(256))])
 
 
 def meta_model(recipe, latent_width: int | None = None) -> nn.Module:

@@ -61,7 +61,8 @@ def real_size_estimate() -> dict:
     def parts(vlm) -> tuple[int, int]:
         vision = sum(p.numel() for p in vlm.vision_tower.parameters())
         lm = vlm.language_model
-        body = sum(p.numel() for p in lm.parameters()) - lm.get_input_embeddings().weight.numel()
+        embeddings = lm.get_input_embeddings() if hasattr(lm, "get_input_embeddings") else lm.embed_tokens  # pi05
+        body = sum(p.numel() for p in lm.parameters()) - embeddings.weight.numel()
         return vision, body
 
     lam = load_recipe(REPO / "recipes/lam_internvl.yaml")

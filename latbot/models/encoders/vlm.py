@@ -184,6 +184,7 @@ class VLMLatentEncoder(nn.Module):
         n_image, any_scene, any_motion = int(image_mask.sum()), bool(scene.any()), bool(motion.any())
         padded = not bool(mask.all())
         device = self.scene_queries.device
+        valid_cpu = mask
         ids, mask = torch.where(slots < 0, pad, ids).to(device), mask.to(device)
         embeds = self.vlm.get_input_embeddings()(ids)  # (B, N, D)
         pixels = self.prepare_images(frames.flatten(0, 1)).to(embeds.dtype)  # (B·T, 3, S, S)
@@ -201,7 +202,7 @@ class VLMLatentEncoder(nn.Module):
         attention = mask
         if self.prefix_lm:
             prompts = [len(self.prompt_tokens(text, t)) for text in instructions]
-            attention = prefix_lm_mask(mask.cpu(), torch.tensor(prompts), embeds.dtype).to(device)
+            attention = prefix_lm_mask(valid_cpu, torch.tensor(prompts), embeds.dtype).to(device)  # built on the CPU
             padded = True  # the 4-D mask always carries information
         return {
             "inputs_embeds": embeds,

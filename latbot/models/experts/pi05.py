@@ -123,8 +123,8 @@ class Pi05ActionExpert(nn.Module):
         if action_mask is None:
             action_mask = torch.ones(b, ACTION_DIM, dtype=torch.bool, device=device)
         m = action_mask.bool()
-        n = int(m.sum(1).max())
         p = self.config.action_dim
+        n = int(m.sum(1).max()) if not m.is_meta else 0  # a meta tensor (`latbot plan`) has no values to check
         if n > p:
             raise ValueError(f"the embodiment has {n} valid action dimensions, action_expert.action_dim is {p}")
         order = torch.sort((~m).int(), dim=1, stable=True).indices  # valid dims first, in order

@@ -291,11 +291,12 @@ class Pi05Student(nn.Module):
         x = self.embed(self.prepare_images(frames), seq)
         out = self.run(x, seq["valid"], seq["ar"], hidden_states)
         last = out["last"]
-        slots = seq["slots"].to(last.device)
         b = last.shape[0]
-        z = torch.cat(
-            [last[slots == SCENE].view(b, -1, last.shape[-1]), last[slots == MOTION].view(b, -1, last.shape[-1])], 1
-        )
+        # query positions found on the CPU copy (no read-back from the device: runs on the meta device too)
+        positions = torch.cat([(seq["slots"] == kind).nonzero()[:, 1].view(b, -1) for kind in (SCENE, MOTION)], 1).to(
+            last.device
+        )  # (B, Ns + Nm)
+        z = last[torch.arange(b, device=last.device)[:, None], positions]
         result = {"latents": self.latent_proj(z)}
         if subtasks is not None:
             result["lm_loss"] = self._lm_loss(last, seq["labels"])
