@@ -146,6 +146,7 @@ def _plots(result: dict, rdir: Path) -> list[str]:
         err = np.clip(np.array([[r["mean"] - r["ci95"][0], r["ci95"][1] - r["mean"]] for r in rows]).T, 0, None)
         ax.errorbar(x, mean, yerr=err, marker="o", capsize=3, label=name)
     ax.set_xscale("log")
+    ax.minorticks_off()
     ax.set_xticks(result["demos"], [str(d) for d in result["demos"]])
     ax.set_ylim(0, 1.02)
     ax.set_xlabel("finetuning demonstrations per held-out task")
@@ -167,6 +168,7 @@ def _plots(result: dict, rdir: Path) -> list[str]:
             ax.errorbar(result["demos"], mean, yerr=err, marker="o", capsize=3, label=f"{name} − {result['baseline']}")
         ax.axhline(0, color="grey", lw=0.8)
         ax.set_xscale("log")
+        ax.minorticks_off()
         ax.set_xticks(result["demos"], [str(d) for d in result["demos"]])
         ax.set_ylabel("paired difference in success")
         ax.legend(fontsize=8)
@@ -219,7 +221,9 @@ def _markdown(result: dict, images: list[str]) -> str:
     lines.append("|---|---|" + "---|" * len(result["heldout_tasks"]))
     for r in result["pooled"].values():
         lines.append(
-            f"| {r['variant']} | {r['demos']} | " + " | ".join(f"{r['tasks'][t]:.2f}" for t in result["heldout_tasks"])
+            f"| {r['variant']} | {r['demos']} | "
+            + " | ".join(f"{r['tasks'][t]:.2f}" for t in result["heldout_tasks"])
+            + " |"
         )
     if result["probe_means"]:
         lines += [
