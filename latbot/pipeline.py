@@ -108,8 +108,10 @@ def evaluate(
     execute_steps: int,
     seed: int | None = None,
     label: str = "",
+    max_steps: int | None = None,
 ) -> dict[str, Any]:
-    """Closed-loop evaluation of a finetuned policy into `path` (report.json + manifest kind "eval")."""
+    """Closed-loop evaluation of a finetuned policy into `path` (report.json + manifest kind "eval");
+    `max_steps` overrides the simulator's episode step limit."""
     from latbot import registry
     from latbot.artifacts import ArtifactError, parent_ref, read_manifest, write_manifest
     from latbot.sim.evaluate import EVAL_SEED_BASE
@@ -120,6 +122,8 @@ def evaluate(
     settings = {"tasks": list(tasks), "episodes": episodes, "image_size": image_size, "execute_steps": execute_steps}
     if seed != EVAL_SEED_BASE:
         settings["seed"] = seed
+    if max_steps is not None:
+        settings["max_steps"] = max_steps
     try:
         m = read_manifest(path, kind="eval")
         if m.extra.get("settings") == settings and parents_current(m):
@@ -128,7 +132,10 @@ def evaluate(
     except ArtifactError:
         pass
     say(f"{label}: {episodes} episodes × {len(tasks)} tasks")
-    sim = registry.get("simulators", simulator).Config()
+    config = registry.get("simulators", simulator).Config
+    if max_steps is not None and "max_steps" not in config.model_fields:
+        raise PipelineError(f"{label}: simulator '{simulator}' has no `max_steps` option to limit its episodes")
+    sim = config(**({} if max_steps is None else {"max_steps": max_steps}))
     report = run_episodes(
         sim, str(policy_run), list(tasks), episodes, seed=seed, image_size=image_size, execute_steps=execute_steps
     )

@@ -78,6 +78,10 @@ def test_study_files_are_checked():
         _study(pretrain_tasks=["a"])
     with pytest.raises(ValidationError, match="baseline 'nope'"):
         _study(baseline="nope")
+    with pytest.raises(ValidationError, match="report_dir"):
+        _study(report_dir="../elsewhere")
+    with pytest.raises(ValidationError, match="heldout_episodes"):
+        _study(heldout_episodes=1, demos=[3, 5])
     with pytest.raises(ValidationError, match="both `lam` and `distill`"):
         _study(variants={"base": {"finetune": "z.yaml", "lam": "x.yaml"}})
     for name in ("fewshot_metaworld", "table5_metaworld", "smoke"):
@@ -96,7 +100,18 @@ def test_smoke_study_runs_the_pipeline_then_resumes_by_skipping(tmp_path):
     assert set(report["paired_differences"]) == {"latbot/d2"} and set(report["probes"]["latbot"]) == {"s0"}
     assert all(0.0 <= c["success_rate"] <= 1.0 and c["episodes"] == 2 for c in report["cells"])
     assert (out / "report" / "success_vs_demos.png").stat().st_size > 1000
-    assert "Paired differences" in (out / "report" / "report.md").read_text()
+    md = (out / "report" / "report.md").read_text()
+    assert "Paired differences" in md and "reconstructions_latbot.png" in md
+    quality = report["reconstruction_means"]["latbot"]
+    assert quality["copy_psnr_moving_db"] > 0 and -1 <= quality["ssim_moving"] <= 1
+    assert (out / "report" / "reconstructions_latbot.png").stat().st_size > 1000
+    # the study's episode limit reaches the simulator: no evaluation episode runs past it
+    steps = [
+        e["steps"]
+        for variant in ("latbot", "pi05")
+        for e in json.loads((out / variant / "s0" / "d2" / "eval" / "report.json").read_text())["episodes"]
+    ]
+    assert max(steps) == 40, steps  # 3-step policies rarely solve drawer-close: some episode hits the limit
     second = subprocess.run(cmd, capture_output=True, text=True, env=ENV, cwd=REPO, timeout=600)
     assert second.returncode == 0, second.stderr[-2000:]
     assert second.stdout.count("up to date, skipped") >= 2 + 2 + 2 + 2  # stores, LAM + distill, finetunes, evals

@@ -71,9 +71,21 @@ class Study(Section):
     demos: list[int] = Field(min_length=1, description="Finetuning demonstrations per held-out task.")
     seeds: list[int] = Field(min_length=1)
     eval_episodes: int = Field(ge=1, le=10_000)
+    eval_max_steps: int | None = Field(
+        None, ge=1, description="Episode step limit of the evaluations (default: the simulator's own)."
+    )
+    heldout_episodes: int | None = Field(
+        None, ge=1, description="Demonstrations per held-out task in its store (default: the largest of `demos`)."
+    )
+    report_dir: str = Field(
+        "report", description="Where the report goes under --out (studies sharing an --out share their runs)."
+    )
     baseline: str = Field(description="The variant the others are compared with (paired differences).")
     variants: dict[str, Variant] = Field(min_length=1)
     probe_samples: int = Field(128, ge=8, description="Clips for the held-out linear probes of Z_mot / Z_sce.")
+    reconstruction_samples: int = Field(
+        8, ge=1, le=64, description="Held-out clips whose generated future frame the report shows next to the truth."
+    )
     workers: int = Field(2, ge=1, le=64, description="Independent steps run side by side (one per core).")
 
     @field_validator("demos")
@@ -83,11 +95,20 @@ class Study(Section):
             raise ValueError("demos must be ≥ 1")
         return sorted(set(v))
 
+    @field_validator("report_dir")
+    @classmethod
+    def _plain_dir(cls, v: str) -> str:
+        if not v or Path(v).is_absolute() or any(part in ("", ".", "..") for part in v.split("/")):
+            raise ValueError(f"report_dir '{v}' must be a folder name under --out, e.g. report_table5")
+        return v
+
     @model_validator(mode="after")
     def _consistent(self) -> Study:
         overlap = sorted(set(self.pretrain_tasks) & set(self.heldout_tasks))
         if overlap:
             raise ValueError(f"held-out tasks must never be pretrained on: {overlap}")
+        if self.heldout_episodes is not None and self.heldout_episodes < max(self.demos):
+            raise ValueError(f"heldout_episodes ({self.heldout_episodes}) is below the largest demo count")
         if self.baseline not in self.variants:
             raise ValueError(f"baseline '{self.baseline}' is not one of the variants {sorted(self.variants)}")
         return self
@@ -122,7 +143,8 @@ def _store(study: Study, out: Path, which: str, seed: int) -> Path:
             study.image_size, 0, "stores/pretrain",
         )  # fmt: skip
     return pipeline.demonstrations(
-        out / "stores" / f"heldout_s{seed}", study.simulator, study.heldout_tasks, max(study.demos),
+        out / "stores" / f"heldout_s{seed}", study.simulator, study.heldout_tasks,
+        study.heldout_episodes or max(study.demos),
         study.image_size, 500_000 + 1000 * seed, f"stores/heldout_s{seed}",
     )  # fmt: skip
 
@@ -163,16 +185,24 @@ def _evaluate(study: Study, out: Path, name: str, seed: int, demos: int, policy:
     return pipeline.evaluate(
         out / name / f"s{seed}" / f"d{demos}" / "eval", policy, study.simulator, study.heldout_tasks,
         study.eval_episodes, study.image_size, study.execute_steps, seed=EVAL_SEED_BASE + 100_000 * seed,
-        label=f"{name}/s{seed}/d{demos}/eval",
+        label=f"{name}/s{seed}/d{demos}/eval", max_steps=study.eval_max_steps,
     )  # fmt: skip
 
 
 def _probe(study: Study, lam: Path, heldout: Path) -> dict[str, Any]:
     """Held-out linear probes of the true actions from Z_mot and Z_sce (and random features)."""
     from latbot.analysis.diagnostics import diagnose_checkpoint
+    from latbot.quickstart.report import lam_reconstructions
 
     d = diagnose_checkpoint(lam, heldout, samples=study.probe_samples)
-    return {"probe_r2": d["probe_r2"], "effective_rank": d["effective_rank"], "psnr_db": d["psnr_db"]}
+    recon = lam_reconstructions(lam, heldout, lam.parent / "lam_reconstructions.png", study.reconstruction_samples)
+    return {
+        "probe_r2": d["probe_r2"],
+        "effective_rank": d["effective_rank"],
+        "psnr_db": d["psnr_db"],
+        "reconstruction": recon["quality"],
+        "reconstruction_image": str(lam.parent / recon["image"]),
+    }
 
 
 def run(path: str | Path, out: str | Path, workers: int | None = None) -> Path:

@@ -114,6 +114,12 @@ def aggregate(study, evaluations: dict[str, dict], probes: dict[str, dict], seed
         | {"z_mot_above_z_sce": sum(p["probe_r2"]["z_mot"] > p["probe_r2"]["z_sce"] for p in by_seed.values())}
         for name, by_seed in probe.items()
     }
+    quality_keys = ("psnr_moving_db", "copy_psnr_moving_db", "ssim_moving", "copy_ssim_moving", "psnr_db")
+    reconstruction = {
+        name: {k: float(np.mean([p["reconstruction"][k] for p in by_seed.values()])) for k in quality_keys}
+        for name, by_seed in probe.items()
+        if all("reconstruction" in p for p in by_seed.values())
+    }
     return {
         "study": study.name,
         "variants": list(study.variants),
@@ -127,6 +133,7 @@ def aggregate(study, evaluations: dict[str, dict], probes: dict[str, dict], seed
         "paired_differences": paired,
         "probes": probe,
         "probe_means": probe_summary,
+        "reconstruction_means": reconstruction,
         "interval_method": __doc__.split("Intervals, stated in the report:")[1].strip(),
     }
 
@@ -238,6 +245,23 @@ def _markdown(result: dict, images: list[str]) -> str:
                 f"| {name} | {p['z_mot']:.3f} | {p['z_sce']:.3f} | {p['random']:.3f} | "
                 f"{p['z_mot_above_z_sce']}/{len(result['seeds'])} |"
             )
+    if result.get("reconstruction_means"):
+        lines += [
+            "",
+            "## LAM future frames on held-out clips (mean over seeds)",
+            "",
+            'The moving region is where V_t and the true V_t+k differ; "copy V_t" is the trivial prediction of',
+            "the first frame again.",
+            "",
+            "| variant | PSNR moving (dB) | copy V_t | SSIM moving | copy V_t | whole-frame PSNR (dB) |",
+            "|---|---|---|---|---|---|",
+        ]
+        for name, q in result["reconstruction_means"].items():
+            lines.append(
+                f"| {name} | {q['psnr_moving_db']:.2f} | {q['copy_psnr_moving_db']:.2f} | {q['ssim_moving']:.3f} | "
+                f"{q['copy_ssim_moving']:.3f} | {q['psnr_db']:.2f} |"
+            )
+        lines += [""] + [f"![{n} LAM, first seed](reconstructions_{n}.png)" for n in result["reconstruction_means"]]
     lines += [
         "",
         "## Cells (Wilson 95% over episodes)",
@@ -261,11 +285,16 @@ def write_report(study, out: Path, evaluations: dict[str, dict], probes: dict[st
 
     from latbot.artifacts import parent_ref, write_manifest
 
-    rdir = out / "report"
+    rdir = out / study.report_dir
     shutil.rmtree(rdir, ignore_errors=True)
     rdir.mkdir(parents=True)
     result = aggregate(study, evaluations, probes)
     images = _plots(result, rdir)
+    for key, p in sorted(probes.items(), key=lambda kv: int(kv[0].split("/s")[-1])):
+        name = key.split("/")[0]
+        target = rdir / f"reconstructions_{name}.png"
+        if p.get("reconstruction_image") and Path(p["reconstruction_image"]).exists() and not target.exists():
+            shutil.copy(p["reconstruction_image"], target)  # the first seed's
     (rdir / "report.json").write_text(json.dumps(result, indent=2) + "\n")
     (rdir / "report.md").write_text(_markdown(result, images))
     parents = [parent_ref(out / key / "eval", "eval") for key in evaluations]
