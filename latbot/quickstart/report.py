@@ -200,7 +200,9 @@ def _markdown(r: dict, preset) -> str:
         "",
         "MetaWorld, CPU, tiny models built from random initialisation (no pretrained weights): the numbers "
         "say the pipeline runs end to end and how far a few minutes of CPU training get; they are not the "
-        "paper's results.",
+        "paper's results. One seed and 10 episodes per task cannot tell two policies apart; the multi-seed "
+        "studies (`latbot study recipes/studies/fewshot_metaworld.yaml`, 3 seeds, 30 episodes per task) and "
+        "their measured results are in docs/results.md of the LatBot source tree.",
         "",
         f"- pretraining tasks (LAM and distillation): {', '.join(r['pretrain_tasks'])}",
         f"- held-out tasks (finetuning on {r['demos_per_heldout_task']} demonstrations each, evaluation): "
