@@ -72,6 +72,22 @@ class Run:
             return state
         return {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
 
+    def metrics(self) -> list[dict[str, Any]]:
+        """The logged training metrics, one dict per logged step (metrics.jsonl); a torn last line (a run
+        killed mid-write) is dropped."""
+        import json
+
+        path = self.path / "metrics.jsonl"
+        if not path.is_file():
+            return []
+        rows = []
+        for line in path.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                break
+        return rows
+
     def parent(self, kind: str) -> ParentRef | None:
         return next((p for p in self.manifest.parents if p.kind == kind), None)
 

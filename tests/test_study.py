@@ -105,6 +105,9 @@ def test_smoke_study_runs_the_pipeline_then_resumes_by_skipping(tmp_path):
     quality = report["reconstruction_means"]["latbot"]
     assert quality["copy_psnr_moving_db"] > 0 and -1 <= quality["ssim_moving"] <= 1
     assert (out / "report" / "reconstructions_latbot.png").stat().st_size > 1000
+    assert (out / "report" / "finetune_loss.png").stat().st_size > 1000
+    assert set(report["training"]["finetune_final_loss"]) == {"latbot/d2", "pi05/d2"}
+    assert set(report["training"]["pretrain_final_loss"]["latbot"]) == {"lam_final_loss", "distill_final_loss"}
     # the study's episode limit reaches the simulator: no evaluation episode runs past it
     steps = [
         e["steps"]

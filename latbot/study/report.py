@@ -186,6 +186,75 @@ def _plots(result: dict, rdir: Path) -> list[str]:
     return names
 
 
+def training_summary(study, out: Path, keys: list[str], rdir: Path) -> tuple[dict[str, Any], str | None]:
+    """Loss curves of every run behind the evaluated cells: the finetuning loss per variant and demo count
+    (mean over seeds, one panel per demo count) and the final losses of each LAM and distillation.
+    Returns (summary, the figure's file name or None when no run logged metrics)."""
+    from latbot import runs
+    from latbot.artifacts import ArtifactError
+
+    def losses(path: Path) -> tuple[np.ndarray, np.ndarray] | None:
+        try:
+            rows = [r for r in runs.open_run(path).metrics() if "loss" in r]
+        except ArtifactError:
+            return None
+        if not rows:
+            return None
+        return np.array([r["step"] for r in rows]), np.array([r["loss"] for r in rows], float)
+
+    def final(curve: tuple[np.ndarray, np.ndarray]) -> float:
+        return float(np.mean(curve[1][-5:]))  # the last five logged steps: one logged step is noisy
+
+    finetune: dict[str, dict[str, Any]] = {}
+    pretrain: dict[str, dict[str, list[float]]] = {}
+    for key in keys:
+        name, s, d = key.rsplit("/", 2)
+        curve = losses(out / key / "ft")
+        if curve is not None:
+            cell = finetune.setdefault(f"{name}/{d}", {"variant": name, "demos": int(d[1:]), "curves": []})
+            cell["curves"].append(curve)
+        for stage in ("lam", "distill"):
+            c = losses(out / name / s / stage)
+            if c is not None and s not in pretrain.setdefault(name, {}).setdefault(f"{stage}_seeds", []):
+                pretrain[name][f"{stage}_seeds"].append(s)
+                pretrain[name].setdefault(f"{stage}_final_loss", []).append(final(c))
+    summary = {
+        "finetune_final_loss": {
+            k: {"variant": v["variant"], "demos": v["demos"], "mean": float(np.mean([final(c) for c in v["curves"]]))}
+            for k, v in finetune.items()
+        },
+        "pretrain_final_loss": {
+            name: {k: float(np.mean(v)) for k, v in p.items() if k.endswith("final_loss")}
+            for name, p in pretrain.items()
+        },
+    }
+    if not finetune:
+        return summary, None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    demos = sorted({v["demos"] for v in finetune.values()})
+    fig, axes = plt.subplots(1, len(demos), figsize=(3.6 * len(demos), 3.0), squeeze=False, sharey=True)
+    for ax, d in zip(axes[0], demos, strict=True):
+        for v in finetune.values():
+            if v["demos"] != d:
+                continue
+            n = min(len(c[0]) for c in v["curves"])
+            mean = np.mean([c[1][:n] for c in v["curves"]], axis=0)
+            ax.plot(v["curves"][0][0][:n], mean, lw=1.2, label=v["variant"])
+        ax.set_yscale("log")
+        ax.set_title(f"finetuning, {d} demos")
+        ax.set_xlabel("step")
+        ax.legend(fontsize=7)
+    axes[0][0].set_ylabel("loss (mean over seeds)")
+    fig.tight_layout()
+    fig.savefig(rdir / "finetune_loss.png", dpi=110)
+    plt.close(fig)
+    return summary, "finetune_loss.png"
+
+
 def _fmt(r: dict) -> str:
     return f"{r['mean']:.2f} [{r['ci95'][0]:.2f}, {r['ci95'][1]:.2f}]"
 
@@ -262,6 +331,20 @@ def _markdown(result: dict, images: list[str]) -> str:
                 f"{q['copy_ssim_moving']:.3f} | {q['psnr_db']:.2f} |"
             )
         lines += [""] + [f"![{n} LAM, first seed](reconstructions_{n}.png)" for n in result["reconstruction_means"]]
+    training = result.get("training") or {}
+    if training.get("finetune_final_loss"):
+        lines += [
+            "",
+            "## Training losses (mean over seeds of the last five logged steps)",
+            "",
+            "| variant | demos | finetuning loss |",
+            "|---|---|---|",
+        ]
+        for r in training["finetune_final_loss"].values():
+            lines.append(f"| {r['variant']} | {r['demos']} | {r['mean']:.4f} |")
+        for name, p in training.get("pretrain_final_loss", {}).items():
+            parts = [f"{k.removesuffix('_final_loss')} {v:.4f}" for k, v in p.items()]
+            lines.append(f"\n{name}: final " + ", ".join(parts) + ".")
     lines += [
         "",
         "## Cells (Wilson 95% over episodes)",
@@ -290,6 +373,8 @@ def write_report(study, out: Path, evaluations: dict[str, dict], probes: dict[st
     rdir.mkdir(parents=True)
     result = aggregate(study, evaluations, probes)
     images = _plots(result, rdir)
+    result["training"], curves = training_summary(study, out, list(evaluations), rdir)
+    images += [curves] if curves else []
     for key, p in sorted(probes.items(), key=lambda kv: int(kv[0].split("/s")[-1])):
         name = key.split("/")[0]
         target = rdir / f"reconstructions_{name}.png"
