@@ -186,7 +186,7 @@ def _plots(result: dict, rdir: Path) -> list[str]:
     return names
 
 
-def training_summary(study, out: Path, keys: list[str], rdir: Path) -> tuple[dict[str, Any], str | None]:
+def training_summary(out: Path, keys: list[str], rdir: Path) -> tuple[dict[str, Any], str | None]:
     """Loss curves of every run behind the evaluated cells: the finetuning loss per variant and demo count
     (mean over seeds, one panel per demo count) and the final losses of each LAM and distillation.
     Returns (summary, the figure's file name or None when no run logged metrics)."""
@@ -373,7 +373,7 @@ def write_report(study, out: Path, evaluations: dict[str, dict], probes: dict[st
     rdir.mkdir(parents=True)
     result = aggregate(study, evaluations, probes)
     images = _plots(result, rdir)
-    result["training"], curves = training_summary(study, out, list(evaluations), rdir)
+    result["training"], curves = training_summary(out, list(evaluations), rdir)
     images += [curves] if curves else []
     for key, p in sorted(probes.items(), key=lambda kv: int(kv[0].split("/s")[-1])):
         name = key.split("/")[0]
