@@ -74,9 +74,12 @@ class Manifest(BaseModel):
 
 
 def hash_directory(directory: str | Path, exclude: Iterable[str] = (MANIFEST_NAME,)) -> str:
-    """sha256 over every file's relative path and bytes, in sorted order (the manifest excluded)."""
+    """sha256 over every file's relative path and bytes, in sorted order (the manifest and the writer's lock
+    file excluded)."""
+    from latbot.ownership import LOCK_NAME
+
     root = Path(directory)
-    skip = set(exclude)
+    skip = {*exclude, LOCK_NAME}
     digest = hashlib.sha256()
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
         rel = path.relative_to(root).as_posix()

@@ -1,0 +1,124 @@
+"""Who may write where: every writer owns its destination and holds a lock on it.
+
+Two rules that every command that writes (convert, gen-sim, eval, viz, train, study, quickstart) follows
+before it touches anything:
+
+- `claim(dest, kinds)`: the destination is new, an empty folder, or an artifact of one of `kinds` that
+  LatBot wrote (its `latbot.json` says so). Anything else (a folder of someone's files, a store when a run
+  is expected, a file) is refused with one line naming the folder and what it holds, and nothing is
+  changed. A writer that fails cleans up only what it created itself.
+- `writer_lock(dir, what)`: an advisory `fcntl.flock` on `dir/.latbot.lock`, held for the whole command, so
+  a second writer of the same run or store stops at once with the holder's pid instead of racing it. The
+  lock file is not part of the artifact (hashes and `verify` skip it); the kernel drops the lock when the
+  holder exits, even after SIGKILL, so a stale lock file never blocks anyone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from latbot.errors import LatBotError
+
+LOCK_NAME = ".latbot.lock"
+MANIFEST_NAME = "latbot.json"  # the same name as latbot.artifacts.MANIFEST_NAME (a test keeps them equal)
+
+
+class OwnershipError(LatBotError):
+    """A destination LatBot did not create, or one that another process is writing."""
+
+
+def manifest_kind(directory: Path) -> str | None:
+    """The `kind` a folder's `latbot.json` declares, without validating the rest; None if there is none."""
+    path = Path(directory) / MANIFEST_NAME
+    if not path.is_file() or path.is_symlink():
+        return None
+    try:
+        if path.stat().st_size > 64 << 20:
+            return None
+        kind = json.loads(path.read_text(encoding="utf-8")).get("kind")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return kind if isinstance(kind, str) else None
+
+
+def claim(dest: str | Path, kinds: Iterable[str], *, option: str = "--out", fix: str = "choose another --out") -> bool:
+    """Check that `dest` may be written by a command making an artifact of one of `kinds`. Returns True when
+    it exists already as such an artifact (the command continues or rewrites its own), False when it is new
+    or empty. Never changes anything."""
+    dest = Path(dest)
+    kinds = set(kinds)
+    if dest.is_symlink():
+        raise OwnershipError(f"{option} {dest}: is a symbolic link; {fix}")
+    if not dest.exists():
+        return False
+    if not dest.is_dir():
+        raise OwnershipError(f"{option} {dest}: exists and is not a directory; {fix}")
+    names = [p.name for p in dest.iterdir() if p.name != LOCK_NAME]
+    if not names:
+        return False
+    kind = manifest_kind(dest)
+    if kind is None:
+        shown = ", ".join(sorted(names)[:3]) + (", …" if len(names) > 3 else "")
+        raise OwnershipError(
+            f"{option} {dest}: holds files LatBot did not write ({shown}) and no {MANIFEST_NAME}; "
+            f"nothing was changed; {fix}"
+        )
+    if kind not in kinds:
+        wanted = " or ".join(sorted(kinds))
+        raise OwnershipError(
+            f"{option} {dest}: holds a '{kind}' artifact, not a '{wanted}'; nothing was changed; {fix}"
+        )
+    return True
+
+
+@contextmanager
+def writer_lock(directory: str | Path, what: str) -> Iterator[None]:
+    """Hold `directory/.latbot.lock` exclusively while the block runs; `what` names the artifact in the
+    error a second writer gets (e.g. "run", "store")."""
+    import fcntl
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / LOCK_NAME
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "unknown"
+            raise OwnershipError(
+                f"{directory}: another LatBot process (pid {holder}) is writing this {what}; wait for it to "
+                f"finish or stop it, then run the command again"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def held_by_other(directory: str | Path) -> int | None:
+    """The pid of another process holding `directory`'s writer lock, or None (for readers that want to warn)."""
+    import fcntl
+
+    path = Path(directory) / LOCK_NAME
+    if not path.is_file():
+        return None
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            text = os.pread(fd, 64, 0).decode("ascii", "replace").strip()
+            return int(text) if text.isdigit() else -1
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)

@@ -1,0 +1,5 @@
+"""Attack cases: checkpoints (see tests/attacks/__init__.py for how a case is written and judged)."""
+
+from __future__ import annotations
+
+from tests.attacks import Trial, attack  # noqa: F401
