@@ -244,7 +244,7 @@ def _child(a: Attack, tmp: Path, tree: Path | None, write) -> None:
         outcome, why = "silent", "the case ended without a verdict"
     except Verdict as v:
         outcome, why = v.outcome, v.why
-    except BaseException as e:  # noqa: BLE001 - anything else is the toolkit's (or the case's) traceback
+    except BaseException as e:
         import traceback
 
         outcome, why = "traceback", "".join(traceback.format_exception(e))[-400:]

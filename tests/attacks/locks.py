@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from tests.attacks import Trial, attack  # noqa: F401
+from tests.attacks import Trial, attack
 
 
 @attack("locks", "two writers of one folder: the second is refused with the holder's pid")
