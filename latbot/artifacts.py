@@ -33,7 +33,24 @@ FORMAT_VERSIONS: dict[str, int] = {
     "teacher_cache": 1,
     "eval": 1,
     "report": 1,
+    "workspace": 1,  # the --out of a quickstart or a study: every artifact below it is LatBot's
 }
+
+
+_VERIFY_ENV = "LATBOT_NO_VERIFY"
+
+
+def verification_enabled() -> bool:
+    """Whether artifacts' content hashes are checked when they are opened (on unless `latbot --no-verify`,
+    which sets LATBOT_NO_VERIFY=1 so that torchrun's ranks and subprocesses skip them too)."""
+    return os.environ.get(_VERIFY_ENV, "") in ("", "0")
+
+
+def set_verification(enabled: bool) -> None:
+    if enabled:
+        os.environ.pop(_VERIFY_ENV, None)
+    else:
+        os.environ[_VERIFY_ENV] = "1"
 
 
 def format_version(kind: str) -> int | None:

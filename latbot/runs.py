@@ -65,12 +65,28 @@ class Run:
         from safetensors.torch import load_file
 
         path = self.path / WEIGHTS
-        if not path.is_file():
+        if not path.is_file() or path.is_symlink():
             raise ArtifactError(f"{self.path}: {WEIGHTS} is missing; the run is damaged, re-create it")
+        self.verify_weights()
         state = load_file(str(path), device=device)
         if not prefix:
             return state
         return {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
+
+    def verify_weights(self) -> None:
+        """Check the exported weights against the manifest's content hash (unless `latbot --no-verify`)."""
+        from latbot.artifacts import verification_enabled
+
+        if not verification_enabled() or getattr(self, "_verified", False):
+            return
+        actual = hash_directory(self.path / WEIGHTS.parent)
+        if actual != self.manifest.content_hash:
+            raise ArtifactError(
+                f"{self.path / WEIGHTS.parent}: the weights differ from the run's manifest (hash {actual[:19]}…, "
+                f"latbot.json says {self.manifest.content_hash[:19]}…): swapped or damaged; re-create the run, or "
+                f"load it anyway with `latbot --no-verify ...`"
+            )
+        object.__setattr__(self, "_verified", True)
 
     def metrics(self) -> list[dict[str, Any]]:
         """The logged training metrics, one dict per logged step (metrics.jsonl); a torn last line (a run
@@ -109,14 +125,37 @@ def open_run(path: str | Path, kind: str | Iterable[str] | None = None, *, compl
 
 
 # -- creating and finishing runs (the training side) ------------------------------------------------------
-def create_run(recipe, recipe_path: Path | None, parents: list[ParentRef], environment: dict) -> Path:
-    """A new run directory for `recipe` with its manifest (status running) and environment. Call on the main
-    process only."""
-    from latbot.recipes import to_dict
+def new_run_dir(recipe, recipe_path: Path | None) -> Path:
+    """Where a new run of `recipe` goes: `log.out_dir/log.run_name` (or a timestamped name), which must be a
+    new or empty folder directly inside `log.out_dir`. Checks only; writes nothing."""
+    from latbot.ownership import OwnershipError, claim
 
-    run_dir = Path(recipe.log.out_dir) / (recipe.log.run_name or _timestamped(recipe, recipe_path))
+    out_dir = Path(recipe.log.out_dir)
+    name = recipe.log.run_name or _timestamped(recipe, recipe_path)
+    run_dir = out_dir / name
+    if Path(name).name != name or name in ("", ".", "..") or run_dir.resolve().parent != out_dir.resolve():
+        raise TrainingError(f"log.run_name {name!r}: must be a plain folder name inside log.out_dir ({out_dir})")
     if (run_dir / "checkpoints").exists() or (run_dir / "latbot.json").exists():
         raise TrainingError(f"{run_dir} already holds a run; resume it with --resume {run_dir} or set log.run_name")
+    try:
+        claim(run_dir, (), option="log.run_name", fix="set another log.run_name or log.out_dir")
+    except OwnershipError as e:
+        raise TrainingError(str(e)) from None
+    return run_dir
+
+
+def lock_run(run_dir: Path):
+    """The run's writer lock (`latbot.ownership.writer_lock`): one `latbot train` per run at a time."""
+    from latbot.ownership import writer_lock
+
+    return writer_lock(run_dir, "run")
+
+
+def create_run(run_dir: Path, recipe, parents: list[ParentRef], environment: dict) -> Path:
+    """Write the new run's manifest (status running) and environment into `run_dir` (from `new_run_dir`,
+    locked with `lock_run`). Call on the main process only."""
+    from latbot.recipes import to_dict
+
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / ENVIRONMENT).write_text(json.dumps(environment, indent=2))
     write_manifest(run_dir, recipe.stage, recipe=to_dict(recipe), parents=parents, content_hash="", status="running")

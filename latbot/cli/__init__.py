@@ -28,8 +28,18 @@ def _root(
     version: bool = typer.Option(
         False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
     ),
+    no_verify: bool = typer.Option(
+        False,
+        "--no-verify",
+        help="Open runs, checkpoints and stores whose content no longer matches their manifest's hash "
+        "(normally refused). Only for artifacts you trust.",
+    ),
 ) -> None:
     """LatBot: distil universal latent actions into vision-language-action models."""
+    from latbot.artifacts import set_verification
+
+    if no_verify:
+        set_verification(False)
 
 
 app.command("train")(train.train)

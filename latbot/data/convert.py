@@ -263,4 +263,8 @@ def finalize(store: EpisodeStore, extra: dict[str, Any] | None = None) -> None:
     store.set_stats(compute_stats(store))
     digest = hashlib.sha256(store.log_bytes()).hexdigest()
     summary = {k: v for k, v in store.summary().items() if k in ("episodes", "frames", "cameras", "image_size")}
+    if not StoreDir(store.path).is_url:  # the Zarr metadata too (latbot.data.integrity); local stores only
+        from latbot.data.integrity import metadata_digest
+
+        summary["metadata_hash"] = metadata_digest(Path(store.path))
     write_manifest(store.path, "episode_store", content_hash=f"sha256:{digest}", extra={**summary, **(extra or {})})

@@ -281,6 +281,10 @@ class EpisodeStore:
         try:
             if mode == "a" and not d.exists(LOG_NAME) and _all_empty(group, attrs):
                 d.write_atomic(LOG_NAME, b"")  # created but never committed to (an older LatBot died here): empty
+            if mode == "r" and check and not d.is_url:  # verify (check=False) reports it as a finding
+                from latbot.data.integrity import check_store
+
+                check_store(Path(path), LOG_NAME, StoreError, LOCK_NAME)
             records = _read_log(d, repair=mode == "a")
             store = cls(path, group, records, writable=mode == "a")
             store._lock_fd = lock_fd

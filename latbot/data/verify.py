@@ -50,6 +50,15 @@ def verify_store(path: str | Path, progress: bool = False) -> list[Problem]:
         read_manifest(path, "episode_store")
     except LatBotError as e:
         problems.append(Problem(str(path), f"{e} (was the conversion interrupted? rerun it to finish)"))
+    else:
+        if not files.is_url:
+            from latbot.data.integrity import check_store
+            from latbot.data.store import LOCK_NAME, StoreError
+
+            try:
+                check_store(Path(path), LOG_NAME, StoreError, LOCK_NAME)
+            except StoreError as e:
+                problems.append(Problem(str(path), str(e)))
     n = store.num_frames
     for group in sorted({name.rsplit("/", 1)[0] for name in store._array_names() if "/" in name}):
         problems += _check_group(files, group)

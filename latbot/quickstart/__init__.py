@@ -129,65 +129,68 @@ def run(out: str | Path = "quickstart", preset: str = "tiny", seed: int = 0, par
         raise QuickstartError(f"--preset {preset}: choose one of {', '.join(PRESETS)}")
     p = PRESETS[preset]
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    times_path = out / "stage_times.json"
-    times: dict[str, Any] = json.loads(times_path.read_text()) if times_path.exists() else {}
+    from latbot.ownership import claim_workspace, writer_lock
 
-    def record(stage: str, seconds: float) -> None:
-        if seconds > 1.0 or stage not in times:  # a skipped stage keeps the time it took when it ran
-            times[stage] = {"seconds": round(seconds, 1)}
-        times_path.write_text(json.dumps(times, indent=2) + "\n")
+    claim_workspace(out, "quickstart", ("stores", "runs", "eval", "cache", "report", "stage_times.json"))
+    with writer_lock(out, "quickstart"):
+        times_path = out / "stage_times.json"
+        times: dict[str, Any] = json.loads(times_path.read_text()) if times_path.exists() else {}
 
-    def timed(stage: str, fn: Callable[[], Any]) -> Any:
-        t0 = time.perf_counter()
-        result = fn()
-        record(stage, time.perf_counter() - t0)
-        return result
+        def record(stage: str, seconds: float) -> None:
+            if seconds > 1.0 or stage not in times:  # a skipped stage keeps the time it took when it ran
+                times[stage] = {"seconds": round(seconds, 1)}
+            times_path.write_text(json.dumps(times, indent=2) + "\n")
 
-    def pair(jobs: dict[str, tuple[Callable, tuple]]) -> dict[str, Any]:
-        """Two independent stages at once, one per core (`parallel`), or one after the other."""
-        results = pipeline.side_by_side(jobs, workers=2 if parallel else 1)
-        for stage, (_, seconds) in results.items():
-            record(stage, seconds)
-        return {stage: result for stage, (result, _) in results.items()}
+        def timed(stage: str, fn: Callable[[], Any]) -> Any:
+            t0 = time.perf_counter()
+            result = fn()
+            record(stage, time.perf_counter() - t0)
+            return result
 
-    t_start = time.perf_counter()
-    stores = pair(
-        {
-            "stores/pretrain": (store_stage, (out, "pretrain", p.pretrain_tasks, p.pretrain_episodes, p, seed)),
-            "stores/heldout": (store_stage, (out, "heldout", p.heldout_tasks, p.demos_per_task, p, seed + 500_000)),
-        }
-    )
-    pre, held = stores["stores/pretrain"], stores["stores/heldout"]
-    extra = p.overrides
-    lam = timed(
-        "runs/lam",
-        lambda: train_stage(
-            out, "lam", p.recipes / "lam.yaml", [f"data.sources=[{{store: {pre}}}]", *extra.get("lam", ())]
-        ),
-    )
-    distill_sets = [
-        f"data.sources=[{{store: {pre}}}]",
-        f"model.teacher={lam}",
-        f"model.teacher_cache={out / 'cache' / 'teacher_latents'}",
-        *extra.get("distill", ()),
-    ]
-    pipeline.drop_stale_cache(out / "cache" / "teacher_latents", lam)
-    distill = timed("runs/distill", lambda: train_stage(out, "distill", p.recipes / "distill.yaml", distill_sets))
-    few_shot = f"data.sources=[{{store: {held}, demos_per_task: {p.demos_per_task}}}]"
-    jobs = {}
-    for name, recipe, parent in (("distilled", "finetune.yaml", distill), ("baseline", "baseline.yaml", None)):
-        sets = [few_shot, f"model.student_checkpoint={parent if parent else 'null'}", *extra.get("finetune", ())]
-        jobs[f"runs/ft_{name}"] = (train_stage, (out, f"ft_{name}", p.recipes / recipe, sets))
-    trained = pair(jobs)
-    ft = {name: trained[f"runs/ft_{name}"] for name in ("distilled", "baseline")}
-    evaluated = pair({f"eval/{name}": (eval_stage, (out, name, ft[name], p)) for name in ft})
-    evals = {name: evaluated[f"eval/{name}"] for name in ft}
-    from latbot.quickstart.report import write_report
+        def pair(jobs: dict[str, tuple[Callable, tuple]]) -> dict[str, Any]:
+            """Two independent stages at once, one per core (`parallel`), or one after the other."""
+            results = pipeline.side_by_side(jobs, workers=2 if parallel else 1)
+            for stage, (_, seconds) in results.items():
+                record(stage, seconds)
+            return {stage: result for stage, (result, _) in results.items()}
 
-    report_dir = timed(
-        "report",
-        lambda: write_report(out, preset, p, {"pretrain": pre, "heldout": held}, lam, distill, ft, evals, times),
-    )
-    pipeline.say(f"done in {time.perf_counter() - t_start:.0f} s: {report_dir / 'report.md'}")
-    return report_dir
+        t_start = time.perf_counter()
+        stores = pair(
+            {
+                "stores/pretrain": (store_stage, (out, "pretrain", p.pretrain_tasks, p.pretrain_episodes, p, seed)),
+                "stores/heldout": (store_stage, (out, "heldout", p.heldout_tasks, p.demos_per_task, p, seed + 500_000)),
+            }
+        )
+        pre, held = stores["stores/pretrain"], stores["stores/heldout"]
+        extra = p.overrides
+        lam = timed(
+            "runs/lam",
+            lambda: train_stage(
+                out, "lam", p.recipes / "lam.yaml", [f"data.sources=[{{store: {pre}}}]", *extra.get("lam", ())]
+            ),
+        )
+        distill_sets = [
+            f"data.sources=[{{store: {pre}}}]",
+            f"model.teacher={lam}",
+            f"model.teacher_cache={out / 'cache' / 'teacher_latents'}",
+            *extra.get("distill", ()),
+        ]
+        pipeline.drop_stale_cache(out / "cache" / "teacher_latents", lam)
+        distill = timed("runs/distill", lambda: train_stage(out, "distill", p.recipes / "distill.yaml", distill_sets))
+        few_shot = f"data.sources=[{{store: {held}, demos_per_task: {p.demos_per_task}}}]"
+        jobs = {}
+        for name, recipe, parent in (("distilled", "finetune.yaml", distill), ("baseline", "baseline.yaml", None)):
+            sets = [few_shot, f"model.student_checkpoint={parent if parent else 'null'}", *extra.get("finetune", ())]
+            jobs[f"runs/ft_{name}"] = (train_stage, (out, f"ft_{name}", p.recipes / recipe, sets))
+        trained = pair(jobs)
+        ft = {name: trained[f"runs/ft_{name}"] for name in ("distilled", "baseline")}
+        evaluated = pair({f"eval/{name}": (eval_stage, (out, name, ft[name], p)) for name in ft})
+        evals = {name: evaluated[f"eval/{name}"] for name in ft}
+        from latbot.quickstart.report import write_report
+
+        report_dir = timed(
+            "report",
+            lambda: write_report(out, preset, p, {"pretrain": pre, "heldout": held}, lam, distill, ft, evals, times),
+        )
+        pipeline.say(f"done in {time.perf_counter() - t_start:.0f} s: {report_dir / 'report.md'}")
+        return report_dir

@@ -126,7 +126,10 @@ def write_report(out: Path, preset_name: str, preset, stores, lam, distill, ft, 
     from latbot.viz.episode import record
 
     rdir = out / "report"
-    shutil.rmtree(rdir, ignore_errors=True)
+    from latbot.ownership import claim
+
+    if claim(rdir, {"report"}, option="report folder"):  # only a report this replaces, never other files
+        shutil.rmtree(rdir)
     rdir.mkdir(parents=True)
     table = success_table(evals)
     plot_success(table, rdir / "success.png")

@@ -10,6 +10,7 @@ A stage subclass supplies the hooks; `Stage.run` is the same for all of them.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -84,26 +85,24 @@ class Stage:
         stage.prepare()
         world = distributed.init(recipe.dist.backend)
         try:
-            if resume is not None:
-                run_dir = Path(resume)
-            else:
-                run_dir = (
-                    runs.create_run(recipe, recipe_path, stage.parents(), environment(world.size))
-                    if world.main
-                    else None
-                )
+            run_dir = None
+            if world.main:
+                run_dir = Path(resume) if resume is not None else runs.new_run_dir(recipe, recipe_path)
+            with runs.lock_run(run_dir) if world.main else contextlib.nullcontext():
+                if world.main and resume is None:
+                    runs.create_run(run_dir, recipe, stage.parents(), environment(world.size))
                 run_dir = _broadcast_path(run_dir, world)
-            has_on_log = type(stage).on_log is not Stage.on_log and recipe.dist.strategy == "none"
-            model = train(
-                recipe,
-                run_dir,
-                stage.build_model,
-                stage.build_data,
-                world,
-                resume is not None,
-                on_log=stage.on_log if has_on_log else None,
-            )
-            export(run_dir, model, world, stage.extra(model))
+                has_on_log = type(stage).on_log is not Stage.on_log and recipe.dist.strategy == "none"
+                model = train(
+                    recipe,
+                    run_dir,
+                    stage.build_model,
+                    stage.build_data,
+                    world,
+                    resume is not None,
+                    on_log=stage.on_log if has_on_log else None,
+                )
+                export(run_dir, model, world, stage.extra(model))
             if world.main:
                 print(f"done: {run_dir}")
             return run_dir

@@ -212,43 +212,46 @@ def run(path: str | Path, out: str | Path, workers: int | None = None) -> Path:
 
     study = load_study(path)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    n = workers or study.workers
-    pipeline.say(
-        f"study {study.name}: {len(study.variants)} variants × {len(study.seeds)} seeds × {len(study.demos)} "
-        f"demo counts = {len(cells(study))} cells, {n} worker(s)"
-    )
+    from latbot.ownership import claim_workspace, writer_lock
 
-    def step(jobs: dict) -> dict[str, Any]:
-        return {k: result for k, (result, _) in pipeline.side_by_side(jobs, n).items()}
+    claim_workspace(out, "study", ("stores", study.report_dir, *study.variants))
+    with writer_lock(out, "study"):
+        n = workers or study.workers
+        pipeline.say(
+            f"study {study.name}: {len(study.variants)} variants × {len(study.seeds)} seeds × {len(study.demos)} "
+            f"demo counts = {len(cells(study))} cells, {n} worker(s)"
+        )
 
-    stores = step(
-        {"pretrain": (_store, (study, out, "pretrain", 0))}
-        | {f"heldout_s{s}": (_store, (study, out, "heldout", s)) for s in study.seeds}
-    )
-    distilled = [(name, s) for name, v in study.variants.items() if v.lam is not None for s in study.seeds]
-    chains = step({f"{name}/s{s}": (_pretrain, (study, out, name, s, stores["pretrain"])) for name, s in distilled})
-    finetuned = step(
-        {
-            f"{name}/s{s}/d{d}": (
-                _finetune,
-                (study, out, name, s, d, stores[f"heldout_s{s}"], chains.get(f"{name}/s{s}")),
-            )
-            for name, s, d in cells(study)
-        }
-    )
-    evaluations = step(
-        {key: (_evaluate, (study, out, *_parse(key), finetuned[key])) for key in finetuned}  # key = name/s/d
-    )
-    probes = step(
-        {
-            f"{name}/s{s}": (_probe, (study, out / name / f"s{s}" / "lam", stores[f"heldout_s{s}"]))
-            for name, s in distilled
-        }
-    )
-    report = write_report(study, out, evaluations, probes)
-    pipeline.say(f"study {study.name}: {report / 'report.md'}")
-    return report
+        def step(jobs: dict) -> dict[str, Any]:
+            return {k: result for k, (result, _) in pipeline.side_by_side(jobs, n).items()}
+
+        stores = step(
+            {"pretrain": (_store, (study, out, "pretrain", 0))}
+            | {f"heldout_s{s}": (_store, (study, out, "heldout", s)) for s in study.seeds}
+        )
+        distilled = [(name, s) for name, v in study.variants.items() if v.lam is not None for s in study.seeds]
+        chains = step({f"{name}/s{s}": (_pretrain, (study, out, name, s, stores["pretrain"])) for name, s in distilled})
+        finetuned = step(
+            {
+                f"{name}/s{s}/d{d}": (
+                    _finetune,
+                    (study, out, name, s, d, stores[f"heldout_s{s}"], chains.get(f"{name}/s{s}")),
+                )
+                for name, s, d in cells(study)
+            }
+        )
+        evaluations = step(
+            {key: (_evaluate, (study, out, *_parse(key), finetuned[key])) for key in finetuned}  # key = name/s/d
+        )
+        probes = step(
+            {
+                f"{name}/s{s}": (_probe, (study, out / name / f"s{s}" / "lam", stores[f"heldout_s{s}"]))
+                for name, s in distilled
+            }
+        )
+        report = write_report(study, out, evaluations, probes)
+        pipeline.say(f"study {study.name}: {report / 'report.md'}")
+        return report
 
 
 def _parse(key: str) -> tuple[str, int, int]:

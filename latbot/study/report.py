@@ -369,7 +369,10 @@ def write_report(study, out: Path, evaluations: dict[str, dict], probes: dict[st
     from latbot.artifacts import parent_ref, write_manifest
 
     rdir = out / study.report_dir
-    shutil.rmtree(rdir, ignore_errors=True)
+    from latbot.ownership import claim
+
+    if claim(rdir, {"report"}, option="report folder"):  # only a report this replaces, never other files
+        shutil.rmtree(rdir)
     rdir.mkdir(parents=True)
     result = aggregate(study, evaluations, probes)
     images = _plots(result, rdir)

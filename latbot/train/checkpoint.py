@@ -5,14 +5,28 @@ Layout: `RUN/checkpoints/step_00000100/` (DCP files, `rank<r>.pt`, `meta.json`) 
 A checkpoint is written into `.step_….tmp/` and renamed into place only when every rank has finished;
 `latest` is then replaced atomically. A process killed mid-save leaves the previous checkpoint and
 `latest` untouched (the stale temporary directory is removed by the next save). Older checkpoints beyond
-`keep_last` are deleted. Rank files hold tensors and numbers only and are read with `weights_only=True`.
+`keep_last` are deleted.
+
+A run directory may come from elsewhere (a colleague's half-trained model), so nothing in it is trusted:
+
+- `meta.json` records the sha256 of every file of the checkpoint; a checkpoint whose files do not match is
+  skipped, and resume takes the newest one that verifies and says which one it took.
+- `latest` is a plain name read as text (never a followed link) and must name a checkpoint inside the run.
+- DCP's `.metadata` is a pickle: it is read by `RestrictedUnpickler`, which builds only the classes DCP's
+  metadata is made of (anything else is refused before it is built, naming the file), and DCP's byte
+  entries (optimizer hyper-parameters) and the rank files are read with `torch.load(weights_only=True)`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import io
 import json
 import os
+import pickle
 import random
+import re
 import shutil
 import warnings
 from pathlib import Path
@@ -25,6 +39,8 @@ from latbot.errors import LatBotError
 from latbot.train.distributed import World, barrier
 
 LATEST = "latest"
+STEP_NAME = re.compile(r"step_\d{8}")
+META_LIMIT = 1 << 20  # bytes of meta.json / latest read at most
 
 
 class CheckpointError(LatBotError):
@@ -68,7 +84,8 @@ def save(run_dir: Path, step: int, model, optimizer, world: World, extra: dict[s
     torch.save({"rng": _rng_state(), **extra}, tmp / f"rank{world.rank}.pt")
     barrier(world)
     if world.main:
-        (tmp / "meta.json").write_text(json.dumps({"step": step, "world_size": world.size, **extra}, indent=2))
+        meta = {"step": step, "world_size": world.size, **extra, "files": _file_hashes(tmp)}
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -82,24 +99,128 @@ def save(run_dir: Path, step: int, model, optimizer, world: World, extra: dict[s
     return final
 
 
-def latest(run_dir: Path) -> Path | None:
+def _file_hashes(directory: Path) -> dict[str, str]:
+    """sha256 of every file of a checkpoint (meta.json itself excepted), by name."""
+    out = {}
+    for path in sorted(directory.iterdir()):
+        if path.is_file() and path.name != "meta.json":
+            with path.open("rb") as f:
+                out[path.name] = "sha256:" + hashlib.file_digest(f, "sha256").hexdigest()
+    return out
+
+
+def _root(run_dir: Path) -> Path:
     root = Path(run_dir) / "checkpoints"
+    if root.is_symlink() or (root.exists() and Path(run_dir).resolve() not in root.resolve().parents):
+        raise CheckpointError(f"{root}: is a link out of the run; a run's checkpoints must be inside it")
+    return root
+
+
+def _read_small(path: Path) -> str:
+    """A small text file of the run, never through a link and never past META_LIMIT bytes."""
+    if path.is_symlink() or not path.is_file():
+        raise CheckpointError(f"{path}: not a regular file")
+    with path.open("rb") as f:
+        data = f.read(META_LIMIT + 1)
+    if len(data) > META_LIMIT:
+        raise CheckpointError(f"{path}: larger than {META_LIMIT} bytes")
+    return data.decode("utf-8", errors="replace")
+
+
+def _pointed(run_dir: Path) -> Path | None:
+    """The checkpoint `latest` names, if it names one inside the run (None if there is no pointer)."""
+    root = _root(run_dir)
     pointer = root / LATEST
-    if not pointer.is_file():
+    if not pointer.exists() and not pointer.is_symlink():
         return None
-    path = root / pointer.read_text().strip()
-    return path if path.is_dir() else None
+    name = _read_small(pointer).strip()
+    if not STEP_NAME.fullmatch(name):
+        raise CheckpointError(f"{pointer}: names {name[:60]!r}, not a checkpoint of this run (step_NNNNNNNN)")
+    return root / name
+
+
+def latest(run_dir: Path) -> Path | None:
+    """The checkpoint `latest` points to, when it is a checkpoint directory inside the run; else None."""
+    try:
+        path = _pointed(run_dir)
+    except CheckpointError:
+        return None
+    return path if path is not None and path.is_dir() and not path.is_symlink() else None
+
+
+def checkpoints(run_dir: Path) -> list[Path]:
+    """Every checkpoint directory of the run, newest first (what resume may fall back to)."""
+    root = _root(run_dir)
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if STEP_NAME.fullmatch(p.name) and p.is_dir() and not p.is_symlink()]
+    return sorted(found, key=lambda p: p.name, reverse=True)
+
+
+def verify(path: Path) -> dict[str, Any]:
+    """The checkpoint's meta.json when every file it lists is present with its recorded hash (and DCP's
+    metadata reads through the restricted unpickler); a `CheckpointError` saying what is wrong otherwise."""
+    try:
+        meta = json.loads(_read_small(path / "meta.json"))
+    except ValueError as e:
+        raise CheckpointError(f"{path / 'meta.json'}: not valid JSON ({e})") from None
+    if not (isinstance(meta, dict) and isinstance(meta.get("step"), int) and isinstance(meta.get("world_size"), int)):
+        raise CheckpointError(f"{path / 'meta.json'}: no integer step / world_size; the checkpoint is damaged")
+    files = meta.get("files")
+    if not isinstance(files, dict) or not files:
+        raise CheckpointError(f"{path / 'meta.json'}: lists no file hashes (written by an older LatBot, or damaged)")
+    actual = _file_hashes(path)
+    for name, digest in files.items():
+        if name not in actual:
+            raise CheckpointError(f"{path / str(name)[:80]}: missing")
+        if actual[name] != digest:
+            raise CheckpointError(f"{path / name}: content differs from the hash in meta.json (damaged or edited)")
+    unlisted = sorted(set(actual) - set(files))
+    if unlisted:
+        raise CheckpointError(f"{path / unlisted[0]}: a file meta.json does not list")
+    read_dcp_metadata(path)
+    return meta
+
+
+def choose(run_dir: Path, verify_files: bool = True) -> tuple[Path, dict[str, Any], list[str]]:
+    """(checkpoint, its meta, notes): the one `latest` names when it verifies, else the newest that does.
+    The notes say what was skipped and why; no usable checkpoint is a `CheckpointError` listing the reasons."""
+    notes: list[str] = []
+    try:
+        first = _pointed(run_dir)
+    except CheckpointError as e:
+        notes.append(f"{e}; ignored")
+        first = None
+    candidates = ([first] if first is not None else []) + [p for p in checkpoints(run_dir) if p != first]
+    for path in candidates:
+        try:
+            meta = verify(path) if verify_files else json.loads(_read_small(path / "meta.json"))
+        except UnsafeCheckpointError:
+            raise
+        except (CheckpointError, ValueError, OSError) as e:
+            notes.append(f"skipped {path.name}: {e}")
+            continue
+        return path, meta, notes
+    if not candidates:
+        raise CheckpointError(f"--resume {run_dir}: no checkpoint here (no checkpoints/step_* directory)")
+    raise CheckpointError(f"--resume {run_dir}: no usable checkpoint ({'; '.join(notes)})")
 
 
 def load(run_dir: Path, model, optimizer, world: World) -> dict[str, Any]:
-    """Restore model, optimizer and this rank's RNG from the latest checkpoint; returns its extra state."""
+    """Restore model, optimizer and this rank's RNG from the newest checkpoint that verifies; returns its
+    extra state."""
     import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-    path = latest(run_dir)
-    if path is None:
-        raise CheckpointError(f"--resume {run_dir}: no checkpoint here (checkpoints/latest is missing)")
-    meta = json.loads((path / "meta.json").read_text())
+    from latbot.artifacts import verification_enabled
+
+    path, meta, notes = choose(run_dir, verify_files=verification_enabled())
+    if world.main:
+        for note in notes:
+            print(f"warning: {note}")
+        if notes:
+            print(f"resuming from {path.name}, the newest checkpoint that verifies")
     if meta["world_size"] != world.size:
         raise CheckpointError(
             f"--resume {run_dir}: {path.name} was written by {meta['world_size']} process(es); resume with the "
@@ -109,8 +230,151 @@ def load(run_dir: Path, model, optimizer, world: World) -> dict[str, Any]:
     state = {"model": model_sd, "optim": optim_sd}
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*assuming the intent is to load in a single process")
-        dcp.load(state, checkpoint_id=str(path))
+        try:
+            with _quiet_dcp():
+                dcp.load(state, storage_reader=safe_reader(path), planner=safe_load_planner(path))
+        except (Exception, CheckpointException) as e:  # DCP wraps ranks' failures (a BaseException)
+            failures = getattr(e, "failures", {}) or {}
+            raised = [f[0] if isinstance(f, tuple) else f for f in failures.values()]  # (exception, stack)
+            unsafe = [f for f in raised if isinstance(f, CheckpointError)]
+            if unsafe:
+                raise unsafe[0] from None
+            if isinstance(e, CheckpointError):
+                raise
+            raise CheckpointError(f"{path}: cannot be loaded ({type(e).__name__}: {str(e)[:300]})") from e
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
-    rank_state = torch.load(path / f"rank{world.rank}.pt", weights_only=True)
+    rank_state = _load_weights_only(path / f"rank{world.rank}.pt")
     _set_rng_state(rank_state.pop("rng"))
     return {"step": meta["step"], **rank_state}
+
+
+@contextlib.contextmanager
+def _quiet_dcp():
+    """DCP logs a failed read's traceback before raising it; the error LatBot raises says it in one line."""
+    import logging
+
+    logger = logging.getLogger("torch.distributed.checkpoint")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+# -- reading DCP without unpickling arbitrary objects -------------------------------------------------------
+class UnsafeCheckpointError(CheckpointError):
+    """A checkpoint file asks to build an object that checkpoint metadata never holds (a planted payload)."""
+
+
+def _allowed() -> dict[tuple[str, str], Any]:
+    import pathlib
+
+    import torch.distributed.checkpoint.filesystem as fs
+    import torch.distributed.checkpoint.metadata as md
+    import torch.serialization
+
+    allowed: dict[tuple[str, str], Any] = {
+        (md.__name__, name): obj
+        for name, obj in vars(md).items()
+        if isinstance(obj, type) and obj.__module__ == md.__name__
+    }
+    allowed[(fs.__name__, "_StorageInfo")] = fs._StorageInfo
+    allowed[("torch", "Size")] = torch.Size
+    allowed[("torch.serialization", "_get_layout")] = torch.serialization._get_layout
+    allowed[("pathlib", "PosixPath")] = pathlib.PosixPath
+    allowed[("pathlib", "PurePosixPath")] = pathlib.PurePosixPath
+    allowed[("collections", "OrderedDict")] = __import__("collections").OrderedDict
+    for name in dir(torch):
+        if isinstance(getattr(torch, name, None), torch.dtype):
+            allowed[("torch", name)] = getattr(torch, name)
+    return allowed
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """Builds only the classes of DCP's checkpoint metadata (dataclasses of torch.distributed.checkpoint,
+    torch.Size, dtypes, layouts, paths); any other global is refused before it is looked up."""
+
+    def __init__(self, file, where: Path):
+        super().__init__(file)
+        self.where = where
+        self.allowed = _allowed()
+
+    def find_class(self, module: str, name: str) -> Any:
+        obj = self.allowed.get((module, name))
+        if obj is None:
+            raise UnsafeCheckpointError(
+                f"{self.where}: refused to unpickle {module}.{name} (not part of a checkpoint's metadata); this "
+                f"checkpoint was not written by LatBot and may run code; do not resume it"
+            )
+        return obj
+
+
+def read_dcp_metadata(path: Path):
+    """DCP's `.metadata` of a checkpoint directory, through `RestrictedUnpickler`."""
+    meta_path = Path(path) / ".metadata"
+    if meta_path.is_symlink() or not meta_path.is_file():
+        raise CheckpointError(f"{meta_path}: missing")
+    with meta_path.open("rb") as f:
+        try:
+            return RestrictedUnpickler(f, meta_path).load()
+        except UnsafeCheckpointError:
+            raise
+        except Exception as e:  # a damaged pickle: any of pickle's many error types
+            raise CheckpointError(f"{meta_path}: unreadable ({type(e).__name__}: {e})") from None
+
+
+def _safe_reader_classes():
+    from torch.distributed.checkpoint import DefaultLoadPlanner, FileSystemReader
+    from torch.distributed.checkpoint.metadata import StorageMeta
+
+    class _SafeReader(FileSystemReader):
+        """DCP's file reader with the metadata read by `read_dcp_metadata`."""
+
+        def read_metadata(self, *args: Any, **kwargs: Any):
+            metadata = read_dcp_metadata(Path(self.path))
+            if getattr(metadata, "storage_meta", None) is None:
+                metadata.storage_meta = StorageMeta()
+            metadata.storage_meta.load_id = self.load_id
+            return metadata
+
+    class _SafeLoadPlanner(DefaultLoadPlanner):
+        """DCP's default planner, reading byte entries with `weights_only=True`."""
+
+        def __init__(self, where: Path):
+            super().__init__()
+            self.where = where
+
+        def load_bytes(self, read_item, value: io.BytesIO) -> None:
+            obj = _load_weights_only(value, f"{self.where} ({read_item.dest_index.fqn})")
+            if self.flatten_state_dict:
+                from torch.distributed.checkpoint._traverse import set_element
+
+                set_element(self.original_state_dict, self.mappings[read_item.dest_index.fqn], obj)
+            else:
+                self.state_dict[read_item.dest_index.fqn] = obj
+
+    return _SafeReader, _SafeLoadPlanner
+
+
+def safe_reader(path: Path):
+    """DCP's FileSystemReader for `path`, reading metadata through `RestrictedUnpickler`."""
+    return _safe_reader_classes()[0](str(path))
+
+
+def safe_load_planner(where: Path):
+    """DCP's default load planner, with byte entries read by `torch.load(weights_only=True)`."""
+    return _safe_reader_classes()[1](where)
+
+
+def _load_weights_only(source, where: object = None) -> Any:
+    """`torch.load(weights_only=True)`; an object it refuses to build is an `UnsafeCheckpointError`."""
+    try:
+        return torch.load(source, weights_only=True)
+    except pickle.UnpicklingError as e:
+        lines = [line.strip() for line in str(e).splitlines() if "global" in line.lower()]
+        first = (lines[0] if lines else type(e).__name__)[:200]
+        raise UnsafeCheckpointError(
+            f"{where or source}: refused to unpickle it with weights_only ({first}); this checkpoint was not "
+            f"written by LatBot and may run code; do not resume it"
+        ) from None

@@ -21,9 +21,7 @@ class MetricsLog:
         if not enabled:
             return
         if resume_step is not None and self.path.is_file():
-            kept = [
-                line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= resume_step
-            ]
+            kept = [line for line in self.path.read_text().splitlines() if _step(line) <= resume_step]
             self.path.write_text("".join(line + "\n" for line in kept))
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -42,6 +40,16 @@ class MetricsLog:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+
+
+def _step(line: str) -> float:
+    """The step of a metrics line; a torn or foreign line (a kill mid-write) counts as past every step, so
+    resume drops it."""
+    try:
+        step = json.loads(line)["step"]
+    except (ValueError, TypeError, KeyError):
+        return float("inf")
+    return step if isinstance(step, int) else float("inf")
 
 
 def environment(world_size: int) -> dict[str, Any]:

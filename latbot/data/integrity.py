@@ -1,0 +1,82 @@
+"""A finished store's manifest vouches for its content: the commit log (`content_hash`) and the Zarr metadata
+of every array (`extra.metadata_hash`: shapes, chunking, codecs, the group's attributes with the
+normalisation statistics). Opening a local store to read checks both against the files, so an edited
+`frames/<cam>/zarr.json` (which would crop every episode's frames) or a swapped log is refused instead of
+read. `latbot --no-verify` skips the check; stores at URLs are not checked (it would read every array's
+metadata over the network on each open)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from latbot.errors import LatBotError
+
+_checked: dict[tuple, None] = {}  # (path, stat of the log, manifest and metadata files) already verified here
+
+
+def metadata_files(root: Path) -> list[Path]:
+    """Every `zarr.json` of the store (the group's and each array's), in a fixed order."""
+    return sorted(p for p in Path(root).rglob("zarr.json") if p.is_file())
+
+
+def metadata_digest(root: Path) -> str:
+    digest = hashlib.sha256()
+    for path in metadata_files(root):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return "sha256:" + digest.hexdigest()
+
+
+def log_digest(root: Path, log_name: str) -> str:
+    return "sha256:" + hashlib.sha256((Path(root) / log_name).read_bytes()).hexdigest()
+
+
+def check_store(root: Path, log_name: str, error: type[LatBotError], writer_lock: str) -> None:
+    """Refuse (`error`) a store whose log or metadata differ from what its manifest recorded. A store without
+    a manifest (being written for the first time) or one a writer holds open is not checked."""
+    from latbot.artifacts import MANIFEST_NAME, verification_enabled
+
+    root = Path(root)
+    manifest_path = root / MANIFEST_NAME
+    if not verification_enabled() or not manifest_path.is_file():
+        return
+    files = [manifest_path, root / log_name, *metadata_files(root)]
+    key = (str(root.resolve()), *((str(p), p.stat().st_mtime_ns, p.stat().st_size) for p in files if p.exists()))
+    if key in _checked:
+        return
+    if _writer_active(root / writer_lock):
+        return
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        recorded_log, recorded_meta = manifest["content_hash"], manifest.get("extra", {}).get("metadata_hash")
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise error(f"{manifest_path}: damaged ({type(e).__name__}); re-convert the store") from None
+    fix = "re-convert it, or read it anyway with `latbot --no-verify ...`"
+    if log_digest(root, log_name) != recorded_log:
+        raise error(
+            f"{root / log_name}: the commit log differs from the hash in {MANIFEST_NAME} (edited, swapped, or an "
+            f"unfinished append); finish the conversion that was appending (rerun it), {fix}"
+        )
+    if recorded_meta is not None and metadata_digest(root) != recorded_meta:
+        raise error(
+            f"{root}: the Zarr metadata (zarr.json of the group or an array: shapes, chunks, codecs, statistics) "
+            f"differs from the hash in {MANIFEST_NAME}; it was edited after the store was written; {fix}"
+        )
+    _checked[key] = None
+
+
+def _writer_active(lock: Path) -> bool:
+    import fcntl
+
+    if not lock.is_file():
+        return False
+    fd = os.open(lock, os.O_RDONLY | os.O_NOFOLLOW)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
