@@ -93,7 +93,8 @@ def train(root: Path, name: str, recipe_path: Path, sets: list[str], label: str 
     elif run is not None and run.manifest.recipe == intended and checkpoint.latest(run_dir) is not None:
         say(f"{label}: resuming from {checkpoint.latest(run_dir).name}")
         return stages.run(recipe, resume=run_dir)
-    shutil.rmtree(run_dir, ignore_errors=True)
+    if run is not None:  # a run of this stage that the pipeline replaces; anything else is refused
+        shutil.rmtree(run_dir)
     say(f"{label}: training ({recipe.stage}, {recipe.train.steps} steps)")
     return stages.run(recipe, recipe_path=recipe_path)
 
@@ -114,7 +115,7 @@ def evaluate(
     `max_steps` overrides the simulator's episode step limit."""
     from latbot import registry
     from latbot.artifacts import ArtifactError, parent_ref, read_manifest, write_manifest
-    from latbot.sim.evaluate import EVAL_SEED_BASE
+    from latbot.sim.evaluate import EVAL_SEED_BASE, EpisodesCrashedError
     from latbot.sim.evaluate import evaluate as run_episodes
 
     label = label or str(path)
@@ -124,24 +125,27 @@ def evaluate(
         settings["seed"] = seed
     if max_steps is not None:
         settings["max_steps"] = max_steps
-    try:
-        m = read_manifest(path, kind="eval")
-        if m.extra.get("settings") == settings and parents_current(m):
-            say(f"{label}: up to date, skipped")
-            return json.loads((path / "report.json").read_text())
-    except ArtifactError:
-        pass
+    from latbot.ownership import claim
+
+    if claim(path, {"eval"}, option="evaluation folder"):  # an evaluation made before: reuse or replace it
+        try:
+            m = read_manifest(path, kind="eval")
+            if m.extra.get("settings") == settings and parents_current(m):
+                say(f"{label}: up to date, skipped")
+                return json.loads((path / "report.json").read_text())
+        except (ArtifactError, OSError, ValueError):
+            pass
     say(f"{label}: {episodes} episodes × {len(tasks)} tasks")
     config = registry.get("simulators", simulator).Config
     if max_steps is not None and "max_steps" not in config.model_fields:
         raise PipelineError(f"{label}: simulator '{simulator}' has no `max_steps` option to limit its episodes")
     sim = config(**({} if max_steps is None else {"max_steps": max_steps}))
-    report = run_episodes(
-        sim, str(policy_run), list(tasks), episodes, seed=seed, image_size=image_size, execute_steps=execute_steps
-    )
-    if report["overall"]["errors"]:
-        first = next(e["error"] for e in report["episodes"] if e["error"])
-        raise PipelineError(f"{label}: {report['overall']['errors']} episode(s) crashed, e.g. {first}")
+    try:
+        report = run_episodes(
+            sim, str(policy_run), list(tasks), episodes, seed=seed, image_size=image_size, execute_steps=execute_steps
+        )
+    except EpisodesCrashedError as e:  # a study or quickstart never scores a policy that crashed
+        raise PipelineError(f"{label}: {e.crashed} of {e.total} episode(s) crashed, e.g. {e.first}") from e
     shutil.rmtree(path, ignore_errors=True)
     path.mkdir(parents=True)
     (path / "report.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -161,6 +165,9 @@ def drop_stale_cache(cache: Path, lam: Path) -> None:
     except ArtifactError:
         stale = True
     if stale:
+        from latbot.ownership import claim
+
+        claim(cache, {"teacher_cache"}, option="teacher cache")  # never remove what is not a cache
         say(f"{cache}: built by another teacher, rebuilding")
         shutil.rmtree(cache)
 

@@ -229,6 +229,6 @@ def test_a_crash_during_eval_names_the_plugin(monkeypatch):
     monkeypatch.setattr(dot_reach, "STEP", None)  # the plugin's own step() now raises a TypeError
     result = runner.invoke(app, ["eval", "sim", "--sim", "dot_reach", "--policy", "random", "--tasks", "reach-red",
                                  "--episodes", "1", "--image-size", "32"])  # fmt: skip
-    assert result.exit_code == 0, result.output
-    assert "TypeError: unsupported operand type(s) for *: 'NoneType' and 'float'" in result.stdout
-    assert "(in simulators plugin 'dot_reach' from 'latbot-example-plugin')" in result.stdout
+    assert result.exit_code == 1, result.output  # every episode crashed: the evaluation fails
+    assert "TypeError: unsupported operand type(s) for *: 'NoneType' and 'float'" in result.stderr
+    assert "(in simulators plugin 'dot_reach' from 'latbot-example-plugin')" in result.stderr

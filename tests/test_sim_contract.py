@@ -267,10 +267,90 @@ def test_eval_prints_the_reason_of_each_crash_and_films_the_default_camera(tmp_p
     monkeypatch.setattr(PointReachEpisode, "step", lambda self, action: 1 / 0)
     out = cli(
         "eval", "sim", "--sim", "point_reach", "--policy", "random", "--tasks", "reach-red", "--episodes", "2",
-        "--image-size", "32", "--video-dir", str(tmp_path / "videos"),
+        "--image-size", "32", "--video-dir", str(tmp_path / "videos"), "--allow-crashes",
     )  # fmt: skip
-    assert "(2 crashed)" in out and out.count("ZeroDivisionError: division by zero") == 2
+    assert "(2 crashed, counted as failures)" in out and out.count("ZeroDivisionError: division by zero") == 2
     monkeypatch.undo()
     cli("eval", "sim", "--sim", "point_reach", "--policy", "random", "--tasks", "reach-red", "--episodes", "1",
         "--image-size", "32", "--video-dir", str(tmp_path / "videos"))  # fmt: skip
     assert len(list((tmp_path / "videos").glob("reach-red_seed*.mp4"))) == 1
+
+
+class CrashingPolicy(ReachExpert):
+    def predict(self, observation: dict[str, Any]) -> np.ndarray:
+        raise RuntimeError("policy server went away")
+
+
+def crashing(task: str) -> CrashingPolicy:
+    return CrashingPolicy()
+
+
+def eval_args(*extra: str) -> list[str]:
+    return ["eval", "sim", "--sim", "point_reach", "--policy", "scripted", "--tasks", "reach-red,reach-blue",
+            "--episodes", "2", "--image-size", "32", *extra]  # fmt: skip
+
+
+def test_eval_fails_when_every_episode_crashes_unless_crashes_are_allowed(toy_plugins, monkeypatch):
+    from latbot.sim.evaluate import EpisodesCrashedError, evaluate
+
+    config = PointReachSimulator.Config()
+    with pytest.raises(EpisodesCrashedError, match=r"4 of 4 episode\(s\) crashed.*policy server went away") as e:
+        evaluate(config, crashing, ["reach-red", "reach-blue"], 2, progress=False)
+    assert e.value.report["overall"]["errors"] == 4
+    report = evaluate(config, crashing, ["reach-red", "reach-blue"], 2, progress=False, allow_crashes=True)
+    assert report["overall"] | {"ci95": None} == {
+        "successes": 0, "episodes": 4, "success_rate": 0.0, "ci95": None, "errors": 4
+    }  # fmt: skip
+    assert all(t["episodes"] == 2 and t["errors"] == 2 and t["success_rate"] == 0.0 for t in report["tasks"])
+
+    monkeypatch.setattr(PointReachSimulator, "scripted_policy", lambda self, task: CrashingPolicy())
+    result = runner.invoke(app, eval_args())
+    assert result.exit_code == 1, result.output
+    (line,) = [x for x in result.stderr.splitlines() if x.startswith("error:")]  # one line (after tqdm's bar)
+    assert line.startswith("error: 4 of 4 episode(s) crashed; the first: task reach-red, seed 1000000")
+    assert "RuntimeError: policy server went away" in line and "--allow-crashes" in line
+    assert "overall" not in result.stdout  # no table of the episodes that did not crash
+    allowed = runner.invoke(app, eval_args("--allow-crashes"))
+    assert allowed.exit_code == 0, allowed.output
+    assert "0/4   = 0.00" in allowed.stdout and "(4 crashed, counted as failures)" in allowed.stdout
+
+
+def test_eval_of_no_episode_is_an_error(toy_plugins):
+    from latbot.sim.evaluate import evaluate
+
+    with pytest.raises(SimulatorError, match="at least 1"):
+        evaluate(PointReachSimulator.Config(), "scripted", ["reach-red"], 0, progress=False)
+
+
+def test_eval_out_is_an_eval_artifact_and_refuses_anything_else(tmp_path, toy_plugins, monkeypatch):
+    from latbot.artifacts import read_manifest
+    from latbot.ownership import LOCK_NAME
+    from tests.attacks import tree_digest
+
+    out = tmp_path / "eval"
+    cli(*eval_args("--out", str(out)))
+    report = json.loads((out / "report.json").read_text())
+    assert report["overall"]["episodes"] == 4 and read_manifest(out, kind="eval").extra["settings"]["tasks"] == [
+        "reach-red", "reach-blue"
+    ]  # fmt: skip
+    cli(*eval_args("--out", str(out), "--seed", "5"))  # its own earlier evaluation: rewritten
+    assert json.loads((out / "report.json").read_text())["seed"] == 5
+
+    store = tmp_path / "store"
+    cli("data", "gen-sim", "--sim", "point_reach", "--tasks", "reach-red", "--episodes", "1", "-o", str(store))
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("precious")
+    refusals = {store: "holds a 'episode_store' artifact", mine: "holds files LatBot did not write (notes.txt)",
+                mine / "notes.txt": "exists and is not a directory"}  # fmt: skip
+    for target, says in refusals.items():
+        before = tree_digest(tmp_path)
+        result = runner.invoke(app, eval_args("--out", str(target)))
+        assert result.exit_code == 2 and says in result.stderr, result.output
+        assert tree_digest(tmp_path) == before
+
+    monkeypatch.setattr(PointReachSimulator, "scripted_policy", lambda self, task: CrashingPolicy())
+    fresh = tmp_path / "fresh"
+    assert runner.invoke(app, eval_args("--out", str(fresh))).exit_code == 1
+    assert not fresh.exists()  # a refused evaluation leaves nothing behind, not even its lock file
+    assert LOCK_NAME not in {p.name for p in tmp_path.iterdir()}

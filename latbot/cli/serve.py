@@ -21,8 +21,14 @@ def serve(
         32.0, min=0.001, max=4096, help="Largest request (MiB); larger closes (1009)."
     ),
     max_connections: int = typer.Option(16, min=1, max=10_000, help="Open connections; more are refused (HTTP 503)."),
+    max_per_client: int = typer.Option(
+        4, min=1, max=10_000, help="Open connections from one IP address; more are refused (HTTP 503)."
+    ),
     max_inflight_mb: float = typer.Option(
         256.0, min=0.001, max=1 << 20, help="Requests waiting for the model (MiB); more are answered 503."
+    ),
+    idle_timeout: float = typer.Option(
+        60.0, min=0.01, max=86_400, help="Seconds a connection may go without a complete message; then closed."
     ),
     resize: bool = typer.Option(False, help="Resize images of another size to the policy's (default: 400)."),
 ) -> None:
@@ -40,6 +46,8 @@ def serve(
             int(max_message_mb * (1 << 20)),
             max_connections=max_connections,
             max_inflight=int(max_inflight_mb * (1 << 20)),
+            max_per_client=max_per_client,
+            idle_timeout=idle_timeout,
             resize=resize,
         )
     except OSError as e:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -66,13 +67,19 @@ def eval_sim(
     video_dir: Path | None = typer.Option(None, help="Write one MP4 per episode here."),
     video_camera: str | None = typer.Option(None, help="Camera filmed for --video-dir (default: the simulator's)."),
     as_json: bool = typer.Option(False, "--json", help="Print the full report as JSON."),
-    out: Path | None = typer.Option(None, help="Also write the JSON report to this file."),
+    out: Path | None = typer.Option(
+        None, help="Also write the report into this folder (report.json + latbot.json): new, empty or an evaluation."
+    ),
+    allow_crashes: bool = typer.Option(
+        False, help="Report crashed episodes as failures and exit 0 (default: any crash fails the evaluation, exit 1)."
+    ),
     overrides: list[str] = typer.Option([], "--set", "-s", help="Simulator option KEY=VALUE."),
 ) -> None:
     """Closed-loop evaluation: success rate per task and overall, with Wilson 95% intervals."""
-    from latbot.sim.evaluate import EVAL_SEED_BASE, evaluate
+    from latbot.sim.evaluate import EVAL_SEED_BASE, evaluate, evaluate_into
 
-    report = evaluate(
+    run = evaluate if out is None else functools.partial(evaluate_into, out)
+    report = run(
         _sim_config(sim, overrides),
         policy,
         tasks,
@@ -82,24 +89,25 @@ def eval_sim(
         execute_steps=execute_steps,
         video_dir=video_dir,
         video_camera=video_camera,
+        allow_crashes=allow_crashes,
     )
-    if out is not None:
-        out.write_text(json.dumps(report, indent=2))
     if as_json:
         typer.echo(json.dumps(report, indent=2))
         return
     for t in report["tasks"]:
-        rate = "n/a" if t["success_rate"] is None else f"{t['success_rate']:.2f}"
         typer.echo(
-            f"{t['task']:<28} {t['successes']:>3}/{t['episodes'] - t['errors']:<3} = {rate}  "
+            f"{t['task']:<28} {t['successes']:>3}/{t['episodes']:<3} = {t['success_rate']:.2f}  "
             f"[{t['ci95'][0]:.2f}, {t['ci95'][1]:.2f}]  len {t['mean_length'] or 0:.0f}"
-            + (f"  ({t['errors']} crashed)" if t["errors"] else "")
+            + (f"  ({t['errors']} crashed, counted as failures)" if t["errors"] else "")
         )
         for e in report["episodes"]:
             if e["task"] == t["task"] and e["error"] is not None:
                 typer.echo(f"    crashed: seed {e['seed']} after {e['steps']} step(s): {e['error']}")
     o = report["overall"]
     typer.echo(
-        f"{'overall':<28} {o['successes']:>3}/{o['episodes']:<3} = {o['success_rate'] or 0:.2f}  "
+        f"{'overall':<28} {o['successes']:>3}/{o['episodes']:<3} = {o['success_rate']:.2f}  "
         f"[{o['ci95'][0]:.2f}, {o['ci95'][1]:.2f}]  {report['seconds_per_episode']:.2f} s/episode"
+        + (f"  ({o['errors']} crashed, counted as failures)" if o["errors"] else "")
     )
+    if out is not None:
+        typer.echo(f"report written to {out / 'report.json'}")

@@ -2,11 +2,17 @@
 
 Generic over the simulator (latbot/sim/base.py). Evaluation seeds start at `EVAL_SEED_BASE`, away from
 the generation seeds, so a policy is never scored on the exact goal variations it was trained on. A
-crash inside one episode is recorded for that episode (with its error) and the evaluation goes on.
+crash inside one episode is recorded for that episode (with its error) and the evaluation goes on; at the
+end, any crash fails the evaluation (`EpisodesCrashedError`, naming the count and the first error) unless
+`allow_crashes`, which reports crashed episodes as crashed and counts them as failures. An evaluation of no
+episode at all is an error, never a table of 0/0. `evaluate_into` also writes the report as an "eval"
+artifact (report.json + latbot.json) into a folder it claims and locks first (latbot/ownership.py).
 """
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,9 +21,25 @@ from typing import Any
 import numpy as np
 
 from latbot.config import PluginConfig
-from latbot.sim.base import EpisodeResult, Policy, SimulatorError, TaskResult
+from latbot.sim.base import EpisodeResult, Policy, SimulatorError, TaskResult, wilson_interval
 
 EVAL_SEED_BASE = 1_000_000
+REPORT_NAME = "report.json"  # the report inside an "eval" artifact (also written by latbot.pipeline.evaluate)
+
+
+class EpisodesCrashedError(SimulatorError):
+    """Episodes crashed (the policy or the simulator raised) and crashes were not allowed: the success rate
+    of the others would silently be a wrong answer. A finding about the policy or simulator, like a
+    `verify` finding, so the CLI exits 1."""
+
+    exit_code = 1
+
+    def __init__(self, crashed: int, total: int, first: str, report: dict[str, Any]):
+        super().__init__(
+            f"{crashed} of {total} episode(s) crashed; the first: {first}; fix the policy or the simulator, or "
+            "pass --allow-crashes (allow_crashes=True) to report crashed episodes as failures"
+        )
+        self.crashed, self.total, self.first, self.report = crashed, total, first, report
 
 
 class RandomPolicy:
@@ -70,15 +92,23 @@ def evaluate(
     video_dir: str | Path | None = None,
     video_camera: str | None = None,
     progress: bool = True,
+    allow_crashes: bool = False,
 ) -> dict[str, Any]:
     """Run `episodes` closed-loop episodes per task; returns the JSON-able report. Videos (with
-    `video_dir`) film `video_camera`, by default the simulator's `default_camera`."""
+    `video_dir`) film `video_camera`, by default the simulator's `default_camera`. Raises
+    `EpisodesCrashedError` when an episode crashed, unless `allow_crashes`: then crashed episodes count
+    as failures (in `episodes`, `success_rate` and `ci95`; `mean_length` is over the others)."""
     from tqdm import tqdm
 
     from latbot import registry
 
+    if episodes < 1:
+        raise SimulatorError(f"episodes per task must be at least 1, got {episodes!r}: nothing would be evaluated")
     sim = registry.build("simulators", sim_config)
     names = sim.task_names(tasks)
+    if not names:
+        sim.close()
+        raise SimulatorError(f"--tasks {tasks!r} selects no task of simulator '{sim_config.type}': nothing to evaluate")
     video_camera = video_camera or sim.default_camera
     factory = load_policy(policy, sim)
     results: list[TaskResult] = []
@@ -98,30 +128,97 @@ def evaluate(
     finally:
         sim.close()
     bar.close()
-    per_task = [r.summary() for r in results]
-    all_eps = [e for r in results for e in r.episodes if e.error is None]
-    from latbot.sim.base import wilson_interval
+    report = _report(sim_config.type, sim.embodiment, policy, episodes, execute_steps, seed, results)
+    report["seconds_per_episode"] = (time.perf_counter() - t_start) / report["overall"]["episodes"]
+    crashed = [e for r in results for e in r.episodes if e.error is not None]
+    if crashed and not allow_crashes:
+        first = crashed[0]
+        where = f"task {first.task}, seed {first.seed}, after {first.steps} step(s)"
+        raise EpisodesCrashedError(len(crashed), report["overall"]["episodes"], f"{where}: {first.error}", report)
+    return report
 
-    wins = sum(e.success for e in all_eps)
-    elapsed = time.perf_counter() - t_start
+
+def _report(simulator, embodiment, policy, episodes, execute_steps, seed, results) -> dict[str, Any]:
+    """The JSON-able report; crashed episodes are in it as failures with their `error`."""
+    all_eps = [e for r in results for e in r.episodes]
+    wins = sum(e.success for e in all_eps)  # a crashed episode never succeeded
     return {
-        "simulator": sim_config.type,
-        "embodiment": sim.embodiment,
+        "simulator": simulator,
+        "embodiment": embodiment,
         "policy": policy if isinstance(policy, str) else getattr(policy, "__name__", "custom"),
         "episodes_per_task": episodes,
         "execute_steps": execute_steps,
         "seed": seed,
-        "tasks": per_task,
+        "tasks": [_task_summary(r) for r in results],
         "overall": {
             "successes": wins,
             "episodes": len(all_eps),
-            "success_rate": wins / len(all_eps) if all_eps else None,
+            "success_rate": wins / len(all_eps),
             "ci95": list(wilson_interval(wins, len(all_eps))),
-            "errors": sum(1 for r in results for e in r.episodes if e.error is not None),
+            "errors": sum(e.error is not None for e in all_eps),
         },
-        "seconds_per_episode": elapsed / max(1, len(names) * episodes),
-        "episodes": [vars(e) for r in results for e in r.episodes],
+        "seconds_per_episode": None,
+        "episodes": [vars(e) for e in all_eps],
     }
+
+
+def _task_summary(result: TaskResult) -> dict[str, Any]:
+    """`TaskResult.summary` with crashed episodes counted as failures (they reach a report only when
+    crashes are allowed; without crashes the numbers are the same)."""
+    summary = result.summary()
+    n = len(result.episodes)
+    summary["success_rate"] = summary["successes"] / n if n else None
+    summary["ci95"] = list(wilson_interval(summary["successes"], n))
+    return summary
+
+
+def evaluate_into(
+    dest: str | Path,
+    sim_config: PluginConfig,
+    policy: str | Callable[[str], Policy],
+    tasks: list[str],
+    episodes: int,
+    **options: Any,
+) -> dict[str, Any]:
+    """`evaluate`, then write the report into the folder `dest` as an "eval" artifact (report.json and
+    latbot.json). `dest` must be new, empty or an earlier evaluation: anything else (an episode store, a
+    run, someone's files) is refused before anything runs or is written. The folder's writer lock is held
+    from before the first episode to the last byte written; a folder this call created is removed again
+    if the evaluation fails."""
+    from latbot.ownership import LOCK_NAME, MANIFEST_NAME, claim, writer_lock
+
+    dest = Path(dest)
+    claim(dest, {"eval"})
+    created, locked = not dest.exists(), False
+    try:
+        with writer_lock(dest, "evaluation"):
+            locked = True
+            claim(dest, {"eval"})  # again under the lock: another writer may have filled it meanwhile
+            report = evaluate(sim_config, policy, tasks, episodes, **options)
+            write_report(dest, report, policy)
+    except BaseException:
+        if created and locked:  # only what this call made: its files, then the folder if nothing else is left
+            for name in (REPORT_NAME, f".{REPORT_NAME}.tmp", MANIFEST_NAME, LOCK_NAME):
+                (dest / name).unlink(missing_ok=True)
+            try:
+                dest.rmdir()
+            except OSError:
+                pass  # something else was put there meanwhile: not ours to remove
+        raise
+    return report
+
+
+def write_report(dest: Path, report: dict[str, Any], policy: str | Callable[[str], Policy]) -> None:
+    """report.json, then the manifest (kind "eval"; a policy checkpoint is its parent), each atomically."""
+    from latbot.artifacts import parent_ref, write_manifest
+
+    tmp = dest / f".{REPORT_NAME}.tmp"
+    tmp.write_text(json.dumps(report, indent=2) + "\n")
+    os.replace(tmp, dest / REPORT_NAME)
+    parents = [] if not isinstance(policy, str) or policy in ("scripted", "random") else [parent_ref(policy)]
+    settings = {k: report[k] for k in ("simulator", "policy", "episodes_per_task", "execute_steps", "seed")}
+    settings["tasks"] = [t["task"] for t in report["tasks"]]
+    write_manifest(dest, "eval", parents=parents, extra={"settings": settings})
 
 
 def run_episode(
