@@ -36,7 +36,7 @@ REPO = Path(__file__).resolve().parents[2]
 OUTCOMES = ("clean", "handled", "traceback", "silent", "hang", "damage")
 GOOD = ("clean", "handled")
 CASE_TIMEOUT_S = 60.0
-CLASSES = ("checkpoints", "integrity", "writers", "locks", "bounds", "server", "exit_codes")
+CLASSES = ("checkpoints", "integrity", "runs", "writers", "locks", "bounds", "server", "exit_codes")
 
 
 @dataclass
@@ -195,7 +195,7 @@ class Trial:
             self.end("traceback", (repr(r.exception) if r.exception else r.output)[-300:])
         if r.exit_code == 0:
             self.end("silent", "accepted (exit 0): " + r.output[-200:])
-        if r.exit_code not in codes or "error:" not in r.output:
+        if r.exit_code not in codes or not ("error:" in r.output or "problem:" in r.output):
             self.end("traceback", f"exit {r.exit_code} without a clear error line: {r.output[-300:]}")
         missing = [m for m in mentions if m.lower() not in r.output.lower()]
         if missing:
