@@ -99,3 +99,25 @@ class Payload:
 
     def __reduce__(self):
         return (open, (self.marker, "w"))
+
+
+class hold_lock:
+    """Hold `directory/.latbot.lock` the way a running LatBot writer does (flock + its pid), with fcntl alone so
+    that the case also runs against a checkout that has no lock."""
+
+    def __init__(self, directory: Path):
+        self.path = Path(directory) / ".latbot.lock"
+
+    def __enter__(self):
+        import os
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.f = open(self.path, "w")
+        fcntl.flock(self.f, fcntl.LOCK_EX)
+        self.f.write(f"{os.getpid()}\n")
+        self.f.flush()
+        return self
+
+    def __exit__(self, *exc):
+        fcntl.flock(self.f, fcntl.LOCK_UN)
+        self.f.close()

@@ -9,16 +9,14 @@ import time
 from pathlib import Path
 
 from tests.attacks import Trial, attack, latbot_command
-from tests.attacks._fixtures import fixtures, reopen, train_args
+from tests.attacks._fixtures import fixtures, hold_lock, reopen, train_args
 
 
 @attack("runs", "two `latbot train --resume RUN` at once: the second is refused with the first one's pid")
 def _(t: Trial):
-    from latbot.ownership import writer_lock
-
     _, run = fixtures(t.work)
     reopen(run)
-    with writer_lock(run, "run"):  # the first resume, mid-way
+    with hold_lock(run):  # the first resume, mid-way
         r = t.cli("train", "--resume", run, owns=[run])
     t.expect_refused(r, mentions=[f"pid {os.getpid()}", "another LatBot process"])
 
