@@ -181,11 +181,13 @@ class Trial:
 
     def _watched(self, go, owns):
         before = tree_digest(self.tmp, owns)
-        r = go()
-        after = tree_digest(self.tmp, owns)
-        changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
-        if changed:
-            self.end("damage", f"changed outside the command's own output: {', '.join(changed[:4])}")
+        try:
+            r = go()
+        finally:  # an exception that escapes the command (a BaseException) still counts its damage first
+            after = tree_digest(self.tmp, owns)
+            changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+            if changed:
+                self.end("damage", f"changed outside the command's own output: {', '.join(changed[:4])}")
         return r, changed
 
     # -- what is expected ----------------------------------------------------------------------------------
