@@ -24,6 +24,7 @@ from latbot import __version__
 from latbot.errors import ArtifactError
 
 MANIFEST_NAME = "latbot.json"
+MANIFEST_LIMIT = 64 << 20  # bytes: a manifest holds a recipe and statistics, never this much
 
 # The format version each kind of artifact other than a training run is written with. Bump when the
 # on-disk layout changes incompatibly. Training runs are one kind per stage; each stage declares its
@@ -217,9 +218,13 @@ def _manifest_bytes(directory: str | Path) -> tuple[bytes, Any, Any]:
     path = root / MANIFEST_NAME
     if not root.is_dir():
         raise ArtifactError(f"{root}: not a directory (expected a LatBot artifact directory)")
-    if not path.is_file():
+    if not path.is_file():  # a FIFO or a device is not a file: never opened (a read could block forever)
         raise ArtifactError(f"{root}: no {MANIFEST_NAME} here, so this is not a LatBot artifact directory")
-    return path.read_bytes(), root, path
+    with path.open("rb") as f:
+        raw = f.read(MANIFEST_LIMIT + 1)
+    if len(raw) > MANIFEST_LIMIT:
+        raise ArtifactError(f"{path}: larger than {MANIFEST_LIMIT >> 20} MiB, not a manifest LatBot wrote")
+    return raw, root, path
 
 
 def verify_manifest(directory: str | Path, kind: str | Iterable[str] | None = None) -> Manifest:

@@ -124,3 +124,35 @@ def _(t: Trial):
     meta.write_text(json.dumps(m))
     r = t.cli("data", "verify", store)
     t.expect_refused(r, mentions=["zarr metadata"], codes=(1,))
+
+
+@attack("integrity", "a run whose latbot.json is a FIFO: resume refuses it at once (no blocking read)")
+def _(t: Trial):
+    import os
+
+    _, run = fixtures(t.work)
+    (run / "latbot.json").unlink()
+    os.mkfifo(run / "latbot.json")
+    r = t.cli("train", "--resume", run, owns=[run])
+    t.expect_refused(r, mentions=["latbot.json"])
+
+
+@attack("integrity", "a run whose latbot.json is 70 MB: refused, not parsed")
+def _(t: Trial):
+    _, run = fixtures(t.work)
+    with (run / "latbot.json").open("w") as f:
+        f.write('{"kind": "lam", "pad": "' + "x" * (70 << 20) + '"}')
+    r = t.cli("train", "--resume", run, owns=[run])
+    t.expect_refused(r, mentions=["latbot.json"])
+
+
+@attack("integrity", "a store whose latbot.json is a FIFO: reading it does not hang")
+def _(t: Trial):
+    import os
+
+    store = _store_copy(t)
+    (store / "latbot.json").unlink()
+    os.mkfifo(store / "latbot.json")
+    r = t.cli("data", "info", store)
+    t.expect(r.exit_code in (0, 1, 2), "data info on a store with a FIFO manifest", r)
+    t.handled()
