@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from latbot import __version__
 from latbot.errors import ArtifactError
+from latbot.ownership import set_verification, verification_enabled  # noqa: F401 - re-exported
 
 MANIFEST_NAME = "latbot.json"
 MANIFEST_LIMIT = 64 << 20  # bytes: a manifest holds a recipe and statistics, never this much
@@ -36,22 +37,6 @@ FORMAT_VERSIONS: dict[str, int] = {
     "report": 1,
     "workspace": 1,  # the --out of a quickstart or a study: every artifact below it is LatBot's
 }
-
-
-_VERIFY_ENV = "LATBOT_NO_VERIFY"
-
-
-def verification_enabled() -> bool:
-    """Whether artifacts' content hashes are checked when they are opened (on unless `latbot --no-verify`,
-    which sets LATBOT_NO_VERIFY=1 so that torchrun's ranks and subprocesses skip them too)."""
-    return os.environ.get(_VERIFY_ENV, "") in ("", "0")
-
-
-def set_verification(enabled: bool) -> None:
-    if enabled:
-        os.environ.pop(_VERIFY_ENV, None)
-    else:
-        os.environ[_VERIFY_ENV] = "1"
 
 
 def format_version(kind: str) -> int | None:
@@ -237,6 +222,24 @@ def verify_manifest(directory: str | Path, kind: str | Iterable[str] | None = No
             f"{manifest.content_hash[:19]}…); re-create the artifact"
         )
     return manifest
+
+
+def claim_workspace(out: str | Path, made_by: str, known: Iterable[str]) -> None:
+    """Claim `out` for a quickstart or a study (which lay many artifacts out below it and rewrite them): new,
+    empty, one it made before (its `latbot.json` says "workspace"), or, from before workspaces had a manifest,
+    one holding nothing but the names it writes (`known`). Then mark it as a workspace."""
+    from latbot.ownership import LOCK_NAME, OwnershipError, claim, manifest_kind
+
+    out = Path(out)
+    try:
+        claim(out, {"workspace"}, fix=f"choose another --out for the {made_by}")
+    except OwnershipError:
+        names = {p.name for p in out.iterdir() if p.name != LOCK_NAME}
+        if manifest_kind(out) is not None or not names <= set(known):
+            raise
+    if manifest_kind(out) != "workspace":
+        out.mkdir(parents=True, exist_ok=True)
+        write_manifest(out, "workspace", content_hash="", extra={"made_by": made_by})
 
 
 def parent_ref(directory: str | Path, kind: str | Iterable[str] | None = None) -> ParentRef:

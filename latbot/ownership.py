@@ -27,6 +27,22 @@ LOCK_NAME = ".latbot.lock"
 MANIFEST_NAME = "latbot.json"  # the same name as latbot.artifacts.MANIFEST_NAME (a test keeps them equal)
 
 
+_VERIFY_ENV = "LATBOT_NO_VERIFY"
+
+
+def verification_enabled() -> bool:
+    """Whether artifacts' content hashes are checked when they are opened (on unless `latbot --no-verify`,
+    which sets LATBOT_NO_VERIFY=1 so that torchrun's ranks and subprocesses skip them too)."""
+    return os.environ.get(_VERIFY_ENV, "") in ("", "0")
+
+
+def set_verification(enabled: bool) -> None:
+    if enabled:
+        os.environ.pop(_VERIFY_ENV, None)
+    else:
+        os.environ[_VERIFY_ENV] = "1"
+
+
 class OwnershipError(LatBotError):
     """A destination LatBot did not create, or one that another process is writing."""
 
@@ -71,24 +87,6 @@ def claim(dest: str | Path, kinds: Iterable[str], *, option: str = "--out", fix:
         wanted = f"not a '{' or '.join(sorted(kinds))}'" if kinds else "and is not empty"
         raise OwnershipError(f"{option} {dest}: holds a '{kind}' artifact, {wanted}; nothing was changed; {fix}")
     return True
-
-
-def claim_workspace(out: str | Path, made_by: str, known: Iterable[str]) -> None:
-    """Claim `out` for a quickstart or a study (which lay many artifacts out below it and rewrite them): new,
-    empty, one it made before (its `latbot.json` says "workspace"), or, from before workspaces had a manifest,
-    one holding nothing but the names it writes (`known`). Then mark it as a workspace."""
-    from latbot.artifacts import write_manifest
-
-    out = Path(out)
-    try:
-        claim(out, {"workspace"}, fix=f"choose another --out for the {made_by}")
-    except OwnershipError:
-        names = {p.name for p in out.iterdir() if p.name != LOCK_NAME}
-        if manifest_kind(out) is not None or not names <= set(known):
-            raise
-    if manifest_kind(out) != "workspace":
-        out.mkdir(parents=True, exist_ok=True)
-        write_manifest(out, "workspace", content_hash="", extra={"made_by": made_by})
 
 
 @contextmanager

@@ -75,7 +75,7 @@ class Run:
 
     def verify_weights(self) -> None:
         """Check the exported weights against the manifest's content hash (unless `latbot --no-verify`)."""
-        from latbot.artifacts import verification_enabled
+        from latbot.ownership import verification_enabled
 
         if not verification_enabled() or getattr(self, "_verified", False):
             return

@@ -36,7 +36,7 @@ def _root(
     ),
 ) -> None:
     """LatBot: distil universal latent actions into vision-language-action models."""
-    from latbot.artifacts import set_verification
+    from latbot.ownership import set_verification
 
     if no_verify:
         set_verification(False)

@@ -36,7 +36,7 @@ def log_digest(root: Path, log_name: str) -> str:
 def check_store(root: Path, log_name: str, error: type[LatBotError], writer_lock: str) -> None:
     """Refuse (`error`) a store whose log or metadata differ from what its manifest recorded. A store without
     a manifest (being written for the first time) or one a writer holds open is not checked."""
-    from latbot.artifacts import MANIFEST_NAME, verification_enabled
+    from latbot.ownership import MANIFEST_NAME, verification_enabled
 
     root = Path(root)
     manifest_path = root / MANIFEST_NAME

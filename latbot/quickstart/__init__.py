@@ -129,7 +129,8 @@ def run(out: str | Path = "quickstart", preset: str = "tiny", seed: int = 0, par
         raise QuickstartError(f"--preset {preset}: choose one of {', '.join(PRESETS)}")
     p = PRESETS[preset]
     out = Path(out)
-    from latbot.ownership import claim_workspace, writer_lock
+    from latbot.artifacts import claim_workspace
+    from latbot.ownership import writer_lock
 
     claim_workspace(out, "quickstart", ("stores", "runs", "eval", "cache", "report", "stage_times.json"))
     with writer_lock(out, "quickstart"):

@@ -212,7 +212,8 @@ def run(path: str | Path, out: str | Path, workers: int | None = None) -> Path:
 
     study = load_study(path)
     out = Path(out)
-    from latbot.ownership import claim_workspace, writer_lock
+    from latbot.artifacts import claim_workspace
+    from latbot.ownership import writer_lock
 
     claim_workspace(out, "study", ("stores", study.report_dir, *study.variants))
     with writer_lock(out, "study"):

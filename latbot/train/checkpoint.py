@@ -213,7 +213,7 @@ def load(run_dir: Path, model, optimizer, world: World) -> dict[str, Any]:
     from torch.distributed.checkpoint.api import CheckpointException
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
-    from latbot.artifacts import verification_enabled
+    from latbot.ownership import verification_enabled
 
     path, meta, notes = choose(run_dir, verify_files=verification_enabled())
     if world.main:
