@@ -52,20 +52,19 @@ SET_HELP = "Override a recipe field: --set a.b=VALUE (VALUE is YAML; repeatable)
 
 def plugin_options(kind: str, name: str, config: Path | None, overrides: list[str]):
     """A plugin's `Config` from an optional YAML file plus `--set KEY=VALUE` overrides."""
-    import yaml
     from pydantic import ValidationError
 
     from latbot import registry
     from latbot.errors import RecipeError
+    from latbot.recipes import bounded_yaml
     from latbot.recipes.loader import RecipeSource, apply_overrides
 
     cls = registry.get(kind, name)
     data = {}
     if config is not None:
-        try:
-            data = yaml.safe_load(config.read_text()) or {}
-        except (OSError, yaml.YAMLError) as e:
-            raise RecipeError(f"{config}: cannot read {name} options: {e}") from e
+        data = bounded_yaml.load_file(config, f"{name} options file") or {}
+        if not isinstance(data, dict):
+            raise RecipeError(f"{config}: {name} options must be a YAML mapping (key: value)")
     source = RecipeSource({**data, "type": name}, {}, str(config or "--set"))
     apply_overrides(source, overrides)
     try:

@@ -82,18 +82,17 @@ def convert(
 
 def _preset_config(preset, config: Path | None, overrides: list[str]):
     """The preset's adapter options, then --config, then --set (each later one wins)."""
-    import yaml
     from pydantic import ValidationError
 
     from latbot.errors import RecipeError
+    from latbot.recipes import bounded_yaml
     from latbot.recipes.loader import RecipeSource, apply_overrides
 
     data = {}
     if config is not None:
-        try:
-            data = yaml.safe_load(config.read_text()) or {}
-        except (OSError, yaml.YAMLError) as e:
-            raise RecipeError(f"{config}: cannot read adapter options: {e}") from e
+        data = bounded_yaml.load_file(config, "adapter options file") or {}
+        if not isinstance(data, dict):
+            raise RecipeError(f"{config}: adapter options must be a YAML mapping (key: value)")
     source = RecipeSource({**preset.adapter, **data, "type": preset.format}, {}, str(config or "--set"))
     apply_overrides(source, overrides)
     try:

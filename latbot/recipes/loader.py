@@ -30,14 +30,12 @@ from latbot import registry
 from latbot.config import PluginConfig
 from latbot.data.location import is_url
 from latbot.errors import RecipeError, RegistryError
+from latbot.recipes import bounded_yaml
 from latbot.recipes.schema import PluginSlot, RecipeModel, iter_slots
 
 Loc = tuple[str | int, ...]
 BASE_KEY = "base"
-# Bounds on what a recipe file may be (a recipe is a page of YAML; these are far above any real one):
-MAX_RECIPE_BYTES = 1 << 20  # 1 MiB per file
-MAX_DEPTH = 64  # nesting of mappings / lists
-MAX_NODES = 100_000  # values after expanding aliases (a "billion laughs" alias bomb stops here)
+# Bounds on the YAML itself (size, nesting, aliases, integers) live in `bounded_yaml`; this one on includes:
 MAX_BASE_DEPTH = 32  # `base:` includes, one inside another
 
 
@@ -65,70 +63,9 @@ def dotted(loc: Iterable[str | int]) -> str:
 
 
 # -- reading YAML ----------------------------------------------------------------------------------
-class _BoundedLoader(yaml.SafeLoader):
-    """PyYAML's safe loader with a nesting limit (deep documents would overflow Python's stack)."""
-
-    depth = 0
-
-    def compose_node(self, parent: Any, index: Any) -> Any:
-        self.depth += 1
-        try:
-            if self.depth > MAX_DEPTH:
-                mark = self.peek_event().start_mark
-                raise yaml.composer.ComposerError(None, None, f"nested deeper than {MAX_DEPTH} levels", mark)
-            return super().compose_node(parent, index)
-        finally:
-            self.depth -= 1
-
-
-def _expanded_size(node: yaml.Node, memo: dict[int, int]) -> int:
-    """How many values `node` stands for once aliases are expanded (shared nodes counted each time)."""
-    if id(node) not in memo:
-        memo[id(node)] = 1  # a cycle (recursive alias) counts once instead of looping
-        if isinstance(node, yaml.MappingNode):
-            total = 1 + sum(_expanded_size(k, memo) + _expanded_size(v, memo) for k, v in node.value)
-        elif isinstance(node, yaml.SequenceNode):
-            total = 1 + sum(_expanded_size(v, memo) for v in node.value)
-        else:
-            total = 1
-        memo[id(node)] = total
-    return memo[id(node)]
-
-
-def _read_yaml(path: Path) -> tuple[Any, dict[Loc, int]]:
-    try:
-        if path.stat().st_size > MAX_RECIPE_BYTES:
-            raise RecipeError(f"{path}: {path.stat().st_size} bytes, larger than a recipe may be ({MAX_RECIPE_BYTES})")
-        raw = path.read_bytes()
-    except FileNotFoundError as e:
-        raise RecipeError(f"{path}: recipe file not found") from e
-    except OSError as e:
-        raise RecipeError(f"{path}: cannot read recipe file: {e.strerror}") from e
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        raise RecipeError(f"{path}:{line}: not UTF-8 text (byte {raw[e.start]:#04x}); save the recipe as UTF-8") from e
-    loader = None
-    try:
-        loader = _BoundedLoader(text)
-        node = loader.get_single_node()
-        if node is not None and _expanded_size(node, {}) > MAX_NODES:
-            raise RecipeError(
-                f"{path}: expands to more than {MAX_NODES} values (YAML aliases `*name` repeat whole subtrees); "
-                "write the recipe out without alias chains"
-            )
-        data = loader.construct_document(node) if node is not None else None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        pos = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
-        problem = getattr(e, "problem", None) or getattr(e, "reason", None) or str(e)
-        raise RecipeError(f"{path}{pos}: invalid YAML: {problem}") from e
-    except RecursionError as e:  # a recursive alias that refers to itself
-        raise RecipeError(f"{path}: invalid YAML: a structure that contains itself (recursive alias)") from e
-    finally:
-        if loader is not None:
-            loader.dispose()
+def _read_yaml(path: Path, what: str) -> tuple[Any, dict[Loc, int]]:
+    """A recipe-like file's data and the line of each value, read within the bounds of `bounded_yaml`."""
+    data, node = bounded_yaml.parse(bounded_yaml.read_text(path, what), str(path))
     lines: dict[Loc, int] = {}
 
     def walk(n: yaml.Node, loc: Loc, line: int, seen: set[int]) -> None:
@@ -169,7 +106,7 @@ def _merge(base: dict, over: dict, base_origins: dict[Loc, str], over_origins: d
     return out
 
 
-def _compose(path: Path, stack: tuple[Path, ...] = ()) -> tuple[dict, dict[Loc, str]]:
+def _compose(path: Path, stack: tuple[Path, ...] = (), what: str = "recipe file") -> tuple[dict, dict[Loc, str]]:
     path = Path(path)
     resolved = path.resolve()
     if resolved in stack:
@@ -177,7 +114,7 @@ def _compose(path: Path, stack: tuple[Path, ...] = ()) -> tuple[dict, dict[Loc, 
         raise RecipeError(f"{path}: `base:` includes form a cycle: {chain}")
     if len(stack) >= MAX_BASE_DEPTH:
         raise RecipeError(f"{path}: `base:` includes nested deeper than {MAX_BASE_DEPTH} files (from {stack[0]})")
-    data, lines = _read_yaml(path)
+    data, lines = _read_yaml(path, what)
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -194,10 +131,10 @@ def _compose(path: Path, stack: tuple[Path, ...] = ()) -> tuple[dict, dict[Loc, 
     merged_origins: dict[Loc, str] = {}
     for i, base in enumerate(bases):
         base_path = path.parent / base
-        if not base_path.is_file():
+        if not base_path.exists():  # anything else (a directory, a FIFO) is refused, by name, when read
             where = origins.get((BASE_KEY, i), origins.get((BASE_KEY,), str(path)))
             raise RecipeError(f"{where}: base: file '{base}' not found (looked for {base_path})")
-        base_data, base_origins = _compose(base_path, (*stack, resolved))
+        base_data, base_origins = _compose(base_path, (*stack, resolved), "`base:` file")
         merged = _merge(merged, base_data, merged_origins, base_origins, ())
         merged_origins.update(base_origins)
     origins = {k: v for k, v in origins.items() if k[:1] != (BASE_KEY,)}
@@ -211,22 +148,38 @@ _INDEX_RE = re.compile(r"\[(\d+)\]")
 
 
 def parse_override(text: str) -> tuple[Loc, Any]:
-    """``'train.lr=3e-4'`` → (('train', 'lr'), 0.0003). Values are YAML (typed); indices as ``[0]`` or ``.0``."""
+    """``'train.lr=3e-4'`` → (('train', 'lr'), 0.0003). Values are YAML (typed), read within the bounds of
+    `bounded_yaml`; indices as ``[0]`` or ``.0``."""
     key, sep, raw = text.partition("=")
+    label = override_label(text)
     if not sep or not key.strip():
-        raise RecipeError(f"--set {text}: expected KEY=VALUE with a dotted key, e.g. --set train.lr=3e-4")
-    loc: list[str | int] = []
-    for part in _INDEX_RE.sub(r".\1", key.strip()).split("."):
-        if not part:
-            raise RecipeError(f"--set {text}: empty component in the key '{key}'")
-        loc.append(int(part) if part.isdigit() else part)
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError as e:
-        raise RecipeError(f"--set {text}: the value is not valid YAML: {getattr(e, 'problem', e)}") from e
+        raise RecipeError(f"{label}: expected KEY=VALUE with a dotted key, e.g. --set train.lr=3e-4")
+    loc = _override_key(key.strip(), label)
+    value = bounded_yaml.load_value(raw, label) if raw.strip() else ""
     if isinstance(value, str):
         value = _maybe_number(value)
-    return tuple(loc), value
+    return loc, value
+
+
+def override_label(text: str, limit: int = 80) -> str:
+    """``--set KEY=VALUE`` as one short line, for messages (a value may be long or hold newlines)."""
+    flat = " ".join(text.splitlines())
+    return f"--set {flat if len(flat) <= limit else flat[: limit - 3] + '...'}"
+
+
+def _override_key(key: str, label: str) -> Loc:
+    parts = _INDEX_RE.sub(r".\1", key).split(".")
+    if len(parts) > bounded_yaml.MAX_DEPTH:
+        raise RecipeError(f"{label}: the key has {len(parts)} parts (at most {bounded_yaml.MAX_DEPTH})")
+    loc: list[str | int] = []
+    for part in parts:
+        if not part:
+            raise RecipeError(f"{label}: empty component in the key '{key}'")
+        index = re.fullmatch(r"[0-9]+", part) is not None
+        if index and len(part) > 9:  # int() of thousands of digits is slow, then refused by Python itself
+            raise RecipeError(f"{label}: list index {part[:12]}... has more than 9 digits")
+        loc.append(int(part) if index else part)
+    return tuple(loc)
 
 
 def _maybe_number(value: str) -> Any:
@@ -240,6 +193,7 @@ def _maybe_number(value: str) -> Any:
 def apply_overrides(source: RecipeSource, overrides: Sequence[str]) -> None:
     for text in overrides:
         loc, value = parse_override(text)
+        label = override_label(text)
         node: Any = source.data
         for depth, part in enumerate(loc[:-1]):
             nxt = loc[depth + 1]
@@ -253,21 +207,21 @@ def apply_overrides(source: RecipeSource, overrides: Sequence[str]) -> None:
                 node = node[part]
             elif isinstance(nxt, int):
                 raise RecipeError(
-                    f"--set {text}: {dotted(loc[: depth + 2])} does not exist in the recipe; set the whole list "
+                    f"{label}: {dotted(loc[: depth + 2])} does not exist in the recipe; set the whole list "
                     f"instead, e.g. --set {dotted(loc[: depth + 1])}='[...]'"
                 )
             else:
-                raise RecipeError(f"--set {text}: {dotted(loc[: depth + 1])} does not exist in the recipe")
+                raise RecipeError(f"{label}: {dotted(loc[: depth + 1])} does not exist in the recipe")
         last = loc[-1]
         if isinstance(node, dict) and isinstance(last, str):
             node[last] = value
         elif isinstance(node, list) and isinstance(last, int) and last < len(node):
             node[last] = value
         else:
-            raise RecipeError(f"--set {text}: {dotted(loc)} does not exist in the recipe")
+            raise RecipeError(f"{label}: {dotted(loc)} does not exist in the recipe")
         for stale in [k for k in source.origins if k[: len(loc)] == loc]:
             del source.origins[stale]
-        source.origins[loc] = f"--set {text}"
+        source.origins[loc] = label
 
 
 # -- validation ----------------------------------------------------------------------------------------
@@ -542,7 +496,7 @@ def _resolve_mixture(recipe: RecipeModel, source: RecipeSource) -> RecipeModel:
     from latbot.recipes.mixture import load_mixture
 
     where = source.where(("data", "mixture"))
-    if not Path(data.mixture).is_file():
+    if not Path(data.mixture).exists():  # anything else (a directory, a FIFO) is refused, by name, when read
         raise RecipeError(f"{where}: data.mixture: file '{data.mixture}' not found")
     mixture = load_mixture(data.mixture)
     sources = [s.model_dump() for s in mixture.sources]
@@ -551,10 +505,10 @@ def _resolve_mixture(recipe: RecipeModel, source: RecipeSource) -> RecipeModel:
 
 
 # -- public entry points ------------------------------------------------------------------------------
-def load_yaml_model(path: str | Path, model: type[BaseModel]) -> BaseModel:
+def load_yaml_model(path: str | Path, model: type[BaseModel], what: str = "YAML file") -> BaseModel:
     """Read a YAML file (with `base:` includes) and validate it as `model`; errors name file:line and the
-    dotted field. Used for recipe-like files such as mixtures."""
-    data, origins = _compose(Path(path))
+    dotted field (`what` the file is, e.g. "mixture file"). Used for recipe-like files such as mixtures."""
+    data, origins = _compose(Path(path), what=what)
     source = RecipeSource(data, origins, str(path))
     try:
         return model.model_validate(data)

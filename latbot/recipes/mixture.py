@@ -38,7 +38,7 @@ def load_mixture(path: str | Path) -> Mixture:
     from latbot.data.location import is_url, join
     from latbot.recipes.loader import load_yaml_model
 
-    mixture = load_yaml_model(path, Mixture)
+    mixture = load_yaml_model(path, Mixture, "mixture file")
     if is_url(mixture.root):
         for s in mixture.sources:  # relative stores under a root on object storage
             s.store = s.store if is_url(s.store) or s.store.is_absolute() else join(mixture.root, s.store.as_posix())

@@ -17,7 +17,7 @@ import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SerializeAsAny, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, SerializeAsAny, model_validator
 
 from latbot.config import PluginConfig, Section
 
@@ -156,9 +156,32 @@ class DistConfig(Section):
     reshard_after_forward: bool = True
 
 
+MAX_RUN_NAME = 128  # characters; a folder name (most file systems allow 255 bytes)
+
+
+def _plain_run_name(name: str | None) -> str | None:
+    """`log.run_name` is one folder directly inside `log.out_dir`, so a recipe or a `--set` can never make a
+    run write elsewhere (`../x`, `/abs/path`, `a/b`); `log.out_dir` is the field that says where."""
+    if name is None:
+        return name
+    if not name or len(name) > MAX_RUN_NAME:
+        problem = f"must be 1 to {MAX_RUN_NAME} characters"
+    elif "/" in name or "\\" in name:
+        problem = "must be a plain folder name, without '/' or a backslash"
+    elif name.startswith("."):
+        problem = "must not start with '.' (no '..', no hidden folder)"
+    elif not name.isprintable():
+        problem = "must not hold control characters"
+    else:
+        return name
+    raise ValueError(f"{problem}; give a name like 'lam_mt10' (log.out_dir says where runs go)")
+
+
 class LogConfig(Section):
     out_dir: Path = Field(Path("runs"), description="Runs are written to out_dir/run_name.")
-    run_name: str | None = Field(None, description="Default: the recipe file's stem and a timestamp.")
+    run_name: Annotated[str | None, AfterValidator(_plain_run_name)] = Field(
+        None, description="Default: the recipe file's stem and a timestamp."
+    )
     every_steps: int = Field(10, ge=1, le=10**9)
     tensorboard: bool = True
     progress: bool = True
