@@ -28,6 +28,7 @@ import hashlib
 import importlib
 import os
 import sys
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +37,7 @@ REPO = Path(__file__).resolve().parents[2]
 OUTCOMES = ("clean", "handled", "traceback", "silent", "hang", "damage")
 GOOD = ("clean", "handled")
 CASE_TIMEOUT_S = 60.0
+MEMORY_LIMIT = 4 << 30  # bytes of resident memory a case's process may reach
 CLASSES = ("checkpoints", "integrity", "runs", "writers", "locks", "bounds", "server", "exit_codes")
 
 
@@ -266,10 +268,16 @@ def run_attack(a: Attack, tree: Path | None = None) -> tuple[str, str]:
     proc.start()
     writer.close()
     try:
-        if reader.poll(a.timeout_s):
-            outcome, why = reader.recv().split("\n", 1)
-        else:
-            outcome, why = "hang", f"still running after {a.timeout_s:.0f} s"
+        outcome, why = "hang", f"still running after {a.timeout_s:.0f} s"
+        deadline = time.monotonic() + a.timeout_s
+        while time.monotonic() < deadline:
+            if reader.poll(0.25):
+                outcome, why = reader.recv().split("\n", 1)
+                break
+            rss = _rss_bytes(proc.pid)
+            if rss > MEMORY_LIMIT:  # a blow-up is a hang that would take the machine down with it
+                outcome, why = "hang", f"memory grew past {MEMORY_LIMIT >> 30} GiB ({rss >> 20} MiB)"
+                break
     except EOFError:
         outcome, why = "traceback", f"the case's process died (exit {proc.exitcode})"
     finally:
@@ -278,6 +286,14 @@ def run_attack(a: Attack, tree: Path | None = None) -> tuple[str, str]:
         proc.join(10)
         shutil.rmtree(tmp, ignore_errors=True)
     return outcome, why
+
+
+def _rss_bytes(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def _kill_group(pid: int) -> None:
