@@ -162,6 +162,26 @@ def test_a_cache_of_other_data_is_refused(pipeline, tmp_path):
         )
 
 
+def test_an_edited_cache_is_refused_unless_no_verify(pipeline, tmp_path, monkeypatch):
+    import shutil
+
+    from latbot.artifacts import read_manifest
+    from latbot.data.latent_cache import CacheError, open_cache
+
+    cache = tmp_path / "cache"
+    shutil.copytree(pipeline["root"] / "cache", cache)
+    extra = read_manifest(cache, kind="teacher_cache").extra
+    identity = {k: extra[k] for k in ("teacher", "sources", "num_frames", "cameras")}
+    block = max((p for p in (cache / "latents").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    data = bytearray(block.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    block.write_bytes(bytes(data))
+    with pytest.raises(CacheError, match="latents differ from the cache's manifest"):
+        open_cache(cache, identity, extra["count"])
+    monkeypatch.setenv("LATBOT_NO_VERIFY", "1")
+    assert open_cache(cache, identity, extra["count"]).shape[0] == extra["count"]
+
+
 def test_stage_errors_are_one_line_and_create_nothing(pipeline, tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     src = f"data.sources=[{{store: {pipeline['store']}}}]"

@@ -109,6 +109,16 @@ def open_cache(path: str | Path, identity: dict, count: int) -> Any:
             )
     if manifest.extra.get("count") != count:
         raise CacheError(f"{path}: holds {manifest.extra.get('count')} latents, the data has {count} clips; rebuild it")
+    from latbot.ownership import verification_enabled
+
+    if verification_enabled():
+        from latbot.artifacts import hash_directory
+
+        if hash_directory(path) != manifest.content_hash:
+            raise CacheError(
+                f"{path}: the latents differ from the cache's manifest (edited or damaged); delete the cache to "
+                "rebuild it, or use it anyway with `latbot --no-verify ...`"
+            )
     try:
         return zarr.open_group(str(path), mode="r")["latents"]
     except Exception as e:
