@@ -89,6 +89,59 @@ def claim(dest: str | Path, kinds: Iterable[str], *, option: str = "--out", fix:
     return True
 
 
+def enclosing_artifact(path: str | Path) -> tuple[Path, str] | None:
+    """(folder, kind) of the LatBot artifact that `path` lies in or is (a store, a run, ...), or None. Outputs
+    of `viz`, `grounding-analysis` and the like never go there: they would change what its hash covers."""
+    here = Path(path).absolute()
+    for folder in [here, *here.parents]:
+        kind = manifest_kind(folder)
+        if kind is not None and kind != "workspace":  # a workspace holds artifacts and other outputs
+            return folder, kind
+    return None
+
+
+def check_output_file(out: str | Path, suffix: str, option: str = "--out") -> Path:
+    """An output file a command may write: ends with `suffix`, is not a folder or a link, and lies in no
+    LatBot artifact. Returns it; refuses with an `OwnershipError` otherwise (nothing is touched)."""
+    out = Path(out)
+    if out.suffix != suffix:
+        raise OwnershipError(f"{option} {out}: expected a {suffix} file name (e.g. {out.stem or 'out'}{suffix})")
+    if out.is_symlink() or (out.exists() and not out.is_file()):
+        raise OwnershipError(f"{option} {out}: exists and is not a regular file; choose another {option}")
+    inside = enclosing_artifact(out.parent)
+    if inside is not None:
+        raise OwnershipError(
+            f"{option} {out}: lies inside the '{inside[1]}' artifact {inside[0]}; writing there would change it; "
+            f"choose a path outside it"
+        )
+    return out
+
+
+_HELD: set[int] = set()  # lock file descriptors this process holds
+
+
+def _close_in_child() -> None:
+    for fd in list(_HELD):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_close_in_child)
+
+
+def held(fd: int, holding: bool = True) -> None:
+    """Record (or forget) a lock's descriptor. A forked child (a DataLoader worker, a pool process) closes the
+    ones it inherited, so the lock lives exactly as long as the process that took it: a writer killed with
+    SIGKILL releases it at once even while its children are still winding down."""
+    if holding:
+        _HELD.add(fd)
+    else:
+        _HELD.discard(fd)
+
+
 @contextmanager
 def writer_lock(directory: str | Path, what: str) -> Iterator[None]:
     """Hold `directory/.latbot.lock` exclusively while the block runs; `what` names the artifact in the
@@ -110,9 +163,11 @@ def writer_lock(directory: str | Path, what: str) -> Iterator[None]:
             ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        held(fd)
         try:
             yield
         finally:
+            held(fd, False)
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)

@@ -77,7 +77,7 @@ def test_append_guards(store_path):
         nan.trajectory.actions[3, 8] = np.nan
         with pytest.raises(StoreError, match="non-finite action value at step 3"):
             s.append(nan)
-        with pytest.raises(StoreError, match="another process is writing"):
+        with pytest.raises(StoreError, match=rf"another LatBot process \(pid {os.getpid()}\) is writing"):
             EpisodeStore.open(store_path, mode="a")
     with EpisodeStore.open(store_path) as s, pytest.raises(StoreError, match="read-only"):
         s.append(episode("x"))

@@ -92,6 +92,35 @@ def overlay(frame: np.ndarray, heat: np.ndarray, title: str) -> Any:
     return canvas
 
 
+OUTPUTS = ("heads.csv", "summary.json", "grounding.rrd")  # plus sample_NNNN.png
+
+
+def _claim_out(out: Path) -> Path:
+    """The analysis writes into a new or empty folder, or one holding only its own earlier outputs, and never
+    inside a LatBot artifact; anything else is refused before a file is written."""
+    import re
+
+    from latbot.ownership import OwnershipError, enclosing_artifact
+
+    inside = enclosing_artifact(out)
+    if inside is not None:
+        raise OwnershipError(
+            f"--out {out}: lies inside the '{inside[1]}' artifact {inside[0]}; choose a folder outside it"
+        )
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise OwnershipError(f"--out {out}: exists and is not a folder; choose another --out")
+    if out.is_dir():
+        foreign = sorted(
+            p.name for p in out.iterdir() if p.name not in OUTPUTS and not re.fullmatch(r"sample_\d{4}\.png", p.name)
+        )
+        if foreign:
+            raise OwnershipError(
+                f"--out {out}: holds files grounding-analysis did not write ({', '.join(foreign[:3])}); nothing was "
+                f"changed; choose a new or empty --out"
+            )
+    return out
+
+
 def run(
     checkpoints: list[str | Path],
     store: str | Path,
@@ -111,7 +140,7 @@ def run(
     from latbot.data.store import EpisodeStore
     from latbot.runs import load_vlm
 
-    out = Path(out)
+    out = _claim_out(Path(out))
     out.mkdir(parents=True, exist_ok=True)
     with EpisodeStore.open(store) as s:
         picks = list(range(min(samples, s.num_episodes)))

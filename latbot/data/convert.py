@@ -98,6 +98,7 @@ def convert(
             raise StoreError(f"--out {out}: exists and is not a directory; choose another --out")
     except (LocationError, OSError) as e:
         raise StoreError(f"--out {out}: cannot reach it ({e}); see docs/data.md, 'Stores on object storage'") from e
+    claim_store(store_dir, out)  # before anything is touched: --out is new, empty, or a store LatBot wrote
     if _never_written(store_dir):
         _remove_store(store_dir, keep_dir=True)  # a store whose creation was interrupted: start it again
     created = not store_dir.exists("zarr.json")
@@ -155,6 +156,7 @@ def _convert(
         raise SourceError(f"{src}: camera(s) {unknown} not in this source (it has {', '.join(available)})")
     size = (image_size, image_size)
     if StoreDir(out).exists("zarr.json"):
+        _check_same_source(StoreDir(out), src, adapter_config.type)
         store = EpisodeStore.open(out, mode="a")
         if store.cameras != cams or store.image_size != size:
             store.close()
@@ -221,6 +223,74 @@ def _check_int(name: str, value: Any, lo: int, hi: int, optional: bool = False) 
         return
     if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
         raise StoreError(f"{name}: expected an integer in [{lo}, {hi}], got {value!r}")
+
+
+# What a store directory may hold (LatBot's files); anything else in an --out without a store manifest is a
+# user's, and the conversion refuses to touch the folder.
+STORE_NAMES = frozenset(
+    {"zarr.json", LOG_NAME, ".writer.lock", ".latbot.lock", "latbot.json", "frames", "actions", "states",
+     "native_actions", "native_states"}
+)  # fmt: skip
+
+
+def claim_store(d: StoreDir, out) -> None:
+    """Refuse an --out that LatBot did not make as an episode store (local paths; at a URL the bucket's
+    layout is the user's business): another artifact, or a folder of other files."""
+    from latbot.ownership import manifest_kind
+
+    if d.is_url or not Path(d.location).is_dir():
+        return
+    path = Path(d.location)
+    kind = manifest_kind(path)
+    if kind == "episode_store":
+        return
+    if kind is not None:
+        raise StoreError(
+            f"--out {out}: holds a '{kind}' artifact, not an episode store; nothing was changed; choose another --out"
+        )
+    names = sorted(p.name for p in path.iterdir())
+    if not names:
+        return
+    foreign = [n for n in names if n not in STORE_NAMES]
+    if foreign or not _latbot_group(path):
+        shown = ", ".join((foreign or names)[:3]) + (", …" if len(foreign or names) > 3 else "")
+        raise StoreError(
+            f"--out {out}: holds files that are not a LatBot episode store ({shown}); nothing was changed; "
+            "choose another --out (an empty or new folder)"
+        )
+
+
+def _latbot_group(path: Path) -> bool:
+    """True when `path/zarr.json` is the group metadata of a LatBot store (its creation was interrupted)."""
+    import json
+
+    meta = path / "zarr.json"
+    try:
+        if not meta.is_file() or meta.stat().st_size > 1 << 20:
+            return False
+        attrs = json.loads(meta.read_text(encoding="utf-8")).get("attributes", {}).get("latbot")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return isinstance(attrs, dict) and "format_version" in attrs
+
+
+def _check_same_source(d: StoreDir, src: Path, adapter: str) -> None:
+    """A store holds one source: refuse to add another source's episodes to it, naming both."""
+    from latbot.artifacts import read_manifest
+    from latbot.errors import ArtifactError
+
+    try:
+        extra = read_manifest(d.location, "episode_store").extra
+    except ArtifactError:
+        return  # a store whose first conversion did not finish: it has no recorded source yet
+    made_from, made_by = extra.get("source"), (extra.get("adapter") or {}).get("type")
+    this = str(src.resolve())
+    if (made_from is not None and made_from != this) or (made_by is not None and made_by != adapter):
+        raise StoreError(
+            f"--out {d.location}: this store was converted from {made_from} ({made_by}); this conversion reads "
+            f"{this} ({adapter}); a store holds one source: choose another --out and combine the stores in a "
+            "mixture"
+        )
 
 
 def _uncommitted(out: StoreDir) -> bool:

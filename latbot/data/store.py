@@ -49,6 +49,7 @@ import numpy as np
 from latbot.data.location import LocationError, StoreDir
 from latbot.data.spaces import ACTION_DIM, STATE_DIM, UnifiedTrajectory, mask_from_str, mask_to_str
 from latbot.errors import LatBotError
+from latbot.ownership import held
 
 STORE_FORMAT_VERSION = 1
 LOG_NAME = "episodes.jsonl"
@@ -272,12 +273,19 @@ class EpisodeStore:
             )
         lock_fd = None
         if mode == "a" and not d.is_url:  # object stores have no lock: one writer per store is the user's job
-            lock_fd = os.open(path / LOCK_NAME, os.O_CREAT | os.O_RDWR, 0o644)
+            lock_fd = os.open(path / LOCK_NAME, os.O_CREAT | os.O_RDWR | os.O_NOFOLLOW, 0o644)
             try:
                 fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError as e:
+            except BlockingIOError:
+                holder = os.pread(lock_fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
                 os.close(lock_fd)
-                raise StoreError(f"{path}: another process is writing to this store") from e
+                raise StoreError(
+                    f"{path}: another LatBot process (pid {holder}) is writing to this store; wait for it to finish "
+                    "or stop it, then run the command again"
+                ) from None
+            os.ftruncate(lock_fd, 0)
+            os.pwrite(lock_fd, f"{os.getpid()}\n".encode(), 0)
+            held(lock_fd)  # forked children close it: the lock dies with this process
         try:
             if mode == "a" and not d.exists(LOG_NAME) and _all_empty(group, attrs):
                 d.write_atomic(LOG_NAME, b"")  # created but never committed to (an older LatBot died here): empty
@@ -294,6 +302,7 @@ class EpisodeStore:
                 store._truncate_uncommitted()
         except BaseException:
             if lock_fd is not None:
+                held(lock_fd, False)
                 os.close(lock_fd)
             raise
         return store
@@ -303,6 +312,7 @@ class EpisodeStore:
             self.commit()
         self._drop_readers()
         if self._lock_fd is not None:
+            held(self._lock_fd, False)
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
             os.close(self._lock_fd)
             self._lock_fd = None

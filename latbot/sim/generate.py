@@ -52,14 +52,23 @@ def generate(
     from tqdm import tqdm
 
     from latbot import registry
-    from latbot.data.convert import finalize
-    from latbot.data.store import EpisodeStore
+    from latbot.data.convert import claim_store, finalize
+    from latbot.data.location import StoreDir
+    from latbot.data.store import EpisodeStore, StoreError
 
     sim = registry.build("simulators", sim_config)
     names = sim.task_names(tasks)
     cameras = list(cameras or [sim.default_camera])
     out = Path(out)
+    claim_store(StoreDir(out), out)  # before anything is touched: new, empty, or a store LatBot wrote
     if (out / "zarr.json").exists():
+        with EpisodeStore.open(out, check=False) as existing:  # read-only: nothing written before the check
+            made_by = existing.attrs.get("source_format")
+        if made_by != sim_config.type:
+            raise StoreError(
+                f"--out {out}: this store holds '{made_by}' episodes, not '{sim_config.type}' demonstrations; a "
+                "store holds one source: choose another --out and combine the stores in a mixture"
+            )
         store = EpisodeStore.open(out, mode="a")
     else:
         store = EpisodeStore.create(

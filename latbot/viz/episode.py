@@ -11,6 +11,7 @@ positions (the predicted deltas accumulated from the true state) as a 3-D path n
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -28,15 +29,34 @@ def record(
 ) -> Path | None:
     import rerun as rr
 
-    from latbot.data.store import EpisodeStore
-    from latbot.errors import LatBotError
+    from latbot.ownership import check_output_file
 
+    tmp = None
+    if not spawn:  # checked before anything is written: a .rrd file outside every artifact
+        out = check_output_file(out or "episode.rrd", ".rrd")
+        tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     rec = rr.RecordingStream("latbot_episode")
     if spawn:
         rec.spawn()
     else:
-        out = Path(out or "episode.rrd")
-        rec.save(str(out))
+        rec.save(str(tmp))
+    try:
+        _record_into(rec, store_path, episodes, checkpoint, max_steps)
+        rec.flush()
+    except BaseException:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+        raise
+    if tmp is None:
+        return None
+    os.replace(tmp, out)
+    return out
+
+
+def _record_into(rec, store_path, episodes: list[int], checkpoint, max_steps: int | None) -> None:
+    from latbot.data.store import EpisodeStore
+    from latbot.errors import LatBotError
+
     lam = policy = lam_norm = None
     if checkpoint is not None:
         from latbot import runs
@@ -55,8 +75,6 @@ def record(
             if not 0 <= ep < store.num_episodes:
                 raise LatBotError(f"--episode {ep}: the store has episodes 0..{store.num_episodes - 1}")
             _log_episode(rec, store, ep, lam, policy, max_steps, lam_norm)
-    rec.flush()
-    return None if spawn else out
 
 
 def _log_episode(rec, store, ep: int, lam, policy, max_steps: int | None, lam_norm=None) -> None:

@@ -121,3 +121,10 @@ class hold_lock:
     def __exit__(self, *exc):
         fcntl.flock(self.f, fcntl.LOCK_UN)
         self.f.close()
+
+
+class hold_store_lock(hold_lock):
+    """The lock a store's writer holds (`.writer.lock`)."""
+
+    def __init__(self, directory: Path):
+        self.path = Path(directory) / ".writer.lock"
