@@ -206,6 +206,27 @@ def choose(run_dir: Path, verify_files: bool = True) -> tuple[Path, dict[str, An
     raise CheckpointError(f"--resume {run_dir}: no usable checkpoint ({'; '.join(notes)})")
 
 
+def _choose_on_main(run_dir: Path, world: World, verify_files: bool) -> tuple[Path, dict[str, Any], list[str]]:
+    """`choose` on the main process (it hashes every file once, not once per rank); the others take its
+    answer, or raise its error."""
+    if world.size == 1:
+        return choose(run_dir, verify_files)
+    import torch.distributed as dist
+
+    box: list[Any] = [None]
+    if world.main:
+        try:
+            path, meta, notes = choose(run_dir, verify_files)
+            box = [(path.name, meta, notes, None)]
+        except CheckpointError as e:
+            box = [(None, None, None, str(e))]
+    dist.broadcast_object_list(box, src=0)  # the ranks of one job trust each other
+    name, meta, notes, error = box[0]
+    if error is not None:
+        raise CheckpointError(error)
+    return _root(run_dir) / name, meta, notes
+
+
 def load(run_dir: Path, model, optimizer, world: World) -> dict[str, Any]:
     """Restore model, optimizer and this rank's RNG from the newest checkpoint that verifies; returns its
     extra state."""
@@ -215,7 +236,7 @@ def load(run_dir: Path, model, optimizer, world: World) -> dict[str, Any]:
 
     from latbot.ownership import verification_enabled
 
-    path, meta, notes = choose(run_dir, verify_files=verification_enabled())
+    path, meta, notes = _choose_on_main(run_dir, world, verification_enabled())
     if world.main:
         for note in notes:
             print(f"warning: {note}")
