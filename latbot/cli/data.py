@@ -207,16 +207,21 @@ def stats(
     from latbot.data.convert import finalize
     from latbot.data.mixture import merged_stats, resolve_stores
     from latbot.data.store import EpisodeStore
+    from latbot.ownership import check_output_file
 
+    if out is not None:  # checked before any store is touched: a .json file outside every artifact
+        out = check_output_file(out, ".json")
     paths = resolve_stores(store)
     total = 0
     for path in paths:
-        with EpisodeStore.open(path, mode="a") as s:
+        with EpisodeStore.open(path, mode="a") as s:  # the store's writer lock: one writer at a time
             finalize(s)
             total += s.num_frames
     if len(paths) > 1:
         merged = merged_stats(paths)
         if out is not None:
-            out.write_text(json.dumps(merged, indent=1))
+            tmp = out.with_name(f".{out.name}.tmp")
+            tmp.write_text(json.dumps(merged, indent=1))
+            tmp.replace(out)
         typer.echo(f"{store}: merged statistics of {len(paths)} stores" + (f" written to {out}" if out else ""))
     typer.echo(f"{store}: statistics recomputed over {total} frames")

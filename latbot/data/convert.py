@@ -9,7 +9,7 @@ from typing import Any
 
 from latbot.config import PluginConfig
 from latbot.data.location import LocationError, StoreDir
-from latbot.data.store import LOG_NAME, MAX_IMAGE_SIDE, EpisodeStore, StoreError
+from latbot.data.store import LOCK_NAMES, LOG_NAME, MAX_IMAGE_SIDE, EpisodeStore, StoreError
 
 
 @dataclass
@@ -96,30 +96,31 @@ def convert(
     try:
         if store_dir.exists() and not store_dir.is_dir():
             raise StoreError(f"--out {out}: exists and is not a directory; choose another --out")
+        has_store = store_dir.exists("zarr.json")
     except (LocationError, OSError) as e:
         raise StoreError(f"--out {out}: cannot reach it ({e}); see docs/data.md, 'Stores on object storage'") from e
     claim_store(store_dir, out)  # before anything is touched: --out is new, empty, or a store LatBot wrote
+    if has_store:  # checked before the lock too (and again under it), so that a refusal changes nothing
+        _check_same_source(store_dir, src, adapter_config.type)
+    args = (adapter_config, src, out, image_size, resize_mode, cameras, codec, chunk_frames, shard_frames, limit)
+    args += (skip_bad, progress, shard, manifest_extra)
+    if store_dir.is_url:  # object stores have no lock: one writer per store is the user's job (docs/data.md)
+        return _convert_cleaning_up(store_dir, args)
+    from latbot.data.store import writing
+
+    with writing(out):  # the whole command: a second writer is refused before it touches anything
+        return _convert_cleaning_up(store_dir, args)
+
+
+def _convert_cleaning_up(store_dir: StoreDir, args: tuple) -> ConvertResult:
+    """`_convert(*args)`; a store whose creation was interrupted is started again, and one this conversion
+    created but could not commit an episode to is removed (only the store's own files)."""
     if _never_written(store_dir):
         _remove_store(store_dir, keep_dir=True)  # a store whose creation was interrupted: start it again
     created = not store_dir.exists("zarr.json")
     leftover = store_dir.exists()
     try:
-        return _convert(
-            adapter_config,
-            src,
-            out,
-            image_size,
-            resize_mode,
-            cameras,
-            codec,
-            chunk_frames,
-            shard_frames,
-            limit,
-            skip_bad,
-            progress,
-            shard,
-            manifest_extra,
-        )
+        return _convert(*args)
     except BaseException:
         if created and _uncommitted(store_dir):
             _remove_store(store_dir, keep_dir=leftover)
@@ -173,6 +174,7 @@ def _convert(
             shard_frames=shard_frames,
             codec=codec,
             source_format=adapter_config.type,
+            source=str(src.resolve()),
         )
     result = ConvertResult(store=out, added=0, skipped=0)
     try:
@@ -227,10 +229,9 @@ def _check_int(name: str, value: Any, lo: int, hi: int, optional: bool = False) 
 
 # What a store directory may hold (LatBot's files); anything else in an --out without a store manifest is a
 # user's, and the conversion refuses to touch the folder.
-STORE_NAMES = frozenset(
-    {"zarr.json", LOG_NAME, ".writer.lock", ".latbot.lock", "latbot.json", "frames", "actions", "states",
-     "native_actions", "native_states"}
-)  # fmt: skip
+STORE_FILES = ("zarr.json", LOG_NAME, "latbot.json")
+STORE_ARRAYS = ("frames", "actions", "states", "native_actions", "native_states", "frame_motion")
+STORE_NAMES = frozenset({*STORE_FILES, *STORE_ARRAYS, *LOCK_NAMES})
 
 
 def claim_store(d: StoreDir, out) -> None:
@@ -248,7 +249,7 @@ def claim_store(d: StoreDir, out) -> None:
         raise StoreError(
             f"--out {out}: holds a '{kind}' artifact, not an episode store; nothing was changed; choose another --out"
         )
-    names = sorted(p.name for p in path.iterdir())
+    names = sorted(p.name for p in path.iterdir() if p.name not in LOCK_NAMES)
     if not names:
         return
     foreign = [n for n in names if n not in STORE_NAMES]
@@ -262,34 +263,45 @@ def claim_store(d: StoreDir, out) -> None:
 
 def _latbot_group(path: Path) -> bool:
     """True when `path/zarr.json` is the group metadata of a LatBot store (its creation was interrupted)."""
+    return "format_version" in _group_attrs(StoreDir(path))
+
+
+def _group_attrs(d: StoreDir) -> dict[str, Any]:
+    """The LatBot attributes in a store's group `zarr.json`, read without opening the store (its log may not
+    exist yet); {} when there are none or the file is not readable JSON (opening the store then says why)."""
     import json
 
-    meta = path / "zarr.json"
     try:
-        if not meta.is_file() or meta.stat().st_size > 1 << 20:
-            return False
-        attrs = json.loads(meta.read_text(encoding="utf-8")).get("attributes", {}).get("latbot")
-    except (OSError, ValueError, AttributeError):
-        return False
-    return isinstance(attrs, dict) and "format_version" in attrs
+        size = d.size("zarr.json")  # None: no regular file (a FIFO would block the read)
+        if size is None or size > 1 << 20:
+            return {}
+        attrs = json.loads(d.read_bytes("zarr.json").decode("utf-8")).get("attributes", {}).get("latbot")
+    except (OSError, ValueError, AttributeError, LocationError):
+        return {}
+    return attrs if isinstance(attrs, dict) else {}
 
 
 def _check_same_source(d: StoreDir, src: Path, adapter: str) -> None:
-    """A store holds one source: refuse to add another source's episodes to it, naming both."""
+    """A store holds one source: refuse to add another source's episodes to it, naming both. The source is
+    recorded in the store's attributes when it is created (`source`, `source_format`) and in its manifest
+    when a conversion finishes; a store that recorded neither (an older LatBot) is resumed as before."""
     from latbot.artifacts import read_manifest
     from latbot.errors import ArtifactError
 
+    attrs = _group_attrs(d)
+    made_from, made_by = attrs.get("source"), attrs.get("source_format") or None
     try:
         extra = read_manifest(d.location, "episode_store").extra
     except ArtifactError:
-        return  # a store whose first conversion did not finish: it has no recorded source yet
-    made_from, made_by = extra.get("source"), (extra.get("adapter") or {}).get("type")
+        extra = {}  # a store whose first conversion did not finish: no manifest yet
+    made_from = made_from or extra.get("source")
+    made_by = made_by or (extra.get("adapter") or {}).get("type")
     this = str(src.resolve())
     if (made_from is not None and made_from != this) or (made_by is not None and made_by != adapter):
+        recorded = " ".join(x for x in (made_from, f"({made_by})" if made_by else None) if x)
         raise StoreError(
-            f"--out {d.location}: this store was converted from {made_from} ({made_by}); this conversion reads "
-            f"{this} ({adapter}); a store holds one source: choose another --out and combine the stores in a "
-            "mixture"
+            f"--out {d.location}: this store was made from {recorded}; this conversion reads {this} ({adapter}); "
+            "a store holds one source: choose another --out and combine the stores in a mixture"
         )
 
 
@@ -307,21 +319,38 @@ def _never_written(out: StoreDir) -> bool:
 
 
 def _remove_store(out: StoreDir, keep_dir: bool) -> None:
-    """Remove what a failed first conversion wrote (only store files: never a user's other files)."""
-    for name in (
-        "zarr.json",
-        LOG_NAME,
-        ".writer.lock",
-        "latbot.json",
-        "frames",
-        "actions",
-        "states",
-        "native_actions",
-        "native_states",
-    ):
+    """Remove what a failed first conversion wrote: only the files the store layout defines, never a user's
+    other files, nor the folders that hold them (a local store's lock stays with its `writing` block)."""
+    if not out.is_url:
+        for name in STORE_FILES:
+            path = Path(out.location) / name
+            if path.is_file() and not path.is_symlink():
+                path.unlink()
+        for name in STORE_ARRAYS:
+            _prune_zarr(Path(out.location) / name)
+        return
+    for name in (*STORE_FILES, *STORE_ARRAYS):
         out.remove(name)
     if not keep_dir:
         out.remove_root_if_empty()  # something else is in there: leave it
+
+
+def _prune_zarr(folder: Path, chunks: bool = False) -> None:
+    """Remove a local Zarr array or group's own files under `folder` (every `zarr.json`, and the numbered
+    chunk and shard files under `c/`), then each folder left empty; anything else stays, with its folders."""
+    import contextlib
+
+    if folder.is_symlink() or not folder.is_dir():
+        return
+    for path in folder.iterdir():
+        if path.is_symlink():
+            continue
+        if path.is_dir():
+            _prune_zarr(path, chunks or path.name == "c")
+        elif path.name == "zarr.json" or (chunks and path.name.isdigit()):
+            path.unlink()
+    with contextlib.suppress(OSError):
+        folder.rmdir()
 
 
 def finalize(store: EpisodeStore, extra: dict[str, Any] | None = None) -> None:

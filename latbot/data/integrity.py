@@ -40,8 +40,8 @@ def check_store(root: Path, log_name: str, error: type[LatBotError], writer_lock
 
     root = Path(root)
     manifest_path = root / MANIFEST_NAME
-    if not verification_enabled() or not manifest_path.is_file():
-        return
+    if not verification_enabled() or not manifest_path.is_file() or not (root / log_name).is_file():
+        return  # no manifest (being written) or no log (opening the store says what is missing)
     files = [manifest_path, root / log_name, *metadata_files(root)]
     key = (str(root.resolve()), *((str(p), p.stat().st_mtime_ns, p.stat().st_size) for p in files if p.exists()))
     if key in _checked:
@@ -54,12 +54,16 @@ def check_store(root: Path, log_name: str, error: type[LatBotError], writer_lock
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise error(f"{manifest_path}: damaged ({type(e).__name__}); re-convert the store") from None
     fix = "re-convert it, or read it anyway with `latbot --no-verify ...`"
-    if log_digest(root, log_name) != recorded_log:
+    try:
+        log_hash, meta_hash = log_digest(root, log_name), metadata_digest(root)
+    except OSError as e:
+        raise error(f"{root}: cannot read the store to check it ({e.strerror or e}); {fix}") from None
+    if log_hash != recorded_log:
         raise error(
             f"{root / log_name}: the commit log differs from the hash in {MANIFEST_NAME} (edited, swapped, or an "
             f"unfinished append); finish the conversion that was appending (rerun it), {fix}"
         )
-    if recorded_meta is not None and metadata_digest(root) != recorded_meta:
+    if recorded_meta is not None and meta_hash != recorded_meta:
         raise error(
             f"{root}: the Zarr metadata (zarr.json of the group or an array: shapes, chunks, codecs, statistics) "
             f"differs from the hash in {MANIFEST_NAME}; it was edited after the store was written; {fix}"

@@ -40,6 +40,7 @@ import os
 import re
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,11 +50,13 @@ import numpy as np
 from latbot.data.location import LocationError, StoreDir
 from latbot.data.spaces import ACTION_DIM, STATE_DIM, UnifiedTrajectory, mask_from_str, mask_to_str
 from latbot.errors import LatBotError
+from latbot.ownership import LOCK_NAME as OWNERSHIP_LOCK_NAME
 from latbot.ownership import held
 
 STORE_FORMAT_VERSION = 1
 LOG_NAME = "episodes.jsonl"
 LOCK_NAME = ".writer.lock"
+LOCK_NAMES = (LOCK_NAME, OWNERSHIP_LOCK_NAME)  # lock files: not the store's data; a folder holding only them is empty
 CODECS = ("zstd", "lz4", "none")
 STAT_SAMPLE_ROWS = 2_000_000  # quantiles from at most this many rows (a deterministic subsample)
 MAX_IMAGE_SIDE = 4096  # pixels; the recipes' data.image_size has the same bound
@@ -169,8 +172,10 @@ class EpisodeStore:
         shard_frames: int = 256,
         codec: str = "lz4",
         source_format: str = "",
+        source: str | None = None,
     ) -> EpisodeStore:
-        """A new, empty store (the directory must not hold one already)."""
+        """A new, empty store (the directory must not hold one already). `source` (e.g. the resolved source
+        path) is recorded in the attributes, so that a resumed conversion can check it reads the same source."""
         import zarr
 
         d = StoreDir(path)
@@ -203,12 +208,16 @@ class EpisodeStore:
             "state_dim": STATE_DIM,
             "stats": None,
         }
-        if d.exists() and not (d.is_dir() and not d.names()):
+        if source is not None:
+            attrs["source"] = source
+        present = d.names() if d.exists() else []
+        if d.exists() and not (d.is_dir() and not [n for n in present if n not in LOCK_NAMES]):
             raise StoreError(f"{path}: exists and is not an empty directory (nor a store); choose another --out")
+        mode = "a" if present else "w-"  # only lock files are there, which "w-" would take for data
         try:
             d.mkdir()
             with _write_every_chunk():
-                group = zarr.open_group(d.zarr_store(read_only=False), mode="w-", attributes={"latbot": attrs})
+                group = zarr.open_group(d.zarr_store(read_only=False), mode=mode, attributes={"latbot": attrs})
             d.write_atomic(LOG_NAME, b"")
         except OSError as e:
             raise StoreError(f"{path}: cannot create the store here ({e.strerror or e}); choose another --out") from e
@@ -272,20 +281,10 @@ class EpisodeStore:
                 f"version {STORE_FORMAT_VERSION}; re-convert the source data"
             )
         lock_fd = None
-        if mode == "a" and not d.is_url:  # object stores have no lock: one writer per store is the user's job
-            lock_fd = os.open(path / LOCK_NAME, os.O_CREAT | os.O_RDWR | os.O_NOFOLLOW, 0o644)
-            try:
-                fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = os.pread(lock_fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
-                os.close(lock_fd)
-                raise StoreError(
-                    f"{path}: another LatBot process (pid {holder}) is writing to this store; wait for it to finish "
-                    "or stop it, then run the command again"
-                ) from None
-            os.ftruncate(lock_fd, 0)
-            os.pwrite(lock_fd, f"{os.getpid()}\n".encode(), 0)
-            held(lock_fd)  # forked children close it: the lock dies with this process
+        # Object stores have no lock: one writer per store is the user's job. A command that holds the lock
+        # already (`writing`) appends under it.
+        if mode == "a" and not d.is_url and str(Path(path).resolve()) not in _WRITING:
+            lock_fd = _take_lock(Path(path))
         try:
             if mode == "a" and not d.exists(LOG_NAME) and _all_empty(group, attrs):
                 d.write_atomic(LOG_NAME, b"")  # created but never committed to (an older LatBot died here): empty
@@ -315,6 +314,15 @@ class EpisodeStore:
             held(self._lock_fd, False)
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
             os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def __del__(self) -> None:
+        # A store dropped without `close` commits nothing (as after a kill) but releases its writer lock, so
+        # that the next writer in this process (`convert` after a failed `create`) is not refused by a ghost.
+        fd = getattr(self, "_lock_fd", None)
+        if fd is not None and getattr(self, "_pid", None) == os.getpid():  # a forked child closed its copy
+            held(fd, False)
+            os.close(fd)
             self._lock_fd = None
 
     def __enter__(self) -> EpisodeStore:
@@ -687,6 +695,60 @@ def _compressors(codec: str) -> list[Any]:
         "none": [],
     }[codec]
     return [*compressor, Crc32cCodec()]
+
+
+_WRITING: set[str] = set()  # resolved paths of the local stores whose lock a `writing` block of this process holds
+os.register_at_fork(after_in_child=_WRITING.clear)  # a forked child holds no lock (latbot.ownership.held)
+
+
+def _take_lock(path: Path) -> int:
+    """Lock `path/.writer.lock` (exclusive, non-blocking) and write this pid into it; the descriptor."""
+    fd = os.open(path / LOCK_NAME, os.O_CREAT | os.O_RDWR | os.O_NOFOLLOW, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+        os.close(fd)
+        raise StoreError(
+            f"{path}: another LatBot process (pid {holder}) is writing to this store; wait for it to finish "
+            "or stop it, then run the command again"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    held(fd)  # forked children close it: the lock dies with this process
+    return fd
+
+
+@contextmanager
+def writing(path: str | Path) -> Iterator[None]:
+    """Hold a local store's writer lock for a whole command (`convert`, `gen-sim`): its checks, the clean-up
+    of an interrupted creation and every append run under it, so a second writer is refused before it
+    touches anything. `create` and `open(mode="a")` inside the block use this lock. A folder (or lock file)
+    the block made for a store that was never created is removed again on exit."""
+    path = Path(path)
+    made_dir, made_lock = not path.exists(), not (path / LOCK_NAME).exists()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd = _take_lock(path)
+    except OSError as e:
+        if made_dir:
+            with suppress(OSError):
+                path.rmdir()
+        raise StoreError(f"{path}: cannot write a store here ({e.strerror or e}); choose another --out") from e
+    key = str(path.resolve())
+    _WRITING.add(key)
+    try:
+        yield
+    finally:
+        _WRITING.discard(key)
+        held(fd, False)
+        with suppress(OSError):  # (a second writer that appeared in the meantime keeps its folder)
+            if made_lock and [p.name for p in path.iterdir()] == [LOCK_NAME]:  # nothing was created: tidy up
+                (path / LOCK_NAME).unlink()
+                if made_dir:
+                    path.rmdir()
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
 
 
 def _create_vector_array(group: Any, name: str, dim: int) -> None:

@@ -47,6 +47,7 @@ def generate(
 ) -> GenerateResult:
     """`episodes` successful scripted demonstrations per task (all attempts with `keep_failures`).
     Rerunning with the same arguments resumes: episodes already in the store are skipped."""
+    import contextlib
     import time
 
     from tqdm import tqdm
@@ -54,29 +55,20 @@ def generate(
     from latbot import registry
     from latbot.data.convert import claim_store, finalize
     from latbot.data.location import StoreDir
-    from latbot.data.store import EpisodeStore, StoreError
+    from latbot.data.store import writing
 
     sim = registry.build("simulators", sim_config)
-    names = sim.task_names(tasks)
-    cameras = list(cameras or [sim.default_camera])
-    out = Path(out)
-    claim_store(StoreDir(out), out)  # before anything is touched: new, empty, or a store LatBot wrote
-    if (out / "zarr.json").exists():
-        with EpisodeStore.open(out, check=False) as existing:  # read-only: nothing written before the check
-            made_by = existing.attrs.get("source_format")
-        if made_by != sim_config.type:
-            raise StoreError(
-                f"--out {out}: this store holds '{made_by}' episodes, not '{sim_config.type}' demonstrations; a "
-                "store holds one source: choose another --out and combine the stores in a mixture"
-            )
-        store = EpisodeStore.open(out, mode="a")
-    else:
-        store = EpisodeStore.create(
-            out, cameras=cameras, image_size=(image_size, image_size), codec=codec, source_format=sim_config.type
-        )
-    result = GenerateResult(store=out)
+    result = GenerateResult(store=Path(out))
     spent, recorded = 0.0, 0
-    try:
+    with contextlib.ExitStack() as stack:
+        stack.callback(sim.close)
+        names = sim.task_names(tasks)
+        cameras = list(cameras or [sim.default_camera])
+        out = Path(out)
+        claim_store(StoreDir(out), out)  # before anything is touched: new, empty, or a store LatBot wrote
+        _check_same_simulator(out, sim_config.type)  # before the lock too (and under it): a refusal changes nothing
+        stack.enter_context(writing(out))  # the whole command: a second writer is refused before it writes
+        store = stack.enter_context(_open_store(sim_config, out, cameras, image_size, codec))
         bar = tqdm(total=len(names) * episodes, desc=f"gen-sim {sim_config.type}", unit="episode", disable=not progress)
         for ti, task in enumerate(names):
             have = sum(1 for r in store.records if r.task == task)
@@ -102,11 +94,35 @@ def generate(
             result.per_task[task] = have
         bar.close()
         finalize(store, extra={"simulator": sim_config.model_dump(mode="json"), "tasks": names, "seed": seed})
-    finally:
-        store.close()
-        sim.close()
     result.seconds_per_episode = spent / recorded if recorded else 0.0
     return result
+
+
+def _open_store(sim_config: PluginConfig, out: Path, cameras: list[str], image_size: int, codec: str):
+    """The store at `out` opened to append (it must hold this simulator's demonstrations), or a new one."""
+    from latbot.data.store import EpisodeStore
+
+    if not (out / "zarr.json").exists():
+        return EpisodeStore.create(
+            out, cameras=cameras, image_size=(image_size, image_size), codec=codec, source_format=sim_config.type
+        )
+    _check_same_simulator(out, sim_config.type)
+    return EpisodeStore.open(out, mode="a")
+
+
+def _check_same_simulator(out: Path, sim: str) -> None:
+    """A store holds one source: refuse a store at `out` that holds episodes of anything but `sim`."""
+    from latbot.data.store import EpisodeStore, StoreError
+
+    if not (out / "zarr.json").exists():
+        return
+    with EpisodeStore.open(out, check=False) as existing:  # read-only: nothing written before the check
+        made_by = existing.attrs.get("source_format")
+    if made_by != sim:
+        raise StoreError(
+            f"--out {out}: this store holds '{made_by}' episodes, not '{sim}' demonstrations; a store holds one "
+            "source: choose another --out and combine the stores in a mixture"
+        )
 
 
 def rollout_expert(sim, task: str, seed: int, cameras: list[str], image_size: int) -> Demonstration:

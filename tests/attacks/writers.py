@@ -157,3 +157,69 @@ def _(t: Trial):
     store, run = fixtures(t.work)
     r = t.cli("grounding-analysis", "--checkpoint", run, "--data", store, "--out", run / "g", "--samples", "1")
     t.expect_refused(r, mentions=["inside the 'lam' artifact"])
+
+
+def _interrupted(t: Trial, src: Path, out: Path) -> None:
+    """A conversion of `src` into `out` that failed after its first committed episode (no manifest yet)."""
+    second = src / "data/chunk-000/episode_000001.parquet"
+    good = second.read_bytes()
+    second.write_bytes(b"garbage")
+    r = _convert(t, src, out, owns=[out])
+    second.write_bytes(good)
+    t.expect(r.exit_code == 2 and (out / "episodes.jsonl").stat().st_size > 0, "the first conversion", r)
+    t.expect(not (out / "latbot.json").exists(), "the interrupted store has a manifest", r)
+
+
+@attack("writers", "convert source B into the interrupted store of source A (no manifest yet): refused naming both")
+def _(t: Trial):
+    a, b = _source(t, "a", episodes=3), _source(t, "b")
+    out = t.work / "store"
+    _interrupted(t, a, out)
+    t.expect_refused(_convert(t, b, out), mentions=[str(a.resolve()), str(b.resolve())])
+
+
+@attack("writers", "convert again into its own interrupted store resumes it")
+def _(t: Trial):
+    src = _source(t, episodes=3)
+    out = t.work / "store"
+    _interrupted(t, src, out)
+    r = _convert(t, src, out, owns=[out])
+    t.expect(r.exit_code == 0 and "2 episode(s) added, 1 already present" in r.output, "resume", r)
+    t.handled()
+
+
+@attack("writers", "convert a LeRobot source into a gen-sim store: refused naming the simulator")
+def _(t: Trial):
+    from latbot.data.convert import finalize
+    from latbot.data.store import EpisodeStore
+    from tests.test_store import episode
+
+    store = t.work / "sim"
+    with EpisodeStore.create(store, cameras=["cam"], image_size=(16, 16), source_format="metaworld") as s:
+        s.append(episode("reach/seed0"))
+        finalize(s)
+    t.expect_refused(_convert(t, _source(t), store), mentions=["metaworld", "lerobot"])
+
+
+@attack("writers", "a failed first convert into an existing empty folder leaves it as it was")
+def _(t: Trial):
+    src = _source(t)
+    (src / "data/chunk-000/episode_000000.parquet").write_bytes(b"garbage")
+    out = t.work / "empty"
+    out.mkdir()
+    t.expect_refused(_convert(t, src, out), mentions=["episode_000000"])
+
+
+@attack("writers", "data stats --out STORE/latbot.json (the store's manifest)")
+def _(t: Trial):
+    store, _ = fixtures(t.work)
+    r = t.cli("data", "stats", store, "--out", store / "latbot.json")
+    t.expect_refused(r, mentions=["inside the 'episode_store' artifact"])
+
+
+@attack("writers", "data stats --out onto an existing file that is not JSON")
+def _(t: Trial):
+    store, _ = fixtures(t.work)
+    f = t.work / "thesis.tex"
+    f.write_text("years of work")
+    t.expect_refused(t.cli("data", "stats", store, "--out", f), mentions=[".json"])
