@@ -144,34 +144,34 @@ def _(t: Trial):
     t.handled()
 
 
-@attack("checkpoints", "checkpoints/latest is a symlink to a checkpoint outside the run")
-def _(t: Trial):
+def _latest_points_out(t: Trial, point) -> None:
+    """The newest checkpoint moved out of the run (with a planted pickle) and `latest` aimed at it by
+    `point(latest, target)`; resume must stay inside the run and never run the pickle."""
     _, run = _run(t)
     outside = t.tmp / "outside"
     outside.mkdir()
     os.rename(run / "checkpoints" / NEWEST, outside / NEWEST)
     marker = _plant_metadata(t, outside / NEWEST, matching_hash=True)
-    latest = run / "checkpoints" / "latest"
-    latest.unlink()
-    latest.symlink_to(outside / NEWEST)
+    point(run / "checkpoints" / "latest", outside / NEWEST)
     r = t.cli("train", "--resume", run, owns=[run])
     t.expect(not marker.exists(), "followed latest out of the run and ran its pickle", r)
     t.expect(r.exit_code == 0 and OLDER in r.output, f"resume did not use {OLDER} inside the run", r)
     t.handled()
+
+
+def _symlink(latest: Path, target: Path) -> None:
+    latest.unlink()
+    latest.symlink_to(target)
+
+
+@attack("checkpoints", "checkpoints/latest is a symlink to a checkpoint outside the run")
+def _(t: Trial):
+    _latest_points_out(t, _symlink)
 
 
 @attack("checkpoints", "checkpoints/latest names a path out of the run (../../outside/step_…)")
 def _(t: Trial):
-    _, run = _run(t)
-    outside = t.tmp / "outside"
-    outside.mkdir()
-    os.rename(run / "checkpoints" / NEWEST, outside / NEWEST)
-    marker = _plant_metadata(t, outside / NEWEST, matching_hash=True)
-    (run / "checkpoints" / "latest").write_text(f"../../../outside/{NEWEST}")
-    r = t.cli("train", "--resume", run, owns=[run])
-    t.expect(not marker.exists(), "followed latest out of the run and ran its pickle", r)
-    t.expect(r.exit_code == 0 and OLDER in r.output, f"resume did not use {OLDER} inside the run", r)
-    t.handled()
+    _latest_points_out(t, lambda latest, target: latest.write_text(f"../../../outside/{target.name}"))
 
 
 @attack("checkpoints", "the run's checkpoints/ folder is a symlink to another folder")
