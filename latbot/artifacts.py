@@ -69,7 +69,7 @@ class Manifest(BaseModel):
     format_version: int
     latbot_version: str = __version__
     created: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
-    status: Literal["running", "complete"] = "complete"
+    status: Literal["running", "complete", "failed"] = "complete"
     recipe: dict[str, Any] | None = None
     parents: list[ParentRef] = Field(default_factory=list)
     content_hash: str

@@ -116,6 +116,11 @@ def open_run(path: str | Path, kind: str | Iterable[str] | None = None, *, compl
 
         kind = stage_names()
     manifest = read_manifest(path, kind)
+    if complete and manifest.status == "failed":
+        raise ArtifactError(
+            f"{path}: the {manifest.kind} run failed ({manifest.extra.get('error', 'no message recorded')}); "
+            f"continue it with `latbot train --resume {path}` once the cause is fixed"
+        )
     if complete and manifest.status != "complete":
         raise ArtifactError(
             f"{path}: the {manifest.kind} run has not finished (no exported weights yet); "
@@ -135,6 +140,11 @@ def new_run_dir(recipe, recipe_path: Path | None) -> Path:
     run_dir = out_dir / name
     if Path(name).name != name or name in ("", ".", "..") or run_dir.resolve().parent != out_dir.resolve():
         raise TrainingError(f"log.run_name {name!r}: must be a plain folder name inside log.out_dir ({out_dir})")
+    if _failed_before_a_checkpoint(run_dir, recipe.stage):
+        import shutil
+
+        print(f"{run_dir}: replacing a {recipe.stage} run that failed before its first checkpoint")
+        shutil.rmtree(run_dir)
     if (run_dir / "checkpoints").exists() or (run_dir / "latbot.json").exists():
         raise TrainingError(f"{run_dir} already holds a run; resume it with --resume {run_dir} or set log.run_name")
     try:
@@ -142,6 +152,42 @@ def new_run_dir(recipe, recipe_path: Path | None) -> Path:
     except OwnershipError as e:
         raise TrainingError(str(e)) from None
     return run_dir
+
+
+def mark_failed(run_dir: Path, error: BaseException) -> None:
+    """Record that the run's command failed: status "failed" and the one-line error in the manifest (main
+    process only). The run stays resumable from its last checkpoint; a run that failed before its first
+    checkpoint is replaced when the same recipe is run again."""
+    try:
+        run = open_run(run_dir, complete=False)
+    except ArtifactError:
+        return  # nothing of ours to mark
+    if run.manifest.status == "complete":
+        return
+    message = (str(error).strip().splitlines() or [type(error).__name__])[0][:500]
+    if isinstance(error, KeyboardInterrupt):
+        message = "interrupted (Ctrl-C)"
+    write_manifest(
+        run_dir,
+        run.kind,
+        recipe=run.manifest.recipe,
+        parents=run.manifest.parents,
+        extra={**run.manifest.extra, "error": f"{type(error).__name__}: {message}"},
+        content_hash="",
+        status="failed",
+    )
+
+
+def _failed_before_a_checkpoint(run_dir: Path, stage: str) -> bool:
+    """A run of `stage` marked failed that has no checkpoint to resume from: nothing in it is worth keeping."""
+    from latbot.ownership import held_by_other
+
+    try:
+        run = open_run(run_dir, stage, complete=False)
+    except ArtifactError:
+        return False
+    has_checkpoint = any((run_dir / "checkpoints").glob("step_*"))
+    return run.manifest.status == "failed" and not has_checkpoint and held_by_other(run_dir) is None
 
 
 def lock_run(run_dir: Path):

@@ -93,16 +93,21 @@ class Stage:
                     runs.create_run(run_dir, recipe, stage.parents(), environment(world.size))
                 run_dir = _broadcast_path(run_dir, world)
                 has_on_log = type(stage).on_log is not Stage.on_log and recipe.dist.strategy == "none"
-                model = train(
-                    recipe,
-                    run_dir,
-                    stage.build_model,
-                    stage.build_data,
-                    world,
-                    resume is not None,
-                    on_log=stage.on_log if has_on_log else None,
-                )
-                export(run_dir, model, world, stage.extra(model))
+                try:
+                    model = train(
+                        recipe,
+                        run_dir,
+                        stage.build_model,
+                        stage.build_data,
+                        world,
+                        resume is not None,
+                        on_log=stage.on_log if has_on_log else None,
+                    )
+                    export(run_dir, model, world, stage.extra(model))
+                except BaseException as e:  # the run says it failed, and why (SIGKILL leaves it "running")
+                    if world.main:
+                        runs.mark_failed(run_dir, e)
+                    raise
             if world.main:
                 print(f"done: {run_dir}")
             return run_dir

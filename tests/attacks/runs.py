@@ -21,7 +21,9 @@ def _(t: Trial):
     t.expect_refused(r, mentions=[f"pid {os.getpid()}", "another LatBot process"])
 
 
-@attack("runs", "two real training processes with the same run name: the second stops at once", fast=False)
+@attack(
+    "runs", "two real training processes with the same run name: the second stops at once", fast=False, timeout_s=180
+)
 def _(t: Trial):
     store, _ = fixtures(t.work)
     out = t.work / "runs"
@@ -111,3 +113,30 @@ def _(t: Trial):
     )
     r = t.cli("study", files[0], "--out", run)
     t.expect_refused(r, mentions=["lam"])
+
+
+@attack("runs", "a run whose command fails is marked failed with the error, and a rerun replaces it")
+def _(t: Trial):
+    import json
+    import shutil
+
+    store, _ = fixtures(t.work)
+    pristine = t.work / "pristine"
+    shutil.copytree(store, pristine)
+    for shard in (store / "frames").rglob("*"):
+        if shard.is_file() and "c" in shard.relative_to(store).parts:  # damaged bytes: checksums fail on read
+            data = bytearray(shard.read_bytes())
+            data[len(data) // 2 : len(data) // 2 + 64] = b"\xff" * 64
+            shard.write_bytes(bytes(data))
+    out = t.work / "runs"
+    r = t.cli(*train_args(store, out, "r", steps=2), owns=[out])
+    t.expect(r.exit_code not in (0, None), "training on a damaged store did not fail", r)
+    manifest = json.loads((out / "r" / "latbot.json").read_text())
+    t.expect(manifest["status"] == "failed", f"the run says {manifest['status']!r}, not 'failed'")
+    t.expect("checksum" in manifest["extra"].get("error", "").lower(), f"no error recorded: {manifest['extra']}")
+    shutil.rmtree(store)
+    shutil.copytree(pristine, store)
+    r = t.cli(*train_args(store, out, "r", steps=2), owns=[out])
+    manifest = json.loads((out / "r" / "latbot.json").read_text())
+    t.expect(r.exit_code == 0 and manifest["status"] == "complete", "the rerun did not replace the failed run", r)
+    t.handled()
