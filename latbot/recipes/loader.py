@@ -7,6 +7,8 @@ names the place to fix, e.g.::
 
 `base:` (a path or a list of paths, relative to the file that names them) is merged first, in order;
 the including file then overrides it key by key. Mappings merge recursively; lists and scalars replace.
+A `base:` written `latbot:_base/NAME.yaml` names a fragment shipped inside the package (`latbot/recipes/_base/`),
+so a recipe in any directory can include it.
 Other paths written in a recipe file (stores, mixtures, parent runs) are relative to that file too; paths
 given with `--set` are relative to the current directory; `log.out_dir` always is (docs/recipes.md).
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import importlib.resources
 import os
 import re
 import types
@@ -35,6 +38,7 @@ from latbot.recipes.schema import PluginSlot, RecipeModel, iter_slots
 
 Loc = tuple[str | int, ...]
 BASE_KEY = "base"
+SHIPPED_PREFIX = "latbot:"  # `base: latbot:_base/x.yaml` is the file `_base/x.yaml` of this package (`latbot.recipes`)
 # Bounds on the YAML itself (size, nesting, aliases, integers) live in `bounded_yaml`; this one on includes:
 MAX_BASE_DEPTH = 32  # `base:` includes, one inside another
 
@@ -130,9 +134,9 @@ def _compose(path: Path, stack: tuple[Path, ...] = (), what: str = "recipe file"
     merged: dict = {}
     merged_origins: dict[Loc, str] = {}
     for i, base in enumerate(bases):
-        base_path = path.parent / base
+        where = origins.get((BASE_KEY, i), origins.get((BASE_KEY,), str(path)))
+        base_path = _shipped_base(base, where) if base.startswith(SHIPPED_PREFIX) else path.parent / base
         if not base_path.exists():  # anything else (a directory, a FIFO) is refused, by name, when read
-            where = origins.get((BASE_KEY, i), origins.get((BASE_KEY,), str(path)))
             raise RecipeError(f"{where}: base: file '{base}' not found (looked for {base_path})")
         base_data, base_origins = _compose(base_path, (*stack, resolved), "`base:` file")
         merged = _merge(merged, base_data, merged_origins, base_origins, ())
@@ -141,6 +145,30 @@ def _compose(path: Path, stack: tuple[Path, ...] = (), what: str = "recipe file"
     merged = _merge(merged, data, merged_origins, origins, ())
     merged_origins.update(origins)
     return merged, merged_origins
+
+
+def shipped_bases() -> list[str]:
+    """The `base:` fragments shipped inside the package, as the `latbot:` names a recipe writes."""
+    root = importlib.resources.files("latbot.recipes") / "_base"
+    if not root.is_dir():
+        return []
+    return sorted(f"{SHIPPED_PREFIX}_base/{f.name}" for f in root.iterdir() if f.is_file() and f.name.endswith(".yaml"))
+
+
+def _shipped_base(name: str, where: str) -> Path:
+    """The installed file a `latbot:` base names. Only the listed fragments are reachable: a name is matched
+    against `shipped_bases()` before it is joined onto the package directory, so `latbot:../x` cannot leave it."""
+    shipped = shipped_bases()
+    if name not in shipped:
+        stems = {Path(s).stem: s for s in shipped}  # the shared `latbot:_base/...yaml` would make any name "close"
+        close = difflib.get_close_matches(Path(name).stem, stems, n=1, cutoff=0.6)
+        hint = f"; did you mean '{stems[close[0]]}'?" if close else ""
+        listing = ", ".join(shipped) or "none (is the package installed with its data files?)"
+        raise RecipeError(f"{where}: base: '{name}' is not a base shipped with latbot{hint} (shipped: {listing})")
+    file = importlib.resources.files("latbot.recipes").joinpath(*name.removeprefix(SHIPPED_PREFIX).split("/"))
+    if not isinstance(file, Path):  # e.g. imported from a zip: the loader reads files on disk, within bounds
+        raise RecipeError(f"{where}: base: '{name}' cannot be read: latbot is not installed as files on disk")
+    return file
 
 
 # -- overrides ---------------------------------------------------------------------------------------
