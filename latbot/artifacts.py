@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,6 +19,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from latbot import __version__
+from latbot.atomic import replace_file
 from latbot.errors import ArtifactError
 from latbot.ownership import set_verification, verification_enabled  # noqa: F401 - re-exported
 
@@ -96,19 +95,6 @@ def hash_directory(directory: str | Path, exclude: Iterable[str] = (MANIFEST_NAM
     return "sha256:" + digest.hexdigest()
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_manifest(
     directory: str | Path,
     kind: str,
@@ -147,7 +133,7 @@ def write_manifest(
         content_hash=content_hash if content_hash is not None else hash_directory(root),
         extra=extra or {},
     )
-    _atomic_write_text(root / MANIFEST_NAME, manifest.model_dump_json(indent=2) + "\n")
+    replace_file(root / MANIFEST_NAME, manifest.model_dump_json(indent=2) + "\n")
     return manifest
 
 

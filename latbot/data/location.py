@@ -15,11 +15,11 @@ that is the AWS chain (`AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`, `AWS_PROFILE
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from latbot.atomic import replace_file
 
 URL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
 BACKENDS = {"s3": "s3fs", "s3a": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "az": "adlfs", "abfs": "adlfs"}
@@ -159,9 +159,9 @@ class StoreDir:
     def write_atomic(self, rel: str, data: bytes) -> None:
         """Replace file `rel` with `data` so that no reader ever sees a part of it."""
         if not self.is_url:
-            _replace_local(self.location / rel, data)
+            replace_file(self.location / rel, data)
         elif _is_local_fs(self.fs):
-            _replace_local(Path(self._path(rel)), data)
+            replace_file(Path(self._path(rel)), data)
         else:
             self.fs.pipe_file(self._path(rel), data)  # one PUT: atomic on object stores
 
@@ -204,19 +204,6 @@ class StoreDir:
         # a local filesystem (file://) does not create the parents of a file it writes unless asked
         options = {"auto_mkdir": True} if _is_local_fs(self.fs) else None
         return FsspecStore.from_url(str(self.location), storage_options=options, read_only=read_only)
-
-
-def _replace_local(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def exists(location: str | Path) -> bool:

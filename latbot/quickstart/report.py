@@ -97,11 +97,13 @@ def lam_reconstructions(lam_run: Path, store: Path, path: Path, samples: int) ->
 
 
 def training_curves(runs: dict[str, Path], path: Path) -> dict[str, dict[str, float]]:
+    from latbot.runs import open_run
+
     plt = _plt()
     fig, axes = plt.subplots(1, len(runs), figsize=(3.4 * len(runs), 3.0), squeeze=False)
     finals = {}
     for ax, (name, run) in zip(axes[0], runs.items(), strict=True):
-        rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        rows = open_run(run, complete=False).metrics()  # a torn last line (a kill mid-write) is dropped
         steps = [r["step"] for r in rows]
         keys = [k for k in rows[-1] if k not in ("step", "lr", "samples_per_s", "grad_norm") and "rank" not in k]
         for k in keys:

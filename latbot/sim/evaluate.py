@@ -12,7 +12,6 @@ artifact (report.json + latbot.json) into a folder it claims and locks first (la
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -211,10 +210,9 @@ def evaluate_into(
 def write_report(dest: Path, report: dict[str, Any], policy: str | Callable[[str], Policy]) -> None:
     """report.json, then the manifest (kind "eval"; a policy checkpoint is its parent), each atomically."""
     from latbot.artifacts import parent_ref, write_manifest
+    from latbot.atomic import replace_file
 
-    tmp = dest / f".{REPORT_NAME}.tmp"
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    os.replace(tmp, dest / REPORT_NAME)
+    replace_file(dest / REPORT_NAME, json.dumps(report, indent=2) + "\n")
     parents = [] if not isinstance(policy, str) or policy in ("scripted", "random") else [parent_ref(policy)]
     settings = {k: report[k] for k in ("simulator", "policy", "episodes_per_task", "execute_steps", "seed")}
     settings["tasks"] = [t["task"] for t in report["tasks"]]

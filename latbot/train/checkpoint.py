@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from latbot.atomic import replace_file
 from latbot.errors import LatBotError
 from latbot.train.distributed import World, barrier
 
@@ -89,9 +90,7 @@ def save(run_dir: Path, step: int, model, optimizer, world: World, extra: dict[s
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
-        pointer = root / f".{LATEST}.tmp"
-        pointer.write_text(final.name)
-        os.replace(pointer, root / LATEST)
+        replace_file(root / LATEST, final.name)
         kept = sorted(p for p in root.glob("step_*") if p.is_dir())
         for old in kept[:-keep_last]:
             shutil.rmtree(old, ignore_errors=True)
