@@ -167,7 +167,10 @@ def verify(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path / 'meta.json'}: no integer step / world_size; the checkpoint is damaged")
     files = meta.get("files")
     if not isinstance(files, dict) or not files:
-        raise CheckpointError(f"{path / 'meta.json'}: lists no file hashes (written by an older LatBot, or damaged)")
+        raise CheckpointError(
+            f"{path / 'meta.json'}: lists no file hashes (written by an older LatBot, or damaged; a checkpoint of an "
+            f"older LatBot resumes with `latbot --no-verify train --resume RUN`, which still reads it safely)"
+        )
     actual = _file_hashes(path)
     for name, digest in files.items():
         if name not in actual:
