@@ -29,6 +29,8 @@ def test_every_model_plugin_passes_its_contract(kind, name):
     report = check(kind, name)
     assert report.ok, "\n".join(map(str, report.failures))
     assert {"build", "backward", "state_dict", "repeated_blocks", "config"} <= set(report.passed), report.passed
+    if kind in ("decoders", "action_experts"):  # `sample` is what viz, the diagnostics and the policy call
+        assert "sample" in report.passed, report.passed
 
 
 def frames(b=2, t=2, size=24):

@@ -149,8 +149,9 @@ class $cls(DatasetAdapter):
 """`$name`: a unified decoder (kind `decoders`). Contract: docs/plugins.md, "Decoders".
 
 Built with the encoder's width D; returns the image loss (predict V_{t+k} from V_t and Z_sce) and the
-action loss (predict A_{t..t+k-1} from Z_mot, masked by the embodiment's valid dimensions). This skeleton
-regresses a colour shift and the action sequence from pooled latents: replace it with your model.
+action loss (predict A_{t..t+k-1} from Z_mot, masked by the embodiment's valid dimensions); `sample` is what
+`latbot viz` and the diagnostics call (the signature is `latbot.models.decoders.base.Decoder.sample`). This
+skeleton regresses a colour shift and the action sequence from pooled latents: replace it with your model.
 """
 
 from __future__ import annotations
@@ -180,15 +181,27 @@ class $cls(nn.Module):
     def repeated_blocks(self) -> list[nn.Module]:
         return []
 
+    def predict(self, z_sce, z_mot, frame_t) -> tuple[torch.Tensor, torch.Tensor]:
+        """z (B, N, D); frame_t (B, 3, H, W) uint8 or in [0, 1] → future frame (B, 3, H, W), actions (B, K, 44)."""
+        frame = unit(frame_t) + self.image_head(z_sce.mean(1))[:, :, None, None]  # (B, 3, H, W)
+        actions = self.action_head(z_mot.mean(1)).view(-1, self.config.horizon, ACTION_DIM)  # (B, K, 44)
+        return frame, actions
+
     def forward(self, z_sce, z_mot, frame_t, frame_future, actions=None, action_mask=None) -> dict[str, torch.Tensor]:
         """z (B, N, D); frames (B, 3, H, W) uint8 or in [0, 1]; actions (B, K, 44); action_mask (B, 44)."""
-        frame = unit(frame_t) + self.image_head(z_sce.mean(1))[:, :, None, None]  # (B, 3, H, W)
+        frame, pred = self.predict(z_sce, z_mot, frame_t)
         losses = {"image": F.mse_loss(frame, unit(frame_future))}
         if actions is not None:
-            pred = self.action_head(z_mot.mean(1)).view(-1, self.config.horizon, ACTION_DIM)  # (B, K, 44)
             mask = action_mask[:, None, :].to(pred.dtype)  # (B, 1, 44)
             losses["action"] = ((pred - actions) ** 2 * mask).sum() / (mask.sum() * pred.shape[1]).clamp_min(1)
         return losses
+
+    @torch.no_grad()
+    def sample(self, z_sce, z_mot, frame_t, with_actions: bool = True, generator: torch.Generator | None = None):
+        """→ (future frame (B, 3, h, w) in [0, 1], actions (B, K, 44) or None without `with_actions`). A generative
+        decoder draws all its noise from `generator` (one seed, one result); this regression ignores it."""
+        frame, actions = self.predict(z_sce, z_mot, frame_t)
+        return frame.clamp(0, 1), actions if with_actions else None
 
 
 def unit(frame: torch.Tensor) -> torch.Tensor:

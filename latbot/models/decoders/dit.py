@@ -156,7 +156,8 @@ class DiTDecoder(nn.Module):
 
     @torch.no_grad()
     def sample(self, z_sce, z_mot, frame_t, with_actions: bool = True, generator: torch.Generator | None = None):
-        """Generate the future frame (B, 3, S, S) in [0, 1] and actions (B, K, A) (or None) from noise."""
+        """Generate the future frame (B, 3, S, S) in [0, 1] and actions (B, K, A) (None without `with_actions`)
+        from noise drawn from `generator` (the contract: `latbot.models.decoders.base.Decoder.sample`)."""
         c = self.config
         context = self.to_pixels(frame_t)
         shape = (context.shape[0], c.horizon, c.action_dim) if with_actions else None

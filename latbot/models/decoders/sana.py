@@ -134,6 +134,7 @@ class SanaDecoder(nn.Module):
 
     @torch.no_grad()
     def sample(self, z_sce, z_mot, frame_t, with_actions: bool = True, generator: torch.Generator | None = None):
+        """Generate V_{t+k} (B, 3, S, S) in [0, 1] and actions (B, K, A) or None, as `DiTDecoder.sample`."""
         c = self.config
         context = self.to_latent(frame_t)
         shape = (context.shape[0], c.horizon, c.action_dim) if with_actions else None

@@ -130,19 +130,7 @@ def _decoders(c: Checker, cls: type, tmp: Path) -> None:
         )
 
     c.rule("action_mask", masked, required=False)
-    if hasattr(dec, "sample"):
-
-        def sample():
-            with torch.no_grad():
-                frame, acts = dec.sample(z_sce.detach(), z_mot.detach(), f[:, 0])
-            expect(
-                frame.ndim == 4 and tuple(frame.shape[:2]) == (B, 3) and tuple(acts.shape) == (B, k, 44),
-                f"sample must return (frame (B, 3, S, S), actions (B, K, 44)) = ((2, 3, S, S), {(B, k, 44)}), got "
-                f"{_shape(frame)} and {_shape(acts)}",
-            )
-            expect(bool((frame >= 0).all() and (frame <= 1).all()), "sample's frame must be in [0, 1]")
-
-        c.rule("sample", sample, required=False)
+    c.rule("sample", lambda: _decoder_sample(dec, z_sce.detach(), z_mot.detach(), f[:, 0], cfg), required=False)
     _repeated_blocks(c, dec)
     _state_dict_round_trip(
         c,
@@ -150,6 +138,86 @@ def _decoders(c: Checker, cls: type, tmp: Path) -> None:
         dec,
         lambda m: tuple(m(z_sce.detach(), z_mot.detach(), f[:, 0], f[:, 1], actions, mask).values()),
     )
+
+
+def _decoder_sample(dec: Any, z_sce: Any, z_mot: Any, frame_t: Any, cfg: Any) -> None:
+    """`sample` called exactly as `latbot viz episode` and latbot.analysis.diagnostics call it (keywords
+    `with_actions` and `generator`, under no_grad, in eval mode), with and without actions, twice with the
+    same seed. The contract: `latbot.models.decoders.base.Decoder.sample`."""
+    import torch
+
+    method = _sample_method(dec, z_sce, z_mot, frame_t)
+    dec.eval()
+    for with_actions in (True, False):
+        call = f"sample(z_sce, z_mot, frame_t, with_actions={with_actions}, generator=...)"
+        outs = []
+        for _ in range(2):
+            with torch.no_grad():
+                seeded = torch.Generator().manual_seed(0)
+                outs.append(method(z_sce, z_mot, frame_t, with_actions=with_actions, generator=seeded))
+        _sample_output(call, outs[0], with_actions, getattr(cfg, "horizon", None))
+        same = all(
+            (x is None and y is None) or (x is not None and y is not None and torch.equal(x, y))
+            for x, y in zip(outs[0], outs[1], strict=True)
+        )
+        expect(same, f"{call} twice with one generator seed gave different results: draw all noise from `generator`")
+
+
+def _sample_method(dec: Any, z_sce: Any, z_mot: Any, frame_t: Any) -> Any:
+    """The decoder's `sample`, if it takes the arguments its callers pass; else one failure naming the signature."""
+    import inspect
+
+    from latbot.models.decoders.base import SAMPLE_SIGNATURE
+
+    method = getattr(dec, "sample", None)
+    expect(
+        callable(method),
+        f"needs a method {SAMPLE_SIGNATURE}: `latbot viz episode --checkpoint` and the diagnostics call it",
+    )
+    try:
+        signature = inspect.signature(method)
+    except (TypeError, ValueError):  # nothing to introspect (a C function): the calls themselves decide
+        return method
+    try:
+        signature.bind(z_sce, z_mot, frame_t, with_actions=True, generator=None)
+    except TypeError as e:
+        expect(
+            False,
+            f"has sample{signature}, which cannot take the arguments `latbot viz` and the diagnostics pass ({e}); "
+            f"expected {SAMPLE_SIGNATURE}",
+        )
+    return method
+
+
+def _sample_output(call: str, out: Any, with_actions: bool, k: int | None) -> None:
+    """(frame (B, 3, h, w) float in [0, 1], actions (B, K, 44) finite, or None without actions); K is the
+    Config's `horizon` when it has one, else free."""
+    import torch
+
+    from latbot.data.spaces import ACTION_DIM
+    from latbot.models.decoders.base import SAMPLE_SIGNATURE
+
+    expect(
+        isinstance(out, tuple | list) and len(out) == 2,
+        f"{call} must return a pair (frame, actions), got {type(out).__name__}; expected {SAMPLE_SIGNATURE}",
+    )
+    frame, acts = out
+    expect(
+        isinstance(frame, torch.Tensor) and frame.is_floating_point() and frame.ndim == 4 and frame.shape[:2] == (B, 3),
+        f"{call} must return a float frame (B, 3, h, w) = ({B}, 3, h, w), got {_shape(frame)}",
+    )
+    expect(bool(((frame >= 0) & (frame <= 1)).all()), f"{call} must return a frame in [0, 1]")
+    if not with_actions:
+        expect(acts is None, f"{call} must return None for the actions (no action stream), got {_shape(acts)}")
+        return
+    expect(
+        isinstance(acts, torch.Tensor)
+        and acts.ndim == 3
+        and (acts.shape[0], acts.shape[2]) == (B, ACTION_DIM)
+        and acts.shape[1] == (k or acts.shape[1]),
+        f"{call} must return actions (B, K, 44) = ({B}, {k or 'K'}, {ACTION_DIM}), got {_shape(acts)}",
+    )
+    expect(bool(torch.isfinite(acts).all()), f"{call} returned non-finite actions")
 
 
 # -- students ---------------------------------------------------------------------------------------------------

@@ -1,9 +1,10 @@
 """`tiny_mlp`: a small regression decoder, as an example of a `decoders` plugin.
 
 It predicts the future frame as the current frame plus a coarse residual decoded from the pooled
-scene tokens, and the action sequence from the pooled motion tokens. It follows the decoder contract:
-built with the encoder's width, it returns the image and action losses (the action loss is masked by
-the embodiment's validity mask over the 44 unified action dimensions).
+scene tokens, and the action sequence from the pooled motion tokens. It follows the decoder contract
+(`latbot.models.decoders.base.Decoder`): built with the encoder's width, it returns the image and action
+losses (the action loss is masked by the embodiment's validity mask over the 44 unified action
+dimensions), and `sample` returns its prediction the way `latbot viz` and the diagnostics ask for it.
 """
 
 from __future__ import annotations
@@ -57,6 +58,13 @@ class TinyMlpDecoder(nn.Module):
             mask = action_mask[:, None, :].to(pred.dtype)  # (B, 1, A)
             losses["action"] = ((pred - actions) ** 2 * mask).sum() / (mask.sum() * pred.shape[1]).clamp_min(1)
         return losses
+
+    @torch.no_grad()
+    def sample(self, z_sce, z_mot, frame_t, with_actions: bool = True, generator: torch.Generator | None = None):
+        """→ future frame (B, 3, H, W) in [0, 1], actions (B, K, A) or None without `with_actions`. A regression
+        model draws no noise, so `generator` is unused; it is part of the contract all the same."""
+        frame, actions = self.predict(z_sce, z_mot, frame_t)
+        return frame.clamp(0, 1), actions if with_actions else None
 
 
 def _unit(frame: torch.Tensor) -> torch.Tensor:
