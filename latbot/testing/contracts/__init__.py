@@ -19,8 +19,8 @@ Rules by kind (docs/plugins.md, "The contracts per kind"):
   `build` (``cls(config, ...)`` with the documented arguments);
 - encoders: `fields` (num_scene_tokens, num_motion_tokens), `width`, `forward` (uint8 and float frames),
   `backward`, `repeated_blocks`, `state_dict`;
-- decoders: `forward`, `image_only`, `backward`, `action_mask`, `sample` (required: the exact call of `latbot viz` and the diagnostics, see `latbot.models.decoders.base`), `repeated_blocks`,
-  `state_dict`;
+- decoders: `forward`, `image_only`, `backward`, `action_mask`, `sample` (required: the exact call that
+  `latbot viz` and the diagnostics make, see `latbot.models.decoders.base`), `repeated_blocks`, `state_dict`;
 - students: `fields`, `properties` (width, num_layers, latent_width), `forward`, `backward`, `hidden_states`,
   `repeated_blocks`, `state_dict`;
 - action_experts: `loss`, `backward`, `sample`, `repeated_blocks`, `state_dict`;
