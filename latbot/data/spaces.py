@@ -35,6 +35,7 @@ ACTION_ARM = {"left": slice(0, 7), "right": slice(7, 14)}
 ACTION_POS = {arm: slice(s.start, s.start + 3) for arm, s in ACTION_ARM.items()}
 ACTION_ROT = {arm: slice(s.start + 3, s.start + 6) for arm, s in ACTION_ARM.items()}
 ACTION_GRIPPER = {arm: s.start + 6 for arm, s in ACTION_ARM.items()}
+GRIPPER_DIMS = [ACTION_GRIPPER[arm] for arm in ARMS]  # (6, 13): the grippers' open/close dims, left then right
 ACTION_TIPS = {"left": slice(14, 29), "right": slice(29, 44)}
 
 # -- state layout -------------------------------------------------------------------------------------

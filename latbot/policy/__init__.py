@@ -189,7 +189,7 @@ class LatBotPolicy:
         state (46,) → the unified chunk (H, 44), invalid dimensions zero (used on stored episodes)."""
         import torch
 
-        from latbot.models.experts.flow import GRIPPER_DIMS
+        from latbot.data.spaces import GRIPPER_DIMS
 
         state = self.state_norm.normalize(np.asarray(state, np.float32)).astype(np.float32)
         device = next(self.model.parameters()).device

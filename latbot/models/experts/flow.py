@@ -31,7 +31,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from latbot.config import PluginConfig
-from latbot.data.spaces import ACTION_DIM, ACTION_GRIPPER, ACTION_POS, ACTION_ROT, ARMS, STATE_DIM
+from latbot.data.spaces import ACTION_DIM, ACTION_POS, ACTION_ROT, ARMS, GRIPPER_DIMS, STATE_DIM
 from latbot.models import flow, gemma
 
 
@@ -42,9 +42,6 @@ def ee_dims() -> torch.Tensor:
         mask[ACTION_POS[arm]] = True
         mask[ACTION_ROT[arm]] = True
     return mask
-
-
-GRIPPER_DIMS = [ACTION_GRIPPER[arm] for arm in ARMS]
 
 
 @dataclass

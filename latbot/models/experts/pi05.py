@@ -33,9 +33,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from latbot.config import PluginConfig
-from latbot.data.spaces import ACTION_DIM, STATE_DIM
+from latbot.data.spaces import ACTION_DIM, GRIPPER_DIMS, STATE_DIM
 from latbot.models import flow, gemma
-from latbot.models.experts.flow import GRIPPER_DIMS, ee_dims
+from latbot.models.experts.flow import ee_dims
 
 
 class Pi05ActionExpert(nn.Module):
