@@ -151,7 +151,10 @@ def writer_lock(directory: str | Path, what: str) -> Iterator[None]:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / LOCK_NAME
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
+    except OSError as e:
+        raise OwnershipError(f"{path}: cannot be used as a lock file ({e.strerror}); it is not LatBot's") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -178,9 +181,12 @@ def held_by_other(directory: str | Path) -> int | None:
     import fcntl
 
     path = Path(directory) / LOCK_NAME
-    if not path.is_file():
+    if path.is_symlink() or not path.is_file():
         return None
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)

@@ -94,6 +94,7 @@ def train(root: Path, name: str, recipe_path: Path, sets: list[str], label: str 
         say(f"{label}: resuming from {checkpoint.latest(run_dir).name}")
         return stages.run(recipe, resume=run_dir)
     if run is not None:  # a run of this stage that the pipeline replaces; anything else is refused
+        _not_being_written(run_dir, label)
         shutil.rmtree(run_dir)
     say(f"{label}: training ({recipe.stage}, {recipe.train.steps} steps)")
     return stages.run(recipe, recipe_path=recipe_path)
@@ -146,11 +147,21 @@ def evaluate(
         )
     except EpisodesCrashedError as e:  # a study or quickstart never scores a policy that crashed
         raise PipelineError(f"{label}: {e.crashed} of {e.total} episode(s) crashed, e.g. {e.first}") from e
+    _not_being_written(path, label)
     shutil.rmtree(path, ignore_errors=True)
     path.mkdir(parents=True)
     (path / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     write_manifest(path, "eval", parents=[parent_ref(policy_run, "finetune")], extra={"settings": settings})
     return report
+
+
+def _not_being_written(path: Path, label: str) -> None:
+    """Refuse to replace an artifact another process is writing (it holds the folder's writer lock)."""
+    from latbot.ownership import held_by_other
+
+    holder = held_by_other(path)
+    if holder is not None:
+        raise PipelineError(f"{label}: {path} is being written by another LatBot process (pid {holder}); wait for it")
 
 
 def drop_stale_cache(cache: Path, lam: Path) -> None:

@@ -141,10 +141,7 @@ def new_run_dir(recipe, recipe_path: Path | None) -> Path:
     if Path(name).name != name or name in ("", ".", "..") or run_dir.resolve().parent != out_dir.resolve():
         raise TrainingError(f"log.run_name {name!r}: must be a plain folder name inside log.out_dir ({out_dir})")
     if _failed_before_a_checkpoint(run_dir, recipe.stage):
-        import shutil
-
-        print(f"{run_dir}: replacing a {recipe.stage} run that failed before its first checkpoint")
-        shutil.rmtree(run_dir)
+        return run_dir  # replaced by `create_run`, under the run's lock
     if (run_dir / "checkpoints").exists() or (run_dir / "latbot.json").exists():
         raise TrainingError(f"{run_dir} already holds a run; resume it with --resume {run_dir} or set log.run_name")
     try:
@@ -180,14 +177,28 @@ def mark_failed(run_dir: Path, error: BaseException) -> None:
 
 def _failed_before_a_checkpoint(run_dir: Path, stage: str) -> bool:
     """A run of `stage` marked failed that has no checkpoint to resume from: nothing in it is worth keeping."""
-    from latbot.ownership import held_by_other
-
     try:
         run = open_run(run_dir, stage, complete=False)
     except ArtifactError:
         return False
     has_checkpoint = any((run_dir / "checkpoints").glob("step_*"))
-    return run.manifest.status == "failed" and not has_checkpoint and held_by_other(run_dir) is None
+    return run.manifest.status == "failed" and not has_checkpoint
+
+
+def _clear_failed(run_dir: Path, stage: str) -> None:
+    """Empty a failed run of this stage (its lock file stays: the caller holds it)."""
+    import shutil
+
+    from latbot.ownership import LOCK_NAME
+
+    print(f"{run_dir}: replacing a {stage} run that failed before its first checkpoint")
+    for entry in run_dir.iterdir():
+        if entry.name == LOCK_NAME:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
 
 
 def lock_run(run_dir: Path):
@@ -202,6 +213,10 @@ def create_run(run_dir: Path, recipe, parents: list[ParentRef], environment: dic
     locked with `lock_run`). Call on the main process only."""
     from latbot.recipes import to_dict
 
+    if _failed_before_a_checkpoint(run_dir, recipe.stage):  # checked again now that this process holds the lock
+        _clear_failed(run_dir, recipe.stage)
+    elif (run_dir / "latbot.json").exists():
+        raise TrainingError(f"{run_dir} already holds a run; resume it with --resume {run_dir} or set log.run_name")
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / ENVIRONMENT).write_text(json.dumps(environment, indent=2))
     write_manifest(run_dir, recipe.stage, recipe=to_dict(recipe), parents=parents, content_hash="", status="running")
@@ -220,11 +235,36 @@ def _timestamped(recipe, recipe_path: Path | None) -> str:
 
 
 def resumable(path: str | Path) -> Run:
-    """The run to continue with `--resume`: any run of a training stage, finished or not."""
+    """The run to continue with `--resume`: any run of a training stage, finished or not, whose files are
+    its own (no link out of the run, no FIFO where a file is written)."""
     try:
-        return open_run(path, complete=False)
+        run = open_run(path, complete=False)
     except ArtifactError as e:
         raise TrainingError(f"--resume {path}: {e}") from e
+    check_run_files(Path(path))
+    return run
+
+
+# what a run directory holds: the names training writes, and whether each is a file or a folder
+RUN_FILES = {"metrics.jsonl": "file", ENVIRONMENT: "file", "weights": "dir", "tb": "dir", "checkpoints": "dir"}
+
+
+def check_run_files(run_dir: Path) -> None:
+    """Refuse a run in which a path training writes is a link or not what it should be (a `metrics.jsonl`
+    linked to someone's file would be overwritten; a FIFO would hang the resume)."""
+    for name, what in RUN_FILES.items():
+        path = run_dir / name
+        if not path.exists() and not path.is_symlink():
+            continue
+        ok = not path.is_symlink() and (path.is_file() if what == "file" else path.is_dir())
+        if not ok:
+            raise TrainingError(
+                f"--resume {run_dir}: {name} is a link or not a regular {'file' if what == 'file' else 'folder'}; "
+                "a run's files must be its own (this run directory was altered)"
+            )
+    weights = run_dir / WEIGHTS
+    if weights.is_symlink() or (weights.exists() and not weights.is_file()):
+        raise TrainingError(f"--resume {run_dir}: {WEIGHTS} is a link or not a regular file")
 
 
 def finish_run(run_dir: Path, state: dict[str, Any], extra: dict[str, Any]) -> Manifest:

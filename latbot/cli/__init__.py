@@ -25,6 +25,7 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
+    ctx: typer.Context,
     version: bool = typer.Option(
         False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
     ),
@@ -38,8 +39,12 @@ def _root(
     """LatBot: distil universal latent actions into vision-language-action models."""
     from latbot.ownership import set_verification
 
-    if no_verify:
+    if no_verify:  # for this command only: an embedding process's next command verifies again
+        from latbot.ownership import verification_enabled
+
+        before = verification_enabled()
         set_verification(False)
+        ctx.call_on_close(lambda: set_verification(before))
 
 
 app.command("train")(train.train)

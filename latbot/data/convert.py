@@ -354,9 +354,16 @@ def _prune_zarr(folder: Path, chunks: bool = False) -> None:
 
 
 def finalize(store: EpisodeStore, extra: dict[str, Any] | None = None) -> None:
-    """Recompute normalisation statistics and write the store's manifest (after any change)."""
-    from latbot.artifacts import write_manifest
+    """Recompute normalisation statistics and write the store's manifest (after any change). What the previous
+    manifest recorded (the source, the adapter, a simulator's settings) is kept unless `extra` replaces it."""
+    from latbot.artifacts import read_manifest, write_manifest
     from latbot.data.normalize import compute_stats
+    from latbot.errors import ArtifactError
+
+    try:
+        kept = read_manifest(store.path, "episode_store").extra
+    except ArtifactError:
+        kept = {}
 
     store.check_vectors()
     store.set_stats(compute_stats(store))
@@ -366,4 +373,5 @@ def finalize(store: EpisodeStore, extra: dict[str, Any] | None = None) -> None:
         from latbot.data.integrity import metadata_digest
 
         summary["metadata_hash"] = metadata_digest(Path(store.path))
-    write_manifest(store.path, "episode_store", content_hash=f"sha256:{digest}", extra={**summary, **(extra or {})})
+    extra = {**kept, **summary, **(extra or {})}
+    write_manifest(store.path, "episode_store", content_hash=f"sha256:{digest}", extra=extra)

@@ -33,12 +33,47 @@ def log_digest(root: Path, log_name: str) -> str:
     return "sha256:" + hashlib.sha256((Path(root) / log_name).read_bytes()).hexdigest()
 
 
+def special_files(root: Path, limit: int = 3) -> list[Path]:
+    """Entries under `root` that are neither regular files nor folders (FIFOs, sockets, devices, or links to
+    them): reading one would hang or never end. Links are not followed while walking."""
+    import stat
+
+    found: list[Path] = []
+    stack = [Path(root)]
+    while stack and len(found) < limit:
+        try:
+            entries = list(os.scandir(stack.pop()))
+        except OSError:
+            continue
+        for entry in entries:
+            try:
+                mode = os.stat(entry.path).st_mode  # follows a link: what a read would open
+            except OSError:
+                continue  # a dangling link reads as missing, which the store reports itself
+            if stat.S_ISDIR(mode):
+                if not entry.is_symlink():
+                    stack.append(Path(entry.path))
+            elif not stat.S_ISREG(mode):
+                found.append(Path(entry.path))
+    return found
+
+
+def check_special(root: Path, error: type[LatBotError]) -> None:
+    bad = special_files(root)
+    if bad:
+        raise error(
+            f"{bad[0]}: not a regular file (a FIFO, socket or device, or a link to one) inside the store; reading "
+            "it would hang; the store is damaged or was tampered with: re-convert it"
+        )
+
+
 def check_store(root: Path, log_name: str, error: type[LatBotError], writer_lock: str) -> None:
     """Refuse (`error`) a store whose log or metadata differ from what its manifest recorded. A store without
     a manifest (being written for the first time) or one a writer holds open is not checked."""
     from latbot.ownership import MANIFEST_NAME, verification_enabled
 
     root = Path(root)
+    check_special(root, error)
     manifest_path = root / MANIFEST_NAME
     if not verification_enabled() or not manifest_path.is_file() or not (root / log_name).is_file():
         return  # no manifest (being written) or no log (opening the store says what is missing)
@@ -74,9 +109,12 @@ def check_store(root: Path, log_name: str, error: type[LatBotError], writer_lock
 def _writer_active(lock: Path) -> bool:
     import fcntl
 
-    if not lock.is_file():
+    if lock.is_symlink() or not lock.is_file():
         return False
-    fd = os.open(lock, os.O_RDONLY | os.O_NOFOLLOW)
+    try:
+        fd = os.open(lock, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return False
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -703,7 +703,10 @@ os.register_at_fork(after_in_child=_WRITING.clear)  # a forked child holds no lo
 
 def _take_lock(path: Path) -> int:
     """Lock `path/.writer.lock` (exclusive, non-blocking) and write this pid into it; the descriptor."""
-    fd = os.open(path / LOCK_NAME, os.O_CREAT | os.O_RDWR | os.O_NOFOLLOW, 0o644)
+    try:
+        fd = os.open(path / LOCK_NAME, os.O_CREAT | os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
+    except OSError as e:
+        raise StoreError(f"{path / LOCK_NAME}: cannot be used as the store's lock file ({e.strerror})") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

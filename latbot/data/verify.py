@@ -34,6 +34,12 @@ def verify_store(path: str | Path, progress: bool = False) -> list[Problem]:
     from latbot.errors import LatBotError
 
     path = store_location(path)
+    if not isinstance(path, str) or "://" not in path:
+        from latbot.data.integrity import special_files
+
+        bad = special_files(Path(path), limit=20)
+        if bad:  # never opened: a read of one would hang
+            return [Problem(str(p), "not a regular file (a FIFO, socket or device, or a link to one)") for p in bad]
     try:
         store = EpisodeStore.open(path, check=False)
     except LatBotError as e:

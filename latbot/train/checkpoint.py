@@ -135,6 +135,8 @@ def _pointed(run_dir: Path) -> Path | None:
     name = _read_small(pointer).strip()
     if not STEP_NAME.fullmatch(name):
         raise CheckpointError(f"{pointer}: names {name[:60]!r}, not a checkpoint of this run (step_NNNNNNNN)")
+    if (root / name).is_symlink():
+        raise CheckpointError(f"{root / name}: is a link, not a checkpoint inside the run")
     return root / name
 
 
@@ -159,12 +161,7 @@ def checkpoints(run_dir: Path) -> list[Path]:
 def verify(path: Path) -> dict[str, Any]:
     """The checkpoint's meta.json when every file it lists is present with its recorded hash (and DCP's
     metadata reads through the restricted unpickler); a `CheckpointError` saying what is wrong otherwise."""
-    try:
-        meta = json.loads(_read_small(path / "meta.json"))
-    except ValueError as e:
-        raise CheckpointError(f"{path / 'meta.json'}: not valid JSON ({e})") from None
-    if not (isinstance(meta, dict) and isinstance(meta.get("step"), int) and isinstance(meta.get("world_size"), int)):
-        raise CheckpointError(f"{path / 'meta.json'}: no integer step / world_size; the checkpoint is damaged")
+    meta = _read_meta(path)
     files = meta.get("files")
     if not isinstance(files, dict) or not files:
         raise CheckpointError(
@@ -184,6 +181,27 @@ def verify(path: Path) -> dict[str, Any]:
     return meta
 
 
+def _read_meta(path: Path) -> dict[str, Any]:
+    """A checkpoint's meta.json, checked to hold an integer step and world size."""
+    try:
+        meta = json.loads(_read_small(path / "meta.json"))
+    except ValueError as e:
+        raise CheckpointError(f"{path / 'meta.json'}: not valid JSON ({e})") from None
+    if not (isinstance(meta, dict) and isinstance(meta.get("step"), int) and isinstance(meta.get("world_size"), int)):
+        raise CheckpointError(f"{path / 'meta.json'}: no integer step / world_size; the checkpoint is damaged")
+    return meta
+
+
+def _unverified(path: Path) -> dict[str, Any]:
+    """`latbot --no-verify`: no hashes, but still only regular files of this checkpoint are read."""
+    meta = _read_meta(path)
+    for p in path.iterdir():
+        if p.is_symlink() or not (p.is_file() or p.is_dir()):
+            raise CheckpointError(f"{p}: not a regular file")
+    read_dcp_metadata(path)
+    return meta
+
+
 def choose(run_dir: Path, verify_files: bool = True) -> tuple[Path, dict[str, Any], list[str]]:
     """(checkpoint, its meta, notes): the one `latest` names when it verifies, else the newest that does.
     The notes say what was skipped and why; no usable checkpoint is a `CheckpointError` listing the reasons."""
@@ -196,7 +214,7 @@ def choose(run_dir: Path, verify_files: bool = True) -> tuple[Path, dict[str, An
     candidates = ([first] if first is not None else []) + [p for p in checkpoints(run_dir) if p != first]
     for path in candidates:
         try:
-            meta = verify(path) if verify_files else json.loads(_read_small(path / "meta.json"))
+            meta = verify(path) if verify_files else _unverified(path)
         except UnsafeCheckpointError:
             raise
         except (CheckpointError, ValueError, OSError) as e:
@@ -220,8 +238,8 @@ def _choose_on_main(run_dir: Path, world: World, verify_files: bool) -> tuple[Pa
         try:
             path, meta, notes = choose(run_dir, verify_files)
             box = [(path.name, meta, notes, None)]
-        except CheckpointError as e:
-            box = [(None, None, None, str(e))]
+        except Exception as e:  # any failure is broadcast: the other ranks must not wait for an answer forever
+            box = [(None, None, None, str(e) if isinstance(e, CheckpointError) else f"{run_dir}: {e!r}")]
     dist.broadcast_object_list(box, src=0)  # the ranks of one job trust each other
     name, meta, notes, error = box[0]
     if error is not None:
@@ -340,11 +358,30 @@ def read_dcp_metadata(path: Path):
         raise CheckpointError(f"{meta_path}: missing")
     with meta_path.open("rb") as f:
         try:
-            return RestrictedUnpickler(f, meta_path).load()
+            metadata = RestrictedUnpickler(f, meta_path).load()
         except UnsafeCheckpointError:
             raise
         except Exception as e:  # a damaged pickle: any of pickle's many error types
             raise CheckpointError(f"{meta_path}: unreadable ({type(e).__name__}: {e})") from None
+    _check_storage_paths(Path(path), metadata, meta_path)
+    return metadata
+
+
+def _check_storage_paths(path: Path, metadata: Any, meta_path: Path) -> None:
+    """Every file DCP will read must be a plain name of a regular file in this checkpoint (a planted metadata
+    could name `../../x`, an absolute path or a FIFO: reads outside the run, or a hang)."""
+    storage = getattr(metadata, "storage_data", None)
+    if not isinstance(storage, dict):
+        raise CheckpointError(f"{meta_path}: holds no storage table; the checkpoint is damaged")
+    for info in storage.values():
+        name = getattr(info, "relative_path", None)
+        if not isinstance(name, str) or "/" in name or "\\" in name or name in ("", ".", ".."):
+            raise UnsafeCheckpointError(
+                f"{meta_path}: names {str(name)[:80]!r} as a data file, not a file of this checkpoint; do not resume it"
+            )
+        target = path / name
+        if target.is_symlink() or not target.is_file():
+            raise CheckpointError(f"{target}: missing or not a regular file")
 
 
 def _safe_reader_classes():

@@ -181,7 +181,7 @@ def _(t: Trial):
     os.rename(run / "checkpoints", outside)
     (run / "checkpoints").symlink_to(outside)
     r = t.cli("train", "--resume", run, owns=[run])
-    t.expect_refused(r, mentions=["link out of the run"])
+    t.expect_refused(r, mentions=["checkpoints is a link"])
 
 
 @attack("checkpoints", "torn last line of metrics.jsonl (killed mid-write): resume works and drops it")
@@ -197,4 +197,58 @@ def _(t: Trial):
     (run / "metrics.jsonl").write_text("\n".join(lines[:-1]) + "\n" + lines[-1][:15])  # step 3's line, torn
     r = t.cli("train", "--resume", run, owns=[run])
     t.expect(r.exit_code == 0 and _steps(run) == before, f"metrics after resume: {_steps(run)}", r)
+    t.handled()
+
+
+def _plant_storage_path(t: Trial, name_of) -> Path:
+    """Rewrite the newest checkpoint's DCP metadata so that its first data file is `name_of(outside)`, with
+    every hash re-recorded (an attacker who edits the run does that too)."""
+    _, run = _run(t)
+    ckpt = run / "checkpoints" / NEWEST
+    with (ckpt / ".metadata").open("rb") as f:
+        meta = pickle.load(f)  # the case's own fixture, written by LatBot a moment ago
+    outside = t.tmp / "outside"
+    outside.mkdir()
+    target = name_of(outside)
+    for idx, info in list(meta.storage_data.items()):
+        meta.storage_data[idx] = type(info)(relative_path=target, offset=info.offset, length=info.length)
+    with (ckpt / ".metadata").open("wb") as f:
+        pickle.dump(meta, f)
+    rehash(ckpt)
+    return run
+
+
+@attack("checkpoints", "DCP metadata names a FIFO outside the run as its data file (would hang)")
+def _(t: Trial):
+    def fifo(outside: Path) -> str:
+        os.mkfifo(outside / "pipe")
+        return str(outside / "pipe")
+
+    run = _plant_storage_path(t, fifo)
+    r = t.cli("train", "--resume", run, owns=[run])
+    t.expect_refused(r, mentions=["not a file of this checkpoint"])
+
+
+@attack("checkpoints", "DCP metadata names ../../ a file outside the checkpoint as its data file")
+def _(t: Trial):
+    def escape(outside: Path) -> str:
+        (outside / "data.distcp").write_bytes(b"\0" * 4096)
+        return "../../../../outside/data.distcp"
+
+    run = _plant_storage_path(t, escape)
+    r = t.cli("train", "--resume", run, owns=[run])
+    t.expect_refused(r, mentions=["not a file of this checkpoint"])
+
+
+@attack("checkpoints", "latest names a step folder that is a link to a checkpoint outside the run")
+def _(t: Trial):
+    import shutil
+
+    _, run = _run(t)
+    outside = t.tmp / "elsewhere"
+    shutil.copytree(run / "checkpoints" / "step_00000001", outside)
+    (run / "checkpoints" / "step_00000009").symlink_to(outside)
+    (run / "checkpoints" / "latest").write_text("step_00000009")
+    r = t.cli("train", "--resume", run, owns=[run])
+    t.expect(r.exit_code == 0 and NEWEST in r.output, f"resume did not take {NEWEST} inside the run", r)
     t.handled()

@@ -156,3 +156,44 @@ def _(t: Trial):
     r = t.cli("data", "info", store)
     t.expect(r.exit_code in (0, 1, 2), "data info on a store with a FIFO manifest", r)
     t.handled()
+
+
+@attack("integrity", "--no-verify lasts one command: the next in the same process verifies again")
+def _(t: Trial):
+    from typer.testing import CliRunner
+
+    from latbot.cli import app
+
+    _, run = fixtures(t.work)
+    _flip_weights(run)
+    CliRunner().invoke(app, ["--no-verify", "plugins", "list"])
+    CliRunner().invoke(app, ["plugins", "list"])
+    r = t.call(lambda: _load_lam(run))
+    t.expect_refused(r, mentions=["weights differ"])
+
+
+@attack("integrity", "a store whose frame shard is a FIFO: training refuses it at once")
+def _(t: Trial):
+    import os
+
+    from tests.attacks._fixtures import train_args
+
+    store = _store_copy(t)
+    shard = next(p for p in sorted((store / "frames").rglob("*")) if p.is_file() and "c" in p.relative_to(store).parts)
+    shard.unlink()
+    os.mkfifo(shard)
+    out = t.work / "runs"
+    r = t.cli(*train_args(store, out, "x", steps=1), owns=[out])
+    t.expect_refused(r, mentions=["not a regular file"])
+
+
+@attack("integrity", "latbot data verify on a store whose frames/zarr.json is a FIFO reports it (exit 1)")
+def _(t: Trial):
+    import os
+
+    store = _store_copy(t)
+    meta = store / "frames" / "zarr.json"
+    meta.unlink()
+    os.mkfifo(meta)
+    r = t.cli("data", "verify", store)
+    t.expect_refused(r, mentions=["not a regular file"], codes=(1,))

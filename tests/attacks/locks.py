@@ -95,3 +95,15 @@ def _(t: Trial):
     with hold_store_lock(store):
         r = t.cli("data", "stats", store)
     t.expect_refused(r, mentions=[f"pid {os.getpid()}"])
+
+
+@attack("locks", "a run whose lock file is a link: a one-line refusal, not a traceback")
+def _(t: Trial):
+    from tests.attacks._fixtures import fixtures, reopen
+
+    _, run = fixtures(t.work)
+    reopen(run)
+    (run / ".latbot.lock").unlink(missing_ok=True)
+    (run / ".latbot.lock").symlink_to(t.tmp / "elsewhere.lock")
+    r = t.cli("train", "--resume", run, owns=[run])
+    t.expect_refused(r, mentions=[".latbot.lock"])

@@ -140,3 +140,45 @@ def _(t: Trial):
     manifest = json.loads((out / "r" / "latbot.json").read_text())
     t.expect(r.exit_code == 0 and manifest["status"] == "complete", "the rerun did not replace the failed run", r)
     t.handled()
+
+
+def _resume_refused(t: Trial, plant, mentions: list[str]) -> None:
+    _, run = fixtures(t.work)
+    reopen(run)
+    plant(t, run)
+    r = t.cli("train", "--resume", run, owns=[run])
+    t.expect_refused(r, mentions=mentions)
+
+
+@attack("runs", "resume of a run whose metrics.jsonl is a link to someone's file: refused, the file untouched")
+def _(t: Trial):
+    def plant(t: Trial, run: Path) -> None:
+        victim = t.tmp / "victim.txt"
+        victim.write_text("precious user data\n")
+        (run / "metrics.jsonl").unlink()
+        (run / "metrics.jsonl").symlink_to(victim)
+
+    _resume_refused(t, plant, ["metrics.jsonl is a link"])
+
+
+@attack("runs", "resume of a run whose metrics.jsonl is a FIFO: refused at once")
+def _(t: Trial):
+    def plant(t: Trial, run: Path) -> None:
+        (run / "metrics.jsonl").unlink()
+        os.mkfifo(run / "metrics.jsonl")
+
+    _resume_refused(t, plant, ["metrics.jsonl"])
+
+
+@attack("runs", "resume of a run whose weights/ is a link to another folder: refused, that folder untouched")
+def _(t: Trial):
+    import shutil
+
+    def plant(t: Trial, run: Path) -> None:
+        victim = t.tmp / "models"
+        victim.mkdir()
+        (victim / "model.safetensors").write_text("precious\n")
+        shutil.rmtree(run / "weights")
+        (run / "weights").symlink_to(victim)
+
+    _resume_refused(t, plant, ["weights is a link"])
