@@ -111,8 +111,10 @@ def _claim_out(out: Path) -> Path:
         raise OwnershipError(f"--out {out}: exists and is not a folder; choose another --out")
     if out.is_dir():
         foreign = sorted(
-            p.name for p in out.iterdir() if p.name not in OUTPUTS and not re.fullmatch(r"sample_\d{4}\.png", p.name)
-        )
+            p.name
+            for p in out.iterdir()
+            if p.is_symlink() or (p.name not in OUTPUTS and not re.fullmatch(r"sample_\d{4}\.png", p.name))
+        )  # an output name that is a link would be written through
         if foreign:
             raise OwnershipError(
                 f"--out {out}: holds files grounding-analysis did not write ({', '.join(foreign[:3])}); nothing was "

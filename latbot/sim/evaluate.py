@@ -197,7 +197,7 @@ def evaluate_into(
             write_report(dest, report, policy)
     except BaseException:
         if created and locked:  # only what this call made: its files, then the folder if nothing else is left
-            for name in (REPORT_NAME, f".{REPORT_NAME}.tmp", MANIFEST_NAME, LOCK_NAME):
+            for name in (REPORT_NAME, MANIFEST_NAME, LOCK_NAME):  # replace_file removes its own temporary file
                 (dest / name).unlink(missing_ok=True)
             try:
                 dest.rmdir()
