@@ -142,45 +142,58 @@ def held(fd: int, holding: bool = True) -> None:
         _HELD.discard(fd)
 
 
+def take_lock(path: Path, what: str, error: type[LatBotError] = OwnershipError) -> int:
+    """Lock the file `path` (exclusive, non-blocking, created if missing, never through a link), write this
+    pid into it and return its descriptor; a held lock is `error` naming the holder's pid. Release with
+    `release_lock`. `what` names the artifact in the message (e.g. "run", "store")."""
+    import fcntl
+
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
+    except OSError as e:
+        raise error(f"{path}: cannot be used as a lock file ({e.strerror}); it is not LatBot's") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "unknown"
+        os.close(fd)
+        raise error(
+            f"{path.parent}: another LatBot process (pid {holder}) is writing this {what}; wait for it to "
+            f"finish or stop it, then run the command again"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    held(fd)
+    return fd
+
+
+def release_lock(fd: int) -> None:
+    import fcntl
+
+    held(fd, False)
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    os.close(fd)
+
+
 @contextmanager
 def writer_lock(directory: str | Path, what: str) -> Iterator[None]:
     """Hold `directory/.latbot.lock` exclusively while the block runs; `what` names the artifact in the
     error a second writer gets (e.g. "run", "store")."""
-    import fcntl
-
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    path = directory / LOCK_NAME
+    fd = take_lock(directory / LOCK_NAME, what)
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
-    except OSError as e:
-        raise OwnershipError(f"{path}: cannot be used as a lock file ({e.strerror}); it is not LatBot's") from None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "unknown"
-            raise OwnershipError(
-                f"{directory}: another LatBot process (pid {holder}) is writing this {what}; wait for it to "
-                f"finish or stop it, then run the command again"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        held(fd)
-        try:
-            yield
-        finally:
-            held(fd, False)
-            fcntl.flock(fd, fcntl.LOCK_UN)
+        yield
     finally:
-        os.close(fd)
+        release_lock(fd)
 
 
-def held_by_other(directory: str | Path) -> int | None:
-    """The pid of another process holding `directory`'s writer lock, or None (for readers that want to warn)."""
+def held_by_other(directory: str | Path, name: str = LOCK_NAME) -> int | None:
+    """The pid of another process holding `directory`'s writer lock (the lock file `name`), or None (for
+    readers that want to skip or warn); -1 when the holder wrote no pid."""
     import fcntl
 
-    path = Path(directory) / LOCK_NAME
+    path = Path(directory) / name
     if path.is_symlink() or not path.is_file():
         return None
     try:

@@ -107,18 +107,6 @@ def check_store(root: Path, log_name: str, error: type[LatBotError], writer_lock
 
 
 def _writer_active(lock: Path) -> bool:
-    import fcntl
+    from latbot.ownership import held_by_other
 
-    if lock.is_symlink() or not lock.is_file():
-        return False
-    try:
-        fd = os.open(lock, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
+    return held_by_other(lock.parent, lock.name) is not None

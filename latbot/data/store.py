@@ -34,7 +34,6 @@ episodes written since the last commit, which a rerun converts again. No writer 
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import re
@@ -51,7 +50,7 @@ from latbot.data.location import LocationError, StoreDir
 from latbot.data.spaces import ACTION_DIM, STATE_DIM, UnifiedTrajectory, mask_from_str, mask_to_str
 from latbot.errors import LatBotError
 from latbot.ownership import LOCK_NAME as OWNERSHIP_LOCK_NAME
-from latbot.ownership import held
+from latbot.ownership import release_lock, take_lock
 
 STORE_FORMAT_VERSION = 1
 LOG_NAME = "episodes.jsonl"
@@ -301,8 +300,7 @@ class EpisodeStore:
                 store._truncate_uncommitted()
         except BaseException:
             if lock_fd is not None:
-                held(lock_fd, False)
-                os.close(lock_fd)
+                release_lock(lock_fd)
             raise
         return store
 
@@ -311,9 +309,7 @@ class EpisodeStore:
             self.commit()
         self._drop_readers()
         if self._lock_fd is not None:
-            held(self._lock_fd, False)
-            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
-            os.close(self._lock_fd)
+            release_lock(self._lock_fd)
             self._lock_fd = None
 
     def __del__(self) -> None:
@@ -321,8 +317,7 @@ class EpisodeStore:
         # that the next writer in this process (`convert` after a failed `create`) is not refused by a ghost.
         fd = getattr(self, "_lock_fd", None)
         if fd is not None and getattr(self, "_pid", None) == os.getpid():  # a forked child closed its copy
-            held(fd, False)
-            os.close(fd)
+            release_lock(fd)
             self._lock_fd = None
 
     def __enter__(self) -> EpisodeStore:
@@ -702,24 +697,9 @@ os.register_at_fork(after_in_child=_WRITING.clear)  # a forked child holds no lo
 
 
 def _take_lock(path: Path) -> int:
-    """Lock `path/.writer.lock` (exclusive, non-blocking) and write this pid into it; the descriptor."""
-    try:
-        fd = os.open(path / LOCK_NAME, os.O_CREAT | os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
-    except OSError as e:
-        raise StoreError(f"{path / LOCK_NAME}: cannot be used as the store's lock file ({e.strerror})") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
-        os.close(fd)
-        raise StoreError(
-            f"{path}: another LatBot process (pid {holder}) is writing to this store; wait for it to finish "
-            "or stop it, then run the command again"
-        ) from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    held(fd)  # forked children close it: the lock dies with this process
-    return fd
+    """Lock `path/.writer.lock` (`latbot.ownership.take_lock`: forked children close it, so the lock dies with
+    this process); the descriptor."""
+    return take_lock(path / LOCK_NAME, "store", StoreError)
 
 
 @contextmanager
@@ -744,14 +724,12 @@ def writing(path: str | Path) -> Iterator[None]:
         yield
     finally:
         _WRITING.discard(key)
-        held(fd, False)
         with suppress(OSError):  # (a second writer that appeared in the meantime keeps its folder)
             if made_lock and [p.name for p in path.iterdir()] == [LOCK_NAME]:  # nothing was created: tidy up
                 (path / LOCK_NAME).unlink()
                 if made_dir:
                     path.rmdir()
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
+        release_lock(fd)
 
 
 def _create_vector_array(group: Any, name: str, dim: int) -> None:
