@@ -17,30 +17,16 @@ from latbot.errors import LatBotError
 _checked: dict[tuple, None] = {}  # (path, stat of the log, manifest and metadata files) already verified here
 
 
-def metadata_files(root: Path) -> list[Path]:
-    """Every `zarr.json` of the store (the group's and each array's), in a fixed order."""
-    return sorted(p for p in Path(root).rglob("zarr.json") if p.is_file())
-
-
-def metadata_digest(root: Path) -> str:
-    digest = hashlib.sha256()
-    for path in metadata_files(root):
-        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
-    return "sha256:" + digest.hexdigest()
-
-
-def log_digest(root: Path, log_name: str) -> str:
-    return "sha256:" + hashlib.sha256((Path(root) / log_name).read_bytes()).hexdigest()
-
-
-def special_files(root: Path, limit: int = 3) -> list[Path]:
-    """Entries under `root` that are neither regular files nor folders (FIFOs, sockets, devices, or links to
-    them): reading one would hang or never end. Links are not followed while walking."""
+def scan(root: Path) -> tuple[list[Path], list[Path]]:
+    """One walk of the store (links to folders are not followed): (entries that are neither regular files nor
+    folders — FIFOs, sockets, devices, or links to them, which a read would hang on —, every `zarr.json`, the
+    group's and each array's, in a fixed order)."""
     import stat
 
-    found: list[Path] = []
+    special: list[Path] = []
+    metadata: list[Path] = []
     stack = [Path(root)]
-    while stack and len(found) < limit:
+    while stack:
         try:
             entries = list(os.scandir(stack.pop()))
         except OSError:
@@ -54,16 +40,29 @@ def special_files(root: Path, limit: int = 3) -> list[Path]:
                 if not entry.is_symlink():
                     stack.append(Path(entry.path))
             elif not stat.S_ISREG(mode):
-                found.append(Path(entry.path))
-    return found
+                special.append(Path(entry.path))
+            elif entry.name == "zarr.json":
+                metadata.append(Path(entry.path))
+    return sorted(special), sorted(metadata)
 
 
-def check_special(root: Path, error: type[LatBotError]) -> None:
-    bad = special_files(root)
-    if bad:
+def metadata_digest(root: Path, files: list[Path] | None = None) -> str:
+    """sha256 over every `zarr.json` of the store (`files`, when the caller has scanned already)."""
+    digest = hashlib.sha256()
+    for path in scan(root)[1] if files is None else files:
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return "sha256:" + digest.hexdigest()
+
+
+def log_digest(root: Path, log_name: str) -> str:
+    return "sha256:" + hashlib.sha256((Path(root) / log_name).read_bytes()).hexdigest()
+
+
+def refuse_special(special: list[Path], error: type[LatBotError]) -> None:
+    if special:
         raise error(
-            f"{bad[0]}: not a regular file (a FIFO, socket or device, or a link to one) inside the store; reading "
-            "it would hang; the store is damaged or was tampered with: re-convert it"
+            f"{special[0]}: not a regular file (a FIFO, socket or device, or a link to one) inside the store; "
+            "reading it would hang; the store is damaged or was tampered with: re-convert it"
         )
 
 
@@ -73,11 +72,12 @@ def check_store(root: Path, log_name: str, error: type[LatBotError], writer_lock
     from latbot.ownership import MANIFEST_NAME, verification_enabled
 
     root = Path(root)
-    check_special(root, error)
+    special, metadata = scan(root)
+    refuse_special(special, error)
     manifest_path = root / MANIFEST_NAME
     if not verification_enabled() or not manifest_path.is_file() or not (root / log_name).is_file():
         return  # no manifest (being written) or no log (opening the store says what is missing)
-    files = [manifest_path, root / log_name, *metadata_files(root)]
+    files = [manifest_path, root / log_name, *metadata]
     key = (str(root.resolve()), *((str(p), p.stat().st_mtime_ns, p.stat().st_size) for p in files if p.exists()))
     if key in _checked:
         return
@@ -90,7 +90,7 @@ def check_store(root: Path, log_name: str, error: type[LatBotError], writer_lock
         raise error(f"{manifest_path}: damaged ({type(e).__name__}); re-convert the store") from None
     fix = "re-convert it, or read it anyway with `latbot --no-verify ...`"
     try:
-        log_hash, meta_hash = log_digest(root, log_name), metadata_digest(root)
+        log_hash, meta_hash = log_digest(root, log_name), metadata_digest(root, metadata)
     except OSError as e:
         raise error(f"{root}: cannot read the store to check it ({e.strerror or e}); {fix}") from None
     if log_hash != recorded_log:

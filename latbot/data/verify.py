@@ -35,9 +35,9 @@ def verify_store(path: str | Path, progress: bool = False) -> list[Problem]:
 
     path = store_location(path)
     if not isinstance(path, str) or "://" not in path:
-        from latbot.data.integrity import special_files
+        from latbot.data.integrity import scan
 
-        bad = special_files(Path(path), limit=20)
+        bad = scan(Path(path))[0]
         if bad:  # never opened: a read of one would hang
             return [Problem(str(p), "not a regular file (a FIFO, socket or device, or a link to one)") for p in bad]
     try:
