@@ -21,7 +21,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from latbot import __version__
 from latbot.atomic import replace_file
 from latbot.errors import ArtifactError
-from latbot.ownership import set_verification, verification_enabled  # noqa: F401 - re-exported
 
 MANIFEST_NAME = "latbot.json"
 MANIFEST_LIMIT = 64 << 20  # bytes: a manifest holds a recipe and statistics, never this much
