@@ -27,7 +27,7 @@ MANIFEST_LIMIT = 64 << 20  # bytes: a manifest holds a recipe and statistics, ne
 
 # The format version each kind of artifact other than a training run is written with. Bump when the
 # on-disk layout changes incompatibly. Training runs are one kind per stage; each stage declares its
-# version (`latbot.stages.Stage.format_version`), see `format_version`.
+# version (a stage plugin's `format_version`), see `format_version`.
 FORMAT_VERSIONS: dict[str, int] = {
     "episode_store": 1,
     "teacher_cache": 1,
@@ -41,15 +41,15 @@ def format_version(kind: str) -> int | None:
     """The format version `kind` is written with: an artifact kind, or a registered stage's runs."""
     if kind in FORMAT_VERSIONS:
         return FORMAT_VERSIONS[kind]
-    from latbot.stages import stage, stage_names
+    from latbot import registry
 
-    return stage(kind).format_version if kind in stage_names() else None
+    return registry.get("stages", kind).format_version if kind in registry.stage_names() else None
 
 
 def known_kinds() -> list[str]:
-    from latbot.stages import stage_names
+    from latbot import registry
 
-    return [*FORMAT_VERSIONS, *stage_names()]
+    return [*FORMAT_VERSIONS, *registry.stage_names()]
 
 
 class ParentRef(BaseModel):

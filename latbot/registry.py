@@ -46,6 +46,7 @@ KINDS: tuple[str, ...] = (
     "embodiments",
     "stages",
 )
+PIPELINE: tuple[str, ...] = ("lam", "distill", "finetune")  # the paper's stages, listed first and in this order
 ENTRY_POINT_PREFIX = "latbot."
 AUTOLOAD_ENV = "LATBOT_DISABLE_PLUGIN_AUTOLOAD"
 BUILTIN_DISTRIBUTION = "latbot"
@@ -250,6 +251,31 @@ def _import_target(entry: PluginEntry) -> type:
     return obj
 
 
+RECIPE_SECTIONS = ("train", "data", "log", "dist")  # the sections every stage's recipe has (RecipeBase)
+
+
+def check_stage_config(config: Any, name: str) -> str | None:
+    """The contract of a stage's `Config`, checked by shape (the registry imports no stage or recipe): a
+    pydantic model, not a PluginConfig, with the recipe sections and ``stage: Literal[name]``. Returns what is
+    wrong, or None."""
+    from pydantic import BaseModel
+
+    from latbot.config import PluginConfig
+
+    if (
+        not (isinstance(config, type) and issubclass(config, BaseModel))
+        or issubclass(config, PluginConfig)
+        or any(section not in config.model_fields for section in RECIPE_SECTIONS)
+    ):
+        return "must have a nested `Config` that subclasses latbot.recipes.schema.RecipeBase (its recipe)"
+    field = config.model_fields.get("stage")
+    annotation = field.annotation if field is not None else None
+    literal = typing.get_args(annotation) if typing.get_origin(annotation) is typing.Literal else ()
+    if literal != (name,):
+        return f'its Config must declare `stage: Literal["{name}"]` to match the registered name'
+    return None
+
+
 def _check_contract(entry: PluginEntry, cls: Any) -> None:
     """A plugin is a class whose nested `Config` is a PluginConfig with ``type: Literal[name]``."""
     from latbot.config import PluginConfig
@@ -257,8 +283,6 @@ def _check_contract(entry: PluginEntry, cls: Any) -> None:
     where = f"{entry.kind} plugin '{entry.name}' ({entry.target}, distribution '{entry.distribution}')"
     config = getattr(cls, "Config", None)
     if entry.kind == "stages":  # a stage's Config is its recipe, keyed by `stage:` rather than `type:`
-        from latbot.stages.base import check_stage_config
-
         problem = check_stage_config(config, entry.name)
         if problem:
             raise PluginLoadError(f"{where} {problem}")
@@ -286,3 +310,10 @@ register = REGISTRY.register
 blame = REGISTRY.blame
 unregister = REGISTRY.unregister
 refresh = REGISTRY.refresh
+
+
+def stage_names() -> list[str]:
+    """Every registered stage, the paper's (`PIPELINE`) first and in pipeline order, then the rest by name
+    (entry-point metadata only: nothing imported)."""
+    found = names("stages")
+    return [n for n in PIPELINE if n in found] + [n for n in found if n not in PIPELINE]

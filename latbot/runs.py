@@ -112,9 +112,9 @@ def open_run(path: str | Path, kind: str | Iterable[str] | None = None, *, compl
     """Open a run directory; `kind` restricts the stages accepted; `complete` refuses an unfinished run."""
     path = Path(path)
     if kind is None:
-        from latbot.stages import stage_names
+        from latbot import registry
 
-        kind = stage_names()
+        kind = registry.stage_names()
     manifest = read_manifest(path, kind)
     if complete and manifest.status == "failed":
         raise ArtifactError(
@@ -286,24 +286,25 @@ def finish_run(run_dir: Path, state: dict[str, Any], extra: dict[str, Any]) -> M
 
 
 # -- building what a run describes, with its weights --------------------------------------------------------
+def trained_model(path: str | Path, kind: str | Iterable[str] | None = None, device: str = "cpu"):
+    """(the model of a finished training run, its stage object), in eval mode on `device`: the run's stage
+    (looked up in the registry by the manifest's kind) builds it from the saved recipe and loads the weights."""
+    from latbot import registry
+
+    run = open_run(path, kind)
+    stage = registry.get("stages", run.kind)(run.recipe)
+    return stage.trained_model(run.state_dict(device), run.extra).to(device), stage
+
+
 def load_lam(path: str | Path, device: str = "cpu"):
     """The latent action model of a LAM run, in eval mode."""
-    from latbot.models.lam import LatentActionModel
-
-    run = open_run(path, "lam")
-    model = LatentActionModel(run.recipe.model, run.recipe.data.num_frames)
-    model.load_state_dict(run.state_dict(device))
-    return model.eval()
+    return trained_model(path, "lam", device)[0]
 
 
 def load_student(path: str | Path, device: str = "cpu"):
     """The distilled student of a distillation run, in eval mode."""
-    from latbot import registry
-
-    run = open_run(path, "distill")
-    student = registry.build("students", run.recipe.model.student, latent_width=run.extra["latent_width"])
-    student.load_state_dict(run.state_dict(device, STUDENT_PREFIX))
-    return student.eval()
+    model, stage = trained_model(path, "distill", device)
+    return stage.vlm(model)
 
 
 def student_weights(path: str | Path) -> dict[str, Any]:
@@ -314,35 +315,17 @@ def student_weights(path: str | Path) -> dict[str, Any]:
 def load_finetuned(path: str | Path, device: str = "cpu"):
     """(VisionLanguageAction in eval mode, target) of a finetuning run; `target` says what the policy was
     trained for (embodiment, cameras, image size, masks, normalisation statistics)."""
-    from latbot.models.vla import VisionLanguageAction
-
-    run = open_run(path, "finetune")
-    m = run.recipe.model
-    model = VisionLanguageAction(m.student, m.action_expert, m.action_horizon, run.extra.get("latent_width"))
-    model.load_state_dict(run.state_dict(device))
-    return model.to(device).eval(), run.extra["target"]
-
-
-def load_policy(path: str | Path, device: str = "cpu"):
-    """The `LatBotPolicy` of a finetuning run (what eval and serve use)."""
-    import warnings
-
-    from latbot.policy import LatBotPolicy
-
-    model, target = load_finetuned(path, device)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # degenerate dimensions were reported when the policy was trained
-        return LatBotPolicy(model, target, path)
+    model, _ = trained_model(path, "finetune", device)
+    return model, open_run(path, "finetune").extra["target"]
 
 
 def load_vlm(path: str | Path, device: str = "cpu"):
-    """The VLM of any training run (a LAM's encoder, a distilled student, a finetuned policy's student),
-    for analysis; all are `VLMLatentEncoder`s."""
-    kind = open_run(path).kind
-    if kind == "lam":
-        return load_lam(path, device).encoder
-    if kind == "finetune":
-        return load_finetuned(path, device)[0].student
-    if kind == "distill":
-        return load_student(path, device)
-    raise ArtifactError(f"{path}: a '{kind}' run holds no VLM (expected a lam, distill or finetune run)")
+    """The VLM of any training run whose stage has one (a LAM's encoder, a distilled student, a finetuned
+    policy's student), for analysis: what the run's stage names with `Stage.vlm`."""
+    model, stage = trained_model(path, None, device)
+    vlm = stage.vlm(model)
+    if vlm is None:
+        raise ArtifactError(
+            f"{path}: a '{stage.recipe.stage}' run holds no VLM (expected a lam, distill or finetune run)"
+        )
+    return vlm

@@ -1,4 +1,4 @@
-"""latbot.recipes.bounded_yaml: YAML read within bounds (size, nesting, aliases, integers, file kind), each
+"""latbot.yamlio.bounded: YAML read within bounds (size, nesting, aliases, integers, file kind), each
 refusal a one-line `RecipeError` naming the file or `--set` item and the bound; and `log.run_name` is a
 plain folder name."""
 
@@ -11,8 +11,8 @@ import time
 import pytest
 
 from latbot.errors import RecipeError
-from latbot.recipes import bounded_yaml as by
 from latbot.recipes.loader import load_recipe, parse_override
+from latbot.yamlio import bounded as by
 from tests.conftest import REPO
 
 TINY = REPO / "recipes" / "tiny" / "lam.yaml"

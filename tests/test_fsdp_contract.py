@@ -1,5 +1,6 @@
 """FSDP2 contract over the registry: every registered encoder, decoder, student and action expert, at its
-tiny configuration, trains (forward + backward + AdamW step) under 2-process FSDP2 over gloo, with
+tiny configuration, and every registered stage's whole model (its `architecture()` on its `example_batch`),
+trains (forward + backward + AdamW step) under 2-process FSDP2 over gloo, with
 activation checkpointing off and on, and gives the losses of one unsharded process. One launch runs
 them all (a new plugin is covered without touching this file). Also: bf16 mixed precision as FSDP2 means
 it (bf16 gather/compute, fp32 reduction, fp32 master weights) gives the fp32 losses within tolerance."""
@@ -90,7 +91,33 @@ def _inputs() -> dict:
     }
 
 
-def _train(make, world, fsdp: bool, checkpointing: bool, precision: str = "fp32") -> tuple[list[float], dict]:
+class StageHarness(nn.Module):
+    """A stage's own model and loss: `architecture()` trained on its `example_batch` through `train_step`."""
+
+    def __init__(self, stage):
+        super().__init__()
+        self.stage, self.m = stage, stage.architecture()
+
+    def repeated_blocks(self) -> list[nn.Module]:
+        return distributed.blocks(self.m)
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        return self.stage.train_step(self.m, batch)["loss"]
+
+
+def stage_objects() -> list:
+    """Every registered stage that gives a tiny recipe, as a stage object."""
+    found = []
+    for name in registry.names("stages"):
+        cls = registry.get("stages", name)
+        if callable(getattr(cls, "tiny_recipe", None)):
+            found.append(cls(cls.Config.model_validate(cls.tiny_recipe())))
+    return found
+
+
+def _train(
+    make, world, fsdp: bool, checkpointing: bool, precision: str = "fp32", inputs: dict | None = None
+) -> tuple[list[float], dict]:
     torch.manual_seed(0)
     model = make()
     if checkpointing:
@@ -99,7 +126,7 @@ def _train(make, world, fsdp: bool, checkpointing: bool, precision: str = "fp32"
         distributed.shard(model, world, precision=precision)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-2, betas=(0.9, 0.95))
-    inputs, losses = _inputs(), []
+    inputs, losses = inputs if inputs is not None else _inputs(), []
     autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
     for step in range(STEPS):
         torch.manual_seed(100 + step)  # the same flow times and noises in every process
@@ -131,6 +158,15 @@ def _worker(rank: int, size: int, init_file: str, out: str) -> None:
             ref, _ = _train(make, world, fsdp=False, checkpointing=ac) if rank == 0 else (None, None)
             results["plugins"][f"{kind}/{name}/ac={ac}"] = {"fsdp": got, "single": ref}
         results["wrapped"][f"{kind}/{name}"] = len(Harness(kind, name).repeated_blocks())
+    results["stages"] = {}
+    for stage in stage_objects():  # each stage's whole model, as `latbot train` builds it, under FSDP2
+        torch.manual_seed(0)
+        batch = stage.example_batch(2, device="cpu")  # the same values in both processes
+        for ac in (False, True):
+            make = lambda stage=stage: StageHarness(stage)  # noqa: E731
+            got, _ = _train(make, world, fsdp=True, checkpointing=ac, inputs=batch)
+            ref, _ = _train(make, world, fsdp=False, checkpointing=ac, inputs=batch) if rank == 0 else (None, None)
+            results["stages"][f"{stage.recipe.stage}/ac={ac}"] = {"fsdp": got, "single": ref}
     # mixed precision on the tiny LAM recipe's model: the bf16 policy against fp32, both sharded
     from latbot.models.lam import LatentActionModel
     from latbot.recipes import load_recipe
@@ -169,6 +205,17 @@ def test_every_plugin_trains_under_fsdp2_like_one_process(fsdp_results):
     assert ran == expected
     print("FSDP2 × 2 (gloo) ran:", ", ".join(ran))
     for key, r in fsdp_results["plugins"].items():
+        assert all(map(torch.isfinite, torch.tensor(r["fsdp"]))), key
+        torch.testing.assert_close(r["fsdp"], r["single"], rtol=1e-5, atol=1e-6, msg=lambda m, k=key: f"{k}: {m}")
+        assert r["fsdp"][0] != r["fsdp"][-1], f"{key}: the optimizer steps changed nothing"
+
+
+def test_every_stage_trains_under_fsdp2_like_one_process(fsdp_results):
+    """The FSDP contract of the stage object: its architecture on its example batch, through train_step."""
+    ran = sorted(fsdp_results["stages"])
+    expected = sorted(f"{s.recipe.stage}/ac={ac}" for s in stage_objects() for ac in (False, True))
+    assert ran == expected and {"lam/ac=True", "distill/ac=True", "finetune/ac=True", "curve_fit/ac=True"} <= set(ran)
+    for key, r in fsdp_results["stages"].items():
         assert all(map(torch.isfinite, torch.tensor(r["fsdp"]))), key
         torch.testing.assert_close(r["fsdp"], r["single"], rtol=1e-5, atol=1e-6, msg=lambda m, k=key: f"{k}: {m}")
         assert r["fsdp"][0] != r["fsdp"][-1], f"{key}: the optimizer steps changed nothing"

@@ -97,7 +97,7 @@ def test_the_dry_run_on_meta_counts_what_a_real_run_computes():
     run = dry_run(recipe)
     torch.manual_seed(0)
     model = LatentActionModel(recipe.model, recipe.data.num_frames)
-    from latbot.train.plan import INSTRUCTION
+    from latbot.stages.lam import EXAMPLE_INSTRUCTION as INSTRUCTION
 
     s = recipe.data.image_size
     batch = {

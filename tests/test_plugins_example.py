@@ -88,7 +88,9 @@ def test_the_example_plugins_alone_carry_the_pipeline(tmp_path):
                             "--episodes", "2", "--image-size", "64", "--json"))  # fmt: skip
     assert report["embodiment"] == "dot" and report["overall"]["episodes"] == 4 and report["overall"]["errors"] == 0
 
-    policy = runs.load_policy(out / "ft")
+    from latbot.policy import load_policy
+
+    policy = load_policy(out / "ft")
     observation = {"images": {"top": np.zeros((64, 64, 3), np.uint8)}, "state": np.array([0.5, 0.5], np.float32),
                    "instruction": "move the dot onto the red square"}  # fmt: skip
     with PolicyServer(policy, port=0) as server, PolicyClient(port=server.port) as client:
@@ -109,3 +111,69 @@ def test_the_example_stage_trains_through_the_cli(tmp_path):
     from latbot import runs
 
     assert abs(runs.open_run(tmp_path / "runs" / "fit").extra["weight"] - 3) < 0.5
+
+
+def test_the_example_stage_works_with_every_command(tmp_path):
+    """A third-party stage through validate → show --params → plan → train (killed mid-run) → resume: every
+    command asks the stage object, none knows its model's attributes."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from latbot import runs
+    from latbot.train import checkpoint
+
+    out = tmp_path / "runs"
+    recipe = tmp_path / "curve.yaml"
+    recipe.write_text(
+        "stage: curve_fit\nmodel: {width: 3, samples: 64}\n"
+        "train: {steps: 1500, global_batch_size: 8, micro_batch_size: 8, lr: 0.05, warmup_steps: 0, min_lr: 0.05, "
+        "grad_clip: null, precision: fp32, checkpoint_every: 10}\n"
+        f"data: {{num_workers: 0}}\nlog: {{out_dir: {out}, run_name: fit, progress: false, tensorboard: false, "
+        "every_steps: 1}\n"
+    )
+    schema = json.loads(cli("recipe", "schema", "--stage", "curve_fit"))
+    assert set(schema["$defs"]["CurveFitModel"]["properties"]) == {"width", "samples"}
+    assert "ok:" in cli("recipe", "validate", recipe)
+    bad = cli_fails("recipe", "validate", recipe, "--set", "model.samples=4")
+    assert "model.samples (4) is smaller than train.micro_batch_size (8)" in bad  # the stage's own validate()
+    params = json.loads(cli("recipe", "show", recipe, "--params", "--json"))
+    assert params["total"] == {"total": 4, "trainable": 4, "frozen": 0}  # Linear(3, 1)
+    assert params["components"] == {"lin": {"total": 4, "trainable": 4, "frozen": 0}}
+    plan = json.loads(cli("plan", recipe, "--gpus", "1", "--json"))
+    assert plan["recipe_stage"] == "curve_fit" and plan["params"]["total"] == 4
+    assert plan["flops"]["forward_per_sample"] == 2 * 3  # one multiply-add per weight
+    assert not out.exists()  # validate, show and plan write nothing
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "latbot", "train", str(recipe)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    run = out / "fit"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        lines = (run / "metrics.jsonl").read_text().splitlines() if (run / "metrics.jsonl").is_file() else []
+        if len(lines) >= 25:
+            break
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    stopped = checkpoint.latest(run)
+    assert stopped is not None and not runs.open_run(run, complete=False).complete, "killed after a checkpoint"
+    resumed = subprocess.run([sys.executable, "-m", "latbot", "train", "--resume", str(run)], env=env,
+                             capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    done = runs.open_run(run, "curve_fit")
+    assert done.complete and abs(done.extra["weight"] - 3) < 0.1
+    model, stage = runs.trained_model(run)  # read back through its stage
+    assert (
+        type(stage).__name__ == "CurveFitStage"
+        and abs(float(model.lin.weight[0, 0].detach()) - done.extra["weight"]) < 1e-6
+    )
+
+
+def cli_fails(*args: str) -> str:
+    result = runner.invoke(app, [str(a) for a in args])
+    assert result.exit_code == 2, (args, result.output, result.exception)
+    return result.output

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from latbot.errors import RecipeError
-from latbot.recipes import bounded_yaml, load_recipe, to_dict
+from latbot.recipes import load_recipe, to_dict
 from latbot.recipes.loader import shipped_bases
+from latbot.yamlio import bounded
 from tests.conftest import REPO
 
 PACKAGE_BASES = importlib.resources.files("latbot.recipes") / "_base"
@@ -89,6 +90,6 @@ def test_a_close_miss_suggests_the_shipped_name_and_a_far_one_does_not(tmp_path)
 def test_a_shipped_base_is_read_within_the_bounds(tmp_path, monkeypatch):
     path = tmp_path / "r.yaml"
     path.write_text(f"base: {PAPER_OPTIM}\n")  # within the lowered bound; the shipped file (~500 bytes) is not
-    monkeypatch.setattr(bounded_yaml, "MAX_FILE_BYTES", 64)
+    monkeypatch.setattr(bounded, "MAX_FILE_BYTES", 64)
     msg = error_of(path)
     assert msg.startswith(f"{Path(str(PACKAGE_BASES / 'paper_optim.yaml'))}: larger than")

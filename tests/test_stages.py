@@ -35,17 +35,24 @@ class ToyRegressionStage(Stage):
 
     Config = ToyRecipe
 
-    def build_model(self):
+    def architecture(self):
         class Net(torch.nn.Module):
             def __init__(self, width):
                 super().__init__()
                 self.lin = torch.nn.Linear(width, 1)
+
+            def repeated_blocks(self):
+                return []
 
             def forward(self, batch):
                 loss = torch.nn.functional.mse_loss(self.lin(batch["x"]), batch["y"])
                 return {"loss": loss}
 
         return Net(self.recipe.model.width)
+
+    def example_batch(self, batch_size, device="meta"):
+        x = torch.randn(batch_size, self.recipe.model.width, device=device)
+        return {"x": x, "y": 3 * x[:, :1]}
 
     def build_data(self, world):
         from latbot.data.clips import MixtureSampler

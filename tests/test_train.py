@@ -202,7 +202,8 @@ def test_a_non_finite_loss_stops_training_and_names_the_last_good_checkpoint(tmp
     )
     data = [{"x": torch.ones(3)} for _ in range(4)]
     with pytest.raises(TrainingError, match=r"loss became nan at step 5.*step_00000004"):
-        train(recipe, tmp_path, Exploding, lambda w: (data, MixtureSampler([4], [1.0])), World(), resume=False)
+        step = lambda model, batch: model(batch)  # noqa: E731
+        train(recipe, tmp_path, Exploding, lambda w: (data, MixtureSampler([4], [1.0])), step, World(), resume=False)
     assert checkpoint.latest(tmp_path).name == "step_00000004"
 
 

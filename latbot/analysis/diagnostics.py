@@ -10,19 +10,7 @@ import torch
 
 from latbot.data.clips import K_ACTION_MASK, K_ACTIONS, K_FRAMES, K_INSTRUCTION
 from latbot.data.spaces import ACTION_SLICES
-
-
-def effective_rank(z: torch.Tensor) -> float:
-    """exp(entropy of the normalised singular values) of latents (N, ..., D) flattened to (N, ·D); 1 means
-    every sample gives the same direction (collapse), up to min(N, dims) when they spread evenly."""
-    x = z.reshape(z.shape[0], -1).double()
-    x = x - x.mean(0, keepdim=True)
-    s = torch.linalg.svdvals(x)
-    if s.sum() <= 0:
-        return 0.0
-    p = s / s.sum()
-    p = p[p > 0]
-    return float(torch.exp(-(p * p.log()).sum()))
+from latbot.train.metrics import effective_rank as effective_rank
 
 
 def token_variance(z: torch.Tensor) -> torch.Tensor:

@@ -56,13 +56,13 @@ def plugin_options(kind: str, name: str, config: Path | None, overrides: list[st
 
     from latbot import registry
     from latbot.errors import RecipeError
-    from latbot.recipes import bounded_yaml
     from latbot.recipes.loader import RecipeSource, apply_overrides
+    from latbot.yamlio import bounded
 
     cls = registry.get(kind, name)
     data = {}
     if config is not None:
-        data = bounded_yaml.load_file(config, f"{name} options file") or {}
+        data = bounded.load_file(config, f"{name} options file") or {}
         if not isinstance(data, dict):
             raise RecipeError(f"{config}: {name} options must be a YAML mapping (key: value)")
     source = RecipeSource({**data, "type": name}, {}, str(config or "--set"))
@@ -70,13 +70,13 @@ def plugin_options(kind: str, name: str, config: Path | None, overrides: list[st
     try:
         return cls.Config.model_validate(source.data)
     except ValidationError as e:
-        from latbot.recipes.loader import _message
+        from latbot.yamlio import error_message
 
         fields = ", ".join(f for f in cls.Config.model_fields if f != "type")
         lines = []
         for err in e.errors():
             where = ".".join(str(p) for p in err["loc"])
-            msg = _message(err, cls.Config)
+            msg = error_message(err, cls.Config)
             if "valid fields" not in msg:
                 msg += f" (valid fields of {name}: {fields or 'none'})"
             lines.append(f"{source.where(tuple(err['loc']))}: {name} option {where}: {msg}")

@@ -85,12 +85,12 @@ def _preset_config(preset, config: Path | None, overrides: list[str]):
     from pydantic import ValidationError
 
     from latbot.errors import RecipeError
-    from latbot.recipes import bounded_yaml
     from latbot.recipes.loader import RecipeSource, apply_overrides
+    from latbot.yamlio import bounded
 
     data = {}
     if config is not None:
-        data = bounded_yaml.load_file(config, "adapter options file") or {}
+        data = bounded.load_file(config, "adapter options file") or {}
         if not isinstance(data, dict):
             raise RecipeError(f"{config}: adapter options must be a YAML mapping (key: value)")
     source = RecipeSource({**preset.adapter, **data, "type": preset.format}, {}, str(config or "--set"))

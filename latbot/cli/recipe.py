@@ -38,9 +38,10 @@ def show(
     if not params:
         typer.echo(to_yaml(recipe), nl=False)
         return
+    from latbot import registry
     from latbot.models.params import parameter_report
 
-    report = parameter_report(recipe)
+    report = parameter_report(registry.get("stages", recipe.stage)(recipe))
     if as_json:
         typer.echo(json.dumps(report, indent=2))
         return
@@ -58,19 +59,24 @@ def validate(
         True, "--check-paths/--no-check-paths", help="Check that the stores and parent runs it names exist."
     ),
 ) -> None:
-    """Check recipes (fields, plugins, and that every store and parent run exists); exit 0 when all are
-    valid, 2 with one line per problem otherwise."""
+    """Check recipes (fields, plugins, that every store and parent run exists, and the stage's model-side
+    checks: its model builds as configured, on the meta device); exit 0 when all are valid, 2 with one line
+    per problem otherwise."""
+    from latbot import registry
     from latbot.recipes import load_recipe
 
     for path in paths:
         recipe = load_recipe(path, overrides, check_paths=check_paths)
+        registry.get("stages", recipe.stage)(recipe).validate()
         typer.echo(f"ok: {path} (stage {recipe.stage})")
 
 
 @app.command()
 @user_errors
 def schema(
-    stage: str | None = typer.Option(None, help="Schema of one stage only (lam, distill, finetune)."),
+    stage: str | None = typer.Option(
+        None, help="Schema of one stage only: lam, distill, finetune or a plugin's stage (`latbot plugins list`)."
+    ),
     out: Path | None = typer.Option(None, "--out", "-o", help="Write to this file instead of stdout."),
 ) -> None:
     """JSON Schema of recipes, with every registered plugin's fields, for editor completion."""

@@ -33,11 +33,11 @@ def serve(
     resize: bool = typer.Option(False, help="Resize images of another size to the policy's (default: 400)."),
 ) -> None:
     """Load the policy once and answer observations with action chunks until interrupted."""
-    from latbot import runs
     from latbot.errors import LatBotError
+    from latbot.policy import load_policy
     from latbot.serve.server import PolicyServer
 
-    policy = runs.load_policy(checkpoint, device=device)
+    policy = load_policy(checkpoint, device=device)
     try:
         server = PolicyServer(
             policy,

@@ -28,11 +28,10 @@ class CacheError(LatBotError):
     """A teacher cache is missing, damaged or belongs to another teacher / data set."""
 
 
-def cache_identity(teacher_dir: str | Path, sources: list, num_frames: int, cameras: list[str] | None) -> dict:
-    from latbot import runs
-
+def cache_identity(teacher_hash: str, sources: list, num_frames: int, cameras: list[str] | None) -> dict:
+    """What a teacher cache was computed from: the teacher run's content hash (its manifest's) and the data."""
     return {
-        "teacher": runs.open_run(teacher_dir, "lam").manifest.content_hash,
+        "teacher": teacher_hash,
         "sources": [s.model_dump(mode="json") for s in sources],
         "num_frames": num_frames,
         "cameras": cameras,

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from latbot.data.sources import DataSource
 from latbot.errors import LatBotError
-from latbot.recipes.schema import DataSource
 
 GLOB_CHARS = set("*?[")
 

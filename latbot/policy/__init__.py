@@ -50,9 +50,7 @@ class LatBotPolicy:
     @classmethod
     def from_checkpoint(cls, run_dir: str | Path, device: str = "cpu") -> LatBotPolicy:
         """A finetuned policy from a `latbot train` run directory (manifest kind "finetune")."""
-        from latbot import runs
-
-        return runs.load_policy(run_dir, device)
+        return load_policy(run_dir, device)
 
     def reset(self, task: str | None = None, instruction: str | None = None) -> None:
         """Nothing to reset: the policy is stateless between calls."""
@@ -203,3 +201,15 @@ class LatBotPolicy:
         actions[:, GRIPPER_DIMS] = (grip[0].cpu().numpy() > 0.5).astype(np.float64)
         actions[:, ~self.action_mask] = 0.0
         return actions.astype(np.float32)
+
+
+def load_policy(path: str | Path, device: str = "cpu") -> LatBotPolicy:
+    """The `LatBotPolicy` of a finetuning run (what eval and serve use): `latbot.runs.load_finetuned`, wrapped."""
+    import warnings
+
+    from latbot import runs
+
+    model, target = runs.load_finetuned(path, device)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # degenerate dimensions were reported when the policy was trained
+        return LatBotPolicy(model, target, path)

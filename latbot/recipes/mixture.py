@@ -36,7 +36,7 @@ class Mixture(Section):
 def load_mixture(path: str | Path) -> Mixture:
     """Read and validate a mixture file; errors name the file, line and dotted field (exit code 2)."""
     from latbot.data.location import is_url, join
-    from latbot.recipes.loader import load_yaml_model
+    from latbot.yamlio import load_yaml_model
 
     mixture = load_yaml_model(path, Mixture, "mixture file")
     if is_url(mixture.root):

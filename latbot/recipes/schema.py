@@ -20,6 +20,8 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, SerializeAsAny, model_validator
 
 from latbot.config import PluginConfig, Section
+from latbot.data.sources import DataSource as DataSource
+from latbot.data.sources import StoreLocation as StoreLocation
 
 
 class PluginSlot:
@@ -57,42 +59,8 @@ ActionExpertSlot = _slot("action_experts")
 
 
 # -- data ------------------------------------------------------------------------------------------
-def _store_location(value: Any) -> Any:
-    """A store written as an fsspec URL stays a string (`Path` would collapse `s3://bucket` to `s3:/bucket`);
-    any other string is a `Path` (relative ones are resolved against the recipe file by the loader)."""
-    if isinstance(value, str):
-        from latbot.data.location import store_location
-
-        return store_location(value)
-    return value
-
-
-StoreLocation = Annotated[Path | str, BeforeValidator(_store_location)]
-"""An episode store (or a set of them): a local path, or an fsspec URL such as `s3://bucket/stores/x`."""
-
-
-class DataSource(Section):
-    """One episode store in the training mixture."""
-
-    name: str | None = Field(None, description="Dataset name, for logs (set by mixture files).")
-    store: StoreLocation = Field(
-        description="Episode store (written by `latbot data convert` / `gen-sim`): a directory, an fsspec URL "
-        "(s3://bucket/path, gs://..., file://...), or a set of shard stores (a glob or a list file)."
-    )
-    weight: float = Field(1.0, gt=0, le=1e6, description="Sampling weight in the mixture (normalised over sources).")
-    frame_stride: int = Field(
-        1,
-        ge=1,
-        le=1000,
-        description="Frames skipped between clip frames, so clips of every source span a similar time.",
-    )
-    tasks: list[str] | None = Field(None, description="Keep only episodes of these tasks (None = all).")
-    exclude_tasks: list[str] = Field(
-        default_factory=list, description="Drop these tasks (e.g. the held-out tasks when pretraining)."
-    )
-    demos_per_task: int | None = Field(
-        None, ge=1, le=10**9, description="Few-shot subset: the first k episodes of each task (10, 50; None = all)."
-    )
+# An episode store to train on (and the type of a store's location) is data-layer vocabulary: defined in
+# `latbot.data.sources`, re-exported here as a section of the recipe.
 
 
 class DataConfig(Section):
@@ -215,9 +183,9 @@ RecipeModel = RecipeBase  # a validated recipe of any stage
 
 def recipe_classes() -> dict[str, type[RecipeBase]]:
     """Every registered stage's recipe model, by stage name."""
-    from latbot.stages import recipe_class, stage_names
+    from latbot import registry
 
-    return {name: recipe_class(name) for name in stage_names()}
+    return {name: registry.get("stages", name).Config for name in registry.stage_names()}
 
 
 def recipe_union() -> Any:

@@ -64,13 +64,13 @@ def load_policy(spec: str | Callable[[str], Policy], sim) -> Callable[[str], Pol
         return sim.scripted_policy
     if spec == "random":
         return lambda task: RandomPolicy(sim.action_dim, seed=0)
-    from latbot import runs
+    from latbot import policy as policies
     from latbot.errors import LatBotError
 
     path = Path(spec)
     if not path.exists():
         raise LatBotError(f"--policy {spec}: expected 'scripted', 'random' or a policy checkpoint directory")
-    policy = runs.load_policy(path)  # a clear error for anything that is not a finished finetuning run
+    policy = policies.load_policy(path)  # a clear error for anything that is not a finished finetuning run
     if policy.embodiment != sim.embodiment:
         raise SimulatorError(
             f"--policy {spec} was trained for embodiment '{policy.embodiment}', but simulator "

@@ -13,20 +13,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from latbot.registry import PIPELINE  # noqa: F401  (the paper's stages, in order; kept importable here)
 from latbot.stages.base import Stage
 
 __all__ = ["Stage", "recipe_class", "run", "stage", "stage_names"]
-
-
-PIPELINE = ("lam", "distill", "finetune")  # the paper's stages, listed first and in this order
 
 
 def stage_names() -> list[str]:
     """Every registered stage, the paper's in pipeline order (entry-point metadata only: nothing imported)."""
     from latbot import registry
 
-    names = registry.names("stages")
-    return [n for n in PIPELINE if n in names] + [n for n in names if n not in PIPELINE]
+    return registry.stage_names()
 
 
 def stage(name: str) -> type[Stage]:

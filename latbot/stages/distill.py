@@ -10,7 +10,7 @@ from pydantic import Field
 from latbot.config import Section
 from latbot.errors import TrainingError
 from latbot.recipes.schema import RecipeBase, StudentSlot
-from latbot.stages.base import Stage
+from latbot.stages.base import Stage, example_tensor, without_weights
 
 
 class DistillModel(Section):
@@ -38,6 +38,9 @@ class DistillModel(Section):
     )
 
 
+EXAMPLE_SUBTASK = "grasp the black bowl"
+
+
 class DistillRecipe(RecipeBase):
     stage: Literal["distill"]
     model: DistillModel
@@ -45,6 +48,19 @@ class DistillRecipe(RecipeBase):
 
 class DistillStage(Stage):
     Config = DistillRecipe
+    reads_stores = True
+
+    @classmethod
+    def tiny_recipe(cls) -> dict:
+        """A CPU-sized recipe of this stage's architecture (what `latbot plugins check` builds and steps)."""
+        return {
+            "stage": "distill",
+            "data": {"num_frames": 3, "image_size": 32},
+            "model": {
+                "student": {"type": "paligemma", "preset": "tiny", "num_scene_tokens": 4, "num_motion_tokens": 4}
+            },
+            "train": {"steps": 2, "global_batch_size": 2, "micro_batch_size": 2, "precision": "fp32"},
+        }
 
     def prepare(self) -> None:
         """The sources and the frozen teacher (loaded once), checked against the student and the data."""
@@ -82,18 +98,92 @@ class DistillStage(Stage):
 
         return [parent_ref(self.recipe.model.teacher, "lam"), *self.source_parents()]
 
-    def build_model(self):
+    # -- the model -------------------------------------------------------------------------------------------
+    def validate(self) -> None:
+        """The student builds as configured (on the meta device: nothing loaded, nothing written)."""
+        import torch
+
+        with torch.device("meta"):
+            self.architecture()
+
+    @property
+    def latent_width(self) -> int | None:
+        """D of the teacher's latents, which the student's answer is projected to (known once `prepare` has
+        loaded the teacher, or set by `plan --latent-width`); None: the student's own width."""
+        teacher = getattr(self, "teacher", None)
+        return teacher.encoder.width if teacher is not None else getattr(self, "_latent_width", None)
+
+    @latent_width.setter
+    def latent_width(self, value: int | None) -> None:
+        self._latent_width = value
+
+    def _model(self, with_weights: bool):
         from latbot import registry
         from latbot.models.distill import DistillationModel
 
         m = self.recipe.model
-        student = registry.build("students", m.student, latent_width=self.teacher.encoder.width)
+        config = m.student if with_weights else without_weights(m.student)
+        student = registry.build("students", config, latent_width=self.latent_width)
+        return DistillationModel(
+            student,
+            getattr(self, "teacher", None),
+            m.temperature,
+            m.reasoning_weight,
+            m.subtask_fallback,
+            m.loss_reduction,
+        )
+
+    def architecture(self):
+        """The student and its losses; the frozen teacher is not part of the trained model (its latents come
+        from the teacher loaded by `prepare`, or from the latent cache, in the batch)."""
+        return self._model(with_weights=False)
+
+    def build_model(self):
+        """A student plugin that loads a transformers checkpoint named by `pretrained` does so as it is built;
+        pi0.5 weights are loaded after it (`initialise`)."""
+        model = self._model(with_weights=True)
+        self.pretrained = self.initialise(model)
+        return model
+
+    def initialise(self, model) -> dict:
         from latbot import pretrained
 
-        self.pretrained = pretrained.apply(student=student)  # pi05: pi0.5 weights named by `pretrained`
-        return DistillationModel(
-            student, self.teacher, m.temperature, m.reasoning_weight, m.subtask_fallback, m.loss_reduction
-        )
+        return pretrained.apply(student=model.student)  # pi05: pi0.5 weights named by `pretrained`
+
+    def trained_model(self, weights, extra: dict):
+        self.latent_width = extra.get("latent_width")
+        model = self._model(with_weights=True)  # no teacher; a pretrained backbone brings its own tokenizer
+        model.load_state_dict(weights)
+        return model.eval()
+
+    def example_batch(self, batch_size: int, device="meta") -> dict:
+        """A cached batch: frame 0, the instruction, a subtask and the teacher's latents."""
+        import torch
+
+        from latbot.data import clips
+        from latbot.stages.lam import EXAMPLE_INSTRUCTION
+
+        r, b = self.recipe, batch_size
+        s, student = r.data.image_size, r.model.student
+        width = self.latent_width
+        if width is None:
+            with torch.device("meta"):
+                width = self.architecture().student.latent_width
+        tokens = student.num_scene_tokens + student.num_motion_tokens
+        return {
+            clips.K_FRAMES: example_tensor((b, 1, 3, s, s), torch.uint8, device),
+            clips.K_INSTRUCTION: [EXAMPLE_INSTRUCTION] * b,
+            clips.K_SUBTASK: [EXAMPLE_SUBTASK] * b,
+            clips.K_LATENTS: example_tensor((b, tokens, width), torch.float32, device),
+        }
+
+    def components(self, model) -> dict:
+        from latbot.stages.lam import split_components
+
+        return split_components({"student": model.student})
+
+    def vlm(self, model):
+        return model.student
 
     def build_data(self, world):
         from latbot.data.latent_cache import CachedLatentDataset, build_cache, cache_identity
@@ -113,7 +203,10 @@ class DistillStage(Stage):
         )
         if m.teacher_cache is None:
             return clips, sampler
-        identity = cache_identity(m.teacher, sources, r.data.num_frames, r.data.cameras)
+        from latbot import runs
+
+        teacher_hash = runs.open_run(m.teacher, "lam").manifest.content_hash
+        identity = cache_identity(teacher_hash, sources, r.data.num_frames, r.data.cameras)
         if not Path(m.teacher_cache).exists() and world.main:
             build_cache(
                 m.teacher_cache,

@@ -11,7 +11,7 @@ from pydantic import Field
 from latbot.config import Section
 from latbot.errors import TrainingError
 from latbot.recipes.schema import ActionExpertSlot, RecipeBase, StudentSlot
-from latbot.stages.base import Stage
+from latbot.stages.base import Stage, example_tensor, without_weights
 
 # student fields that do not shape the weights, so they may differ from the distilled student's
 FREE_STUDENT_FIELDS = ("num_frames", "freeze_vision", "attn_implementation", "pretrained")  # pretrained: overwritten
@@ -35,6 +35,21 @@ class FinetuneRecipe(RecipeBase):
 
 class FinetuneStage(Stage):
     Config = FinetuneRecipe
+    reads_stores = True
+
+    @classmethod
+    def tiny_recipe(cls) -> dict:
+        """A CPU-sized recipe of this stage's architecture (what `latbot plugins check` builds and steps)."""
+        return {
+            "stage": "finetune",
+            "data": {"image_size": 32},
+            "model": {
+                "student": {"type": "paligemma", "preset": "tiny", "num_scene_tokens": 4, "num_motion_tokens": 4},
+                "action_expert": {"type": "flow", "width": 32, "depth": 2, "heads": 2},
+                "action_horizon": 3,
+            },
+            "train": {"steps": 2, "global_batch_size": 2, "micro_batch_size": 2, "precision": "fp32"},
+        }
 
     def prepare(self) -> None:
         """The one embodiment the policy targets, the episodes each source gives, and the distilled parent."""
@@ -57,7 +72,13 @@ class FinetuneStage(Stage):
 
     @property
     def latent_width(self) -> int | None:
-        return self.parent.extra["latent_width"] if self.parent else None
+        """D of the distilled parent's latents (its student's projection), or None without a parent."""
+        parent = getattr(self, "parent", None)
+        return parent.extra["latent_width"] if parent is not None else getattr(self, "_latent_width", None)
+
+    @latent_width.setter
+    def latent_width(self, value: int | None) -> None:
+        self._latent_width = value
 
     def parents(self) -> list:
         from latbot.artifacts import parent_ref
@@ -65,19 +86,77 @@ class FinetuneStage(Stage):
         distilled = [parent_ref(self.parent.path, "distill")] if self.parent else []
         return distilled + self.source_parents()
 
-    def build_model(self):
-        from latbot import runs
+    # -- the model -------------------------------------------------------------------------------------------
+    def validate(self) -> None:
+        """Student and expert build as configured, and agree (on the meta device: nothing loaded or written)."""
+        import torch
+
+        with torch.device("meta"):
+            self.architecture()
+
+    def _model(self, with_weights: bool):
         from latbot.models.vla import VisionLanguageAction
 
         m = self.recipe.model
-        from latbot import pretrained
+        student = m.student if with_weights else without_weights(m.student)
+        expert = m.action_expert if with_weights else without_weights(m.action_expert)
+        return VisionLanguageAction(student, expert, m.action_horizon, self.latent_width)
 
-        model = VisionLanguageAction(m.student, m.action_expert, m.action_horizon, self.latent_width)
-        # pi05: pi0.5 weights named by `pretrained` (the student's only without a distilled parent)
-        self.pretrained = pretrained.apply(student=None if self.parent else model.student, expert=model.expert)
-        if self.parent is not None:
-            model.student.load_state_dict(runs.student_weights(self.parent.path))
+    def architecture(self):
+        return self._model(with_weights=False)
+
+    def build_model(self):
+        """A student plugin that loads a transformers checkpoint named by `pretrained` does so as it is built;
+        pi0.5 weights and the distilled parent's student are loaded after it (`initialise`)."""
+        model = self._model(with_weights=True)
+        self.pretrained = self.initialise(model)
         return model
+
+    def initialise(self, model) -> dict:
+        """pi0.5 weights named by `pretrained` (the student's only without a distilled parent), then the
+        distilled parent's student."""
+        from latbot import pretrained, runs
+
+        parent = getattr(self, "parent", None)
+        report = pretrained.apply(student=None if parent else model.student, expert=model.expert)
+        if parent is not None:
+            model.student.load_state_dict(runs.student_weights(parent.path))
+        return report
+
+    def trained_model(self, weights, extra: dict):
+        self.latent_width = extra.get("latent_width")
+        model = self._model(with_weights=True)  # a pretrained backbone brings its own tokenizer
+        model.load_state_dict(weights)
+        return model.eval()
+
+    def example_batch(self, batch_size: int, device="meta") -> dict:
+        import torch
+
+        from latbot.data import clips
+        from latbot.data.spaces import ACTION_DIM, STATE_DIM
+        from latbot.stages.lam import EXAMPLE_INSTRUCTION
+
+        r, b = self.recipe, batch_size
+        s, h = r.data.image_size, r.model.action_horizon
+        cams = len(r.data.cameras or [None])
+        return {
+            clips.K_FRAMES: example_tensor((b, cams, 3, s, s), torch.uint8, device),
+            clips.K_INSTRUCTION: [EXAMPLE_INSTRUCTION] * b,
+            clips.K_STATE: example_tensor((b, STATE_DIM), torch.float32, device),
+            clips.K_STATE_MASK: example_tensor((b, STATE_DIM), torch.bool, device),
+            clips.K_ACTIONS: example_tensor((b, h, ACTION_DIM), torch.float32, device),
+            clips.K_GRIPPER: example_tensor((b, h, 2), torch.float32, device).sigmoid(),
+            clips.K_ACTION_MASK: example_tensor((b, ACTION_DIM), torch.bool, device),
+            clips.K_ACTION_PAD: example_tensor((b, h), torch.bool, device).logical_not(),
+        }
+
+    def components(self, model) -> dict:
+        from latbot.stages.lam import split_components
+
+        return split_components({"student": model.student}) | {"action_expert": model.expert}
+
+    def vlm(self, model):
+        return model.student
 
     def build_data(self, world):
         from torch.utils.data import ConcatDataset

@@ -8,7 +8,7 @@ from pydantic import Field, model_validator
 
 from latbot.config import Section
 from latbot.recipes.schema import DecoderSlot, EncoderSlot, RecipeBase
-from latbot.stages.base import Stage
+from latbot.stages.base import Stage, example_tensor, without_weights
 
 
 class LamModel(Section):
@@ -40,6 +40,38 @@ class LamModel(Section):
         return self
 
 
+EXAMPLE_INSTRUCTION = "pick up the black bowl between the plate and the ramekin and place it on the plate"
+
+
+def split_components(owners: dict) -> dict:
+    """{name: module} of the parts a parameter report lists: a VLM's vision tower / projector / language
+    model and a decoder's transformer / VAE where a plugin has them, the rest of each owner as `<name>.other`
+    (or the owner whole when it has none of them)."""
+    from torch import nn
+
+    parts: dict = {}
+    for name, owner in owners.items():
+        found = {}
+        vlm = getattr(owner, "vlm", None)
+        if isinstance(vlm, nn.Module):
+            for label, attr in (("vision_tower", "vision_tower"), ("projector", "multi_modal_projector"),
+                                ("language_model", "language_model")):  # fmt: skip
+                if isinstance(getattr(vlm, attr, None), nn.Module):
+                    found[f"{name}.{label}"] = getattr(vlm, attr)
+        for attr in ("transformer", "vae"):
+            if isinstance(getattr(owner, attr, None), nn.Module):
+                found[f"{name}.{attr}"] = getattr(owner, attr)
+        if not found:
+            parts[name] = owner
+            continue
+        parts |= found
+        covered = {id(p) for m in found.values() for p in m.parameters()}
+        rest = [p for p in owner.parameters() if id(p) not in covered]
+        if rest:
+            parts[f"{name}.other"] = rest
+    return parts
+
+
 class LamRecipe(RecipeBase):
     stage: Literal["lam"]
     model: LamModel
@@ -47,6 +79,34 @@ class LamRecipe(RecipeBase):
 
 class LamStage(Stage):
     Config = LamRecipe
+    reads_stores = True
+
+    @classmethod
+    def tiny_recipe(cls) -> dict:
+        """A CPU-sized recipe of this stage's architecture (what `latbot plugins check` builds and steps)."""
+        return {
+            "stage": "lam",
+            "data": {"num_frames": 3, "image_size": 32},
+            "model": {
+                "encoder": {
+                    "type": "internvl",
+                    "preset": "tiny",
+                    "num_frames": 3,
+                    "num_scene_tokens": 4,
+                    "num_motion_tokens": 4,
+                },
+                "decoder": {
+                    "type": "dit",
+                    "width": 32,
+                    "depth": 1,
+                    "heads": 2,
+                    "image_size": 16,
+                    "patch_size": 8,
+                    "horizon": 2,
+                },
+            },
+            "train": {"steps": 2, "global_batch_size": 2, "micro_batch_size": 2, "precision": "fp32"},
+        }
 
     def prepare(self) -> None:
         """The sources (a recipe without data fails before anything is created on disk) and, per source, the
@@ -62,10 +122,59 @@ class LamStage(Stage):
     def parents(self) -> list:
         return self.source_parents()
 
-    def build_model(self):
+    # -- the model -------------------------------------------------------------------------------------------
+    def validate(self) -> None:
+        """Every constructor-time check (horizon vs frames, latent groups, the encoder's frame count), by
+        building the architecture on the meta device: no memory, no weights, nothing written."""
+        import torch
+
+        with torch.device("meta"):
+            self.architecture()
+
+    def _model(self, config):
         from latbot.models.lam import LatentActionModel
 
-        return LatentActionModel(self.recipe.model, self.recipe.data.num_frames)
+        return LatentActionModel(config, self.recipe.data.num_frames)
+
+    def architecture(self):
+        m = self.recipe.model
+        return self._model(
+            m.model_copy(update={"encoder": without_weights(m.encoder), "decoder": without_weights(m.decoder)})
+        )
+
+    def build_model(self):
+        """With `pretrained` named in the encoder or decoder slot, their plugins load those checkpoints as
+        they are built (transformers / diffusers `from_pretrained`), so the model is built once, with them."""
+        self.pretrained = {}
+        return self._model(self.recipe.model)
+
+    def trained_model(self, weights, extra: dict):
+        model = self._model(self.recipe.model)  # a pretrained backbone brings its own tokenizer
+        model.load_state_dict(weights)
+        return model.eval()
+
+    def example_batch(self, batch_size: int, device="meta") -> dict:
+        import torch
+
+        from latbot.data import clips
+        from latbot.data.spaces import ACTION_DIM
+
+        r, b = self.recipe, batch_size
+        t, s = r.data.num_frames, r.data.image_size
+        return {
+            clips.K_FRAMES: example_tensor((b, t, 3, s, s), torch.uint8, device),
+            clips.K_INSTRUCTION: [EXAMPLE_INSTRUCTION] * b,
+            clips.K_ACTIONS: example_tensor((b, t - 1, ACTION_DIM), torch.float32, device),
+            clips.K_ACTION_MASK: example_tensor((b, ACTION_DIM), torch.bool, device),
+        }
+
+    def components(self, model) -> dict:
+        """The VLM's vision tower, projector and language model, and the decoder's transformer and VAE,
+        where the plugins have them; everything else of the encoder / decoder as `.other`."""
+        return split_components({"encoder": model.encoder, "decoder": model.decoder})
+
+    def vlm(self, model):
+        return model.encoder
 
     def build_data(self, world):
         from latbot.data.mixture import build_mixture
@@ -85,8 +194,8 @@ class LamStage(Stage):
         """Latent collapse, watched during training: effective rank of each group over the batch."""
         import torch
 
-        from latbot.analysis.diagnostics import effective_rank
         from latbot.data.clips import K_FRAMES, K_INSTRUCTION
+        from latbot.train.metrics import effective_rank
 
         with torch.no_grad():
             z_sce, z_mot = model.encode(batch[K_FRAMES], list(batch[K_INSTRUCTION]))

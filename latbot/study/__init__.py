@@ -116,7 +116,7 @@ class Study(Section):
 
 def load_study(path: str | Path) -> Study:
     """Read a study file; recipe paths become relative to it; errors name file:line and the field."""
-    from latbot.recipes.loader import load_yaml_model
+    from latbot.yamlio import load_yaml_model
 
     path = Path(path)
     study = load_yaml_model(path, Study)

@@ -44,6 +44,7 @@ def train(
     run_dir: Path,
     build_model: Callable[[], torch.nn.Module],
     build_data: Callable[[distributed.World], tuple[Any, Any]],
+    train_step: Callable[[torch.nn.Module, dict], dict[str, torch.Tensor]],
     world: distributed.World,
     resume: bool,
     on_log: Callable[[torch.nn.Module, dict], dict[str, float]] | None = None,
@@ -111,7 +112,7 @@ def train(
         for _ in range(accum):
             batch = next(batches)
             with autocast:
-                out = model(batch)
+                out = train_step(model, batch)
             (out["loss"] / accum).backward()
             for k, v in out.items():
                 totals[k] = totals.get(k, 0.0) + v.detach().float() / accum

@@ -7,7 +7,10 @@ import platform
 import socket
 import subprocess
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
 
 
 class MetricsLog:
@@ -78,3 +81,19 @@ def environment(world_size: int) -> dict[str, Any]:
         "host": socket.gethostname(),
         "world_size": world_size,
     }
+
+
+def effective_rank(z: torch.Tensor) -> float:
+    """exp(entropy of the normalised singular values) of latents (N, ..., D) flattened to (N, ·D); 1 means
+    every sample gives the same direction (collapse), up to min(N, dims) when they spread evenly. Logged by
+    the LAM stage while training, and reported by `latbot.analysis.diagnostics`."""
+    import torch
+
+    x = z.reshape(z.shape[0], -1).double()
+    x = x - x.mean(0, keepdim=True)
+    s = torch.linalg.svdvals(x)
+    if s.sum() <= 0:
+        return 0.0
+    p = s / s.sum()
+    p = p[p > 0]
+    return float(torch.exp(-(p * p.log()).sum()))

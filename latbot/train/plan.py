@@ -35,8 +35,6 @@ GPUS: dict[str, tuple[float, str]] = {
     "H200": (989e12, "NVIDIA H200 Tensor Core GPU data sheet, SXM: BF16 Tensor Core 989 TFLOPS (1,979 sparse)"),
 }
 GiB = 1024**3
-INSTRUCTION = "pick up the black bowl between the plate and the ramekin and place it on the plate"
-SUBTASK = "grasp the black bowl"
 
 
 def check_batch(recipe, gpus: int) -> int:
@@ -53,10 +51,6 @@ def check_batch(recipe, gpus: int) -> int:
 
 
 # -- the model and a batch at real size, on the meta device ---------------------------------------------
-def _without_weights(config):
-    return config.model_copy(update={"pretrained": None}) if "pretrained" in type(config).model_fields else config
-
-
 def _give_tokenizers(model: nn.Module) -> None:
     from latbot.models.encoders.vlm import VLMLatentEncoder
     from latbot.models.students.pi05 import Pi05Student
@@ -69,64 +63,30 @@ def _give_tokenizers(model: nn.Module) -> None:
             m._tokenizer = build_tiny_tokenizer(["task", "state", "action", *map(str, range(256))])
 
 
-def meta_model(recipe, latent_width: int | None = None) -> nn.Module:
-    """The recipe's trained model at real size on the meta device (architecture presets, no weights).
-    Distillation: the student alone (the teacher's latents come in the batch, as with a latent cache)."""
+def stage_of(recipe, latent_width: int | None = None):
+    """The stage object of `recipe` (any registered stage), with the latent width its student answers in
+    when the parent run that fixes it is not at hand."""
     from latbot import registry
 
-    m = recipe.model
+    stage = registry.get("stages", recipe.stage)(recipe)
+    if latent_width is not None:
+        stage.latent_width = latent_width
+    return stage
+
+
+def meta_model(recipe, latent_width: int | None = None) -> nn.Module:
+    """The recipe's trained model at real size on the meta device: its stage's `architecture()` (no weights).
+    Distillation: the student alone (the teacher's latents come in the batch, as with a latent cache)."""
     with torch.device("meta"):
-        if recipe.stage == "lam":
-            from latbot.models.lam import LatentActionModel
-
-            cfg = m.model_copy(update={"encoder": _without_weights(m.encoder), "decoder": _without_weights(m.decoder)})
-            model = LatentActionModel(cfg, recipe.data.num_frames)
-        elif recipe.stage == "distill":
-            from latbot.models.distill import DistillationModel
-
-            student = registry.build("students", _without_weights(m.student), latent_width=latent_width)
-            model = DistillationModel(student, None, m.temperature, m.reasoning_weight)
-        else:
-            from latbot.models.vla import VisionLanguageAction
-
-            model = VisionLanguageAction(_without_weights(m.student), m.action_expert, m.action_horizon, latent_width)
+        model = stage_of(recipe, latent_width).architecture()
     _give_tokenizers(model)
     return model
 
 
-def meta_batch(recipe, model: nn.Module, b: int) -> dict:
-    """One micro-batch of `b` samples with the recipe's real shapes (meta tensors; keys of latbot.data.clips)."""
-    from latbot.data import clips
-
-    meta = torch.device("meta")
-    s, text = recipe.data.image_size, [INSTRUCTION] * b
-    if recipe.stage == "lam":
-        t = recipe.data.num_frames
-        return {
-            clips.K_FRAMES: torch.empty(b, t, 3, s, s, dtype=torch.uint8, device=meta),
-            clips.K_INSTRUCTION: text,
-            clips.K_ACTIONS: torch.empty(b, t - 1, 44, device=meta),
-            clips.K_ACTION_MASK: torch.empty(b, 44, dtype=torch.bool, device=meta),
-        }
-    if recipe.stage == "distill":
-        c = model.student.config
-        return {
-            clips.K_FRAMES: torch.empty(b, 1, 3, s, s, dtype=torch.uint8, device=meta),
-            clips.K_INSTRUCTION: text,
-            clips.K_SUBTASK: [SUBTASK] * b,
-            clips.K_LATENTS: torch.empty(b, c.num_scene_tokens + c.num_motion_tokens, model.student.latent_width),
-        }
-    cams, h = len(recipe.data.cameras or [None]), recipe.model.action_horizon
-    return {
-        clips.K_FRAMES: torch.empty(b, cams, 3, s, s, dtype=torch.uint8, device=meta),
-        clips.K_INSTRUCTION: text,
-        clips.K_STATE: torch.empty(b, 46, device=meta),
-        clips.K_STATE_MASK: torch.empty(b, 46, device=meta),
-        clips.K_ACTIONS: torch.empty(b, h, 44, device=meta),
-        clips.K_GRIPPER: torch.empty(b, h, 2, device=meta),
-        clips.K_ACTION_MASK: torch.empty(b, 44, dtype=torch.bool, device=meta),
-        clips.K_ACTION_PAD: torch.empty(b, h, dtype=torch.bool, device=meta),
-    }
+def meta_batch(recipe, b: int, latent_width: int | None = None) -> dict:
+    """One micro-batch of `b` samples with the recipe's real shapes (meta tensors): its stage's
+    `example_batch`."""
+    return stage_of(recipe, latent_width).example_batch(b, device="meta")
 
 
 # -- the dry run ---------------------------------------------------------------------------------------
@@ -184,6 +144,7 @@ def dry_run(recipe, micro_batch: int | None = None, latent_width: int | None = N
     from latbot.train.loop import select_trainable
 
     b = micro_batch or recipe.train.micro_batch_size
+    stage = stage_of(recipe, latent_width)
     model = meta_model(recipe, latent_width)
     select_trainable(model, recipe.train.trainable, recipe.train.frozen)
     blocks = distributed.blocks(model)
@@ -224,11 +185,11 @@ def dry_run(recipe, micro_batch: int | None = None, latent_width: int | None = N
     for i, blk in enumerate(blocks):
         handles.append(blk.register_forward_pre_hook(pre(i), with_kwargs=True))
         handles.append(blk.register_forward_hook(post, with_kwargs=True))
-    batch = meta_batch(recipe, model, b)
+    batch = meta_batch(recipe, b, latent_width)
     model.train()
     try:
         with _meta_is_traced(), counter, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            loss = model(batch)["loss"]
+            loss = stage.train_step(model, batch)["loss"]
         forward = counter.get_total_flops()
         with counter:
             loss.backward()

@@ -69,7 +69,9 @@ def _record_into(rec, store_path, episodes: list[int], checkpoint, max_steps: in
             stats, _ = lam_action_normalization(checkpoint, store_path)
             lam_norm = QuantileNormalizer(stats["q01"], stats["q99"]) if stats else None
         else:
-            policy = runs.load_policy(checkpoint)
+            from latbot.policy import load_policy
+
+            policy = load_policy(checkpoint)
     with EpisodeStore.open(store_path) as store:
         for ep in episodes:
             if not 0 <= ep < store.num_episodes:

@@ -163,7 +163,7 @@ def main() -> None:
             clips = build_mixture(sources, t)[0]
             teacher = runs.load_lam(lam)
             t0 = time.perf_counter()
-            identity = cache_identity(lam, sources, t, None)
+            identity = cache_identity(runs.open_run(lam, "lam").manifest.content_hash, sources, t, None)
             build_cache(work / f"c{t}", teacher, clips, identity, batch_size=8, progress=False)
             build = time.perf_counter() - t0
             cached = run_stage("distill.yaml", work, f"cached{t}", *common, f"model.teacher_cache={work / f'c{t}'}")

@@ -56,26 +56,22 @@ def main() -> None:
     if cuda and not torch.cuda.is_available():
         raise SystemExit("needs a CUDA GPU (or --device cpu for a smoke test with a tiny recipe)")
 
-    from latbot.models.lam import LatentActionModel
     from latbot.recipes import load_recipe
     from latbot.train import distributed
     from latbot.train.loop import select_trainable
-    from latbot.train.plan import _give_tokenizers, _without_weights, dry_run, meta_batch
+    from latbot.train.plan import _give_tokenizers, dry_run, stage_of
 
     recipe = load_recipe(args.recipe)
-    if recipe.stage != "lam":
-        raise SystemExit(f"{args.recipe}: a LAM recipe is expected (stage lam), got {recipe.stage}")
     b, tc = args.micro_batch, recipe.train
     checkpointing = tc.activation_checkpointing and not args.no_checkpointing
     run = dry_run(recipe, micro_batch=b)  # FLOPs and the activation estimate, on the meta device
 
     device = torch.device("cuda", 0) if cuda else torch.device("cpu")
     torch.manual_seed(0)
-    m = recipe.model
-    cfg = m.model_copy(update={"encoder": _without_weights(m.encoder), "decoder": _without_weights(m.decoder)})
+    stage = stage_of(recipe)
     t0 = time.perf_counter()
     with device:
-        model = LatentActionModel(cfg, recipe.data.num_frames)
+        model = stage.architecture()
     build_s = time.perf_counter() - t0
     _give_tokenizers(model)
     select_trainable(model, tc.trainable, tc.frozen)
@@ -83,18 +79,8 @@ def main() -> None:
         distributed.checkpoint_activations(model)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=tc.lr, betas=tc.betas, eps=tc.eps, fused=cuda)
-    shapes = meta_batch(recipe, model, b)
-    g = torch.Generator(device=device).manual_seed(0)
-    batch = {}
-    for k, v in shapes.items():
-        if not isinstance(v, torch.Tensor):
-            batch[k] = v
-        elif v.dtype == torch.uint8:
-            batch[k] = torch.randint(0, 256, v.shape, dtype=torch.uint8, device=device, generator=g)
-        elif v.dtype == torch.bool:
-            batch[k] = torch.ones(v.shape, dtype=torch.bool, device=device)
-        else:
-            batch[k] = torch.randn(v.shape, device=device, generator=g)
+    torch.manual_seed(0)
+    batch = stage.example_batch(b, device=device)  # the recipe's real shapes, random values
 
     model.train()
     times, losses = [], []
@@ -105,7 +91,7 @@ def main() -> None:
         sync(device)
         t0 = time.perf_counter()
         with torch.autocast(device.type, dtype=torch.bfloat16):
-            loss = model(batch)["loss"]
+            loss = stage.train_step(model, batch)["loss"]
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, tc.grad_clip or float("inf"))
         opt.step()

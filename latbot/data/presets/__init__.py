@@ -72,7 +72,7 @@ def load_preset(name: str) -> Preset:
     """The preset called `name` (a name from `preset_names()`, or a path to a preset YAML file)."""
     import difflib
 
-    from latbot.recipes.loader import load_yaml_model
+    from latbot.yamlio import load_yaml_model
 
     path = Path(name)
     if path.suffix not in (".yaml", ".yml") or not path.is_file():

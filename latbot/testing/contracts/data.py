@@ -277,9 +277,13 @@ def _embodiments(c: Checker, cls: type, tmp: Path) -> None:
 
 # -- stages -----------------------------------------------------------------------------------------------------
 def _stages(c: Checker, cls: type, tmp: Path) -> None:
+    """The stage object: its recipe, `validate`, `architecture` (also on the meta device), `example_batch`
+    through `train_step` (forward, backward), the weights round trip, and, when the tiny recipe needs no data
+    of its own, `build_data` — every hook a command calls (docs/plugins.md, "Stages")."""
     import torch
 
     from latbot.stages.base import Stage, check_stage_config
+    from latbot.train import distributed
     from latbot.train.distributed import World
 
     c.rule(
@@ -295,7 +299,8 @@ def _stages(c: Checker, cls: type, tmp: Path) -> None:
     )
     make = getattr(cls, "tiny_recipe", None)
     if not callable(make):
-        c.skip("build_model, build_data, forward, backward, state_dict", "no classmethod tiny_recipe()")
+        c.skip("validate, architecture, example_batch, forward, backward, state_dict, build_data",
+               "no classmethod tiny_recipe()")  # fmt: skip
         return
 
     def recipe():
@@ -303,25 +308,60 @@ def _stages(c: Checker, cls: type, tmp: Path) -> None:
         return cls.Config.model_validate(data) if isinstance(data, dict) else data
 
     r = c.rule("recipe", recipe)
-    stage = c.rule("build_model", lambda: cls(r))
-    c.rule("build_model", stage.prepare)
+    stage = c.rule("recipe", lambda: cls(r))
+    c.rule("validate", stage.validate)
+
+    def on_meta():
+        with torch.device("meta"):
+            model = stage.architecture()
+        expect(isinstance(model, torch.nn.Module), f"architecture() must return an nn.Module, got {type(model)}")
+        expect(
+            all(p.is_meta for p in model.parameters()), "architecture() under torch.device('meta') made real tensors"
+        )
+        distributed.blocks(model)  # the units of FSDP sharding and activation checkpointing
+        batch = stage.example_batch(B, device="meta")
+        expect(isinstance(batch, dict), f"example_batch() must return a dict, got {type(batch)}")
+        parts = stage.components(model)
+        expect(isinstance(parts, dict) and parts, "components(model) must name at least one part")
+
+    c.rule("architecture", on_meta)
     torch.manual_seed(0)
-    model = c.rule("build_model", stage.build_model)
+    model = c.rule("architecture", stage.architecture)
+
+    def forward():
+        torch.manual_seed(0)
+        batch = stage.example_batch(B, device="cpu")
+        out = stage.train_step(model, batch)
+        expect(isinstance(out, dict) and "loss" in out, 'train_step must return a dict with "loss"')
+        _finite_scalar(out, "loss")
+        return batch, out
+
+    batch, out = c.rule("example_batch", forward)
+    _backward(c, model, lambda: out["loss"])
+    _state_dict_round_trip(c, stage.architecture, model, lambda m: (stage.train_step(m, batch)["loss"],))
 
     def build_data():
+        stage.prepare()
         dataset, sampler = stage.build_data(World())
         expect(hasattr(sampler, "position"), "build_data must return (dataset, sampler with a settable `position`)")
         expect(len(dataset) >= B, f"the tiny recipe's dataset has {len(dataset)} sample(s), fewer than {B}")
-        return torch.utils.data.default_collate([dataset[i] for i in range(B)])
+        data = torch.utils.data.default_collate([dataset[i] for i in range(B)])
+        example = stage.example_batch(B, device="cpu")
+        expect(
+            set(data) == set(example),
+            f"build_data yields keys {sorted(data)}, example_batch {sorted(example)}: they must agree",
+        )
+        for key, value in data.items():
+            if isinstance(value, torch.Tensor):
+                ex = example[key]
+                expect(
+                    ex.shape == value.shape and ex.dtype == value.dtype,
+                    f"'{key}': build_data gives {tuple(value.shape)} {value.dtype}, example_batch "
+                    f"{tuple(ex.shape)} {ex.dtype}",
+                )
+        stage.train_step(model, data)["loss"].backward()
 
-    batch = c.rule("build_data", build_data)
-
-    def forward():
-        out = model(batch)
-        expect(isinstance(out, dict) and "loss" in out, 'the model must return a dict with "loss"')
-        _finite_scalar(out, "loss")
-        return out
-
-    out = c.rule("forward", forward)
-    _backward(c, model, lambda: out["loss"])
-    _state_dict_round_trip(c, stage.build_model, model, lambda m: (m(batch)["loss"],))
+    if getattr(cls, "reads_stores", False) and not r.data.sources:
+        c.skip("build_data", "the stage reads episode stores (data.sources) and its tiny recipe names none")
+    else:
+        c.rule("build_data", build_data)

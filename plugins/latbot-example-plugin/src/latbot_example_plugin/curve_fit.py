@@ -1,7 +1,9 @@
 """`curve_fit`: a training stage that fits y = 3·x with a linear layer, as an example of a `stages` plugin.
 
 A stage is its recipe (a `RecipeBase` subclass with `stage: Literal[name]` and its own `model:` section)
-and its hooks; `latbot train`, `--resume`, run directories and manifests then work for it unchanged
+and one object that says everything about its model: `architecture()` (no weights, buildable on the meta
+device), `example_batch()` (the shapes of one micro-batch) and `build_data()`. `latbot train`, `--resume`,
+`recipe validate`, `recipe show --params`, `plan`, run directories and manifests then work for it unchanged
 (docs/training.md, "Adding a stage")."""
 
 from __future__ import annotations
@@ -11,9 +13,7 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from latbot.config import Section
-from latbot.recipes.schema import RecipeBase
-from latbot.stages import Stage
+from latbot.api import MixtureSampler, RecipeBase, Section, Stage, TrainingError
 
 
 class CurveFitModel(Section):
@@ -31,6 +31,10 @@ class Regressor(torch.nn.Module):
         super().__init__()
         self.lin = torch.nn.Linear(width, 1)
 
+    def repeated_blocks(self) -> list[torch.nn.Module]:
+        """The units of FSDP sharding and activation checkpointing: none, the root holds the one layer."""
+        return []
+
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
         """{"x" (B, width), "y" (B, 1)} → {"loss"}."""
         return {"loss": torch.nn.functional.mse_loss(self.lin(batch["x"]), batch["y"])}
@@ -44,12 +48,22 @@ class CurveFitStage(Stage):
         """A recipe that trains in a second (what `latbot plugins check` runs)."""
         return {"stage": "curve_fit", "train": {"steps": 5, "global_batch_size": 8, "micro_batch_size": 8}}
 
-    def build_model(self) -> Regressor:
+    def validate(self) -> None:
+        m = self.recipe.model
+        if m.samples < self.recipe.train.micro_batch_size:
+            raise TrainingError(
+                f"model.samples ({m.samples}) is smaller than train.micro_batch_size "
+                f"({self.recipe.train.micro_batch_size}); raise model.samples"
+            )
+
+    def architecture(self) -> Regressor:
         return Regressor(self.recipe.model.width)
 
-    def build_data(self, world):
-        from latbot.data.clips import MixtureSampler
+    def example_batch(self, batch_size: int, device="meta") -> dict:
+        x = torch.randn(batch_size, self.recipe.model.width, device=device)
+        return {"x": x, "y": 3 * x[:, :1]}
 
+    def build_data(self, world):
         m = self.recipe.model
         x = torch.randn(m.samples, m.width, generator=torch.Generator().manual_seed(0))
         data = [{"x": x[i], "y": 3 * x[i, :1]} for i in range(m.samples)]
