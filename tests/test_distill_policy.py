@@ -201,9 +201,19 @@ def test_stage_errors_are_one_line_and_create_nothing(pipeline, tmp_path):
     assert tokens.returncode == 2 and "num_scene_tokens is 3, the teacher has 8" in tokens.stderr
     other = train("finetune.yaml", src, f"model.student_checkpoint={pipeline['distill']}", "model.student.lora_rank=2")
     assert other.returncode == 2 and "model.student differs" in other.stderr and "lora_rank" in other.stderr
-    for p in (no_teacher, wrong_kind, tokens, other):
+    frames = train("distill.yaml", src, f"model.teacher={pipeline['lam']}", "data.num_frames=3")
+    assert frames.returncode == 2 and "data.num_frames is 3, the teacher" in frames.stderr
+    horizon = train("lam.yaml", src, "model.decoder.horizon=5")  # a model-side check, before the run directory
+    assert horizon.returncode == 2 and "model.decoder.horizon is 5" in horizon.stderr
+    for p in (no_teacher, wrong_kind, tokens, other, frames, horizon):
         assert "Traceback" not in p.stderr
     assert not any(tmp_path.iterdir())  # nothing half-written
+
+    # `recipe validate` runs the same model-side checks (the teacher's manifest, no weights)
+    validate = [sys.executable, "-m", "latbot", "recipe", "validate", str(TINY / "distill.yaml"), "--set", src]
+    mismatch = subprocess.run([*validate, "--set", f"model.teacher={pipeline['lam']}", "--set", "data.num_frames=3"],
+                              capture_output=True, text=True, env=env, timeout=120)  # fmt: skip
+    assert mismatch.returncode == 2 and "data.num_frames is 3, the teacher" in mismatch.stderr
 
 
 def test_expert_loss_is_supported_on_valid_dims_and_unpadded_steps_only():

@@ -63,21 +63,29 @@ class DistillStage(Stage):
         }
 
     def prepare(self) -> None:
-        """The sources and the frozen teacher (loaded once), checked against the student and the data."""
+        """The sources and the frozen teacher (loaded once; `validate` has checked it fits)."""
         import torch
 
         from latbot import runs
 
         self.sources()
+        self._check_teacher()
+        lam = runs.load_lam(self.recipe.model.teacher)
+        lam.decoder = torch.nn.Identity()  # only the encoder teaches; free the decoder
+        self.teacher = lam
+
+    def _check_teacher(self) -> None:
+        """The teacher run (its manifest: no weights read) against the data and the student: the same clip
+        length, token counts and latent groups."""
+        from latbot import runs
+
         r = self.recipe
         m = r.model
         if m.teacher is None:
             raise TrainingError(
                 "model.teacher is not set: point it at a LAM run, e.g. --set model.teacher=runs/tiny/lam"
             )
-        lam = runs.load_lam(m.teacher)
-        lam.decoder = torch.nn.Identity()  # only the encoder teaches; free the decoder
-        enc = lam.config.encoder
+        enc = runs.open_run(m.teacher, "lam").recipe.model.encoder
         frames = getattr(enc, "num_frames", r.data.num_frames)
         if frames != r.data.num_frames:
             raise TrainingError(
@@ -91,7 +99,6 @@ class DistillStage(Stage):
             theirs, ours = getattr(enc, field, default), getattr(m.student, field, default)
             if ours != theirs:
                 raise TrainingError(f"model.student.{field} is {ours}, the teacher has {theirs}; make them equal")
-        self.teacher = lam
 
     def parents(self) -> list:
         from latbot.artifacts import parent_ref
@@ -100,11 +107,15 @@ class DistillStage(Stage):
 
     # -- the model -------------------------------------------------------------------------------------------
     def validate(self) -> None:
-        """The student builds as configured (on the meta device: nothing loaded, nothing written)."""
+        """The student builds as configured (on the meta device: nothing loaded, nothing written) and, when
+        the teacher run exists, fits it (clip length, token layout; its manifest only)."""
         import torch
 
         with torch.device("meta"):
             self.architecture()
+        teacher = self.recipe.model.teacher
+        if teacher is not None and Path(teacher).is_dir():
+            self._check_teacher()
 
     @property
     def latent_width(self) -> int | None:

@@ -53,22 +53,28 @@ class FinetuneStage(Stage):
 
     def prepare(self) -> None:
         """The one embodiment the policy targets, the episodes each source gives, and the distilled parent."""
+        self.target, self.selection = _target(self.sources(), self.recipe.data.cameras)
+        self.parent = self._distilled_parent()
+
+    def _distilled_parent(self):
+        """The distillation run the student starts from (its manifest), checked to hold the same student; None
+        for the plain-VLM baseline."""
         from latbot import runs
         from latbot.recipes import to_dict
 
-        self.target, self.selection = _target(self.sources(), self.recipe.data.cameras)
         m = self.recipe.model
-        self.parent = None
-        if m.student_checkpoint is not None:
-            self.parent = runs.open_run(m.student_checkpoint, "distill")
-            theirs = self.parent.manifest.recipe["model"]["student"]
-            ours = to_dict(m)["student"]
-            diff = sorted(k for k in {*theirs, *ours} if k not in FREE_STUDENT_FIELDS and theirs.get(k) != ours.get(k))
-            if diff:
-                raise TrainingError(
-                    f"model.student differs from the student of {m.student_checkpoint} in {diff}; copy model.student "
-                    f"from that run's recipe (`latbot recipe show {m.student_checkpoint}`)"
-                )
+        if m.student_checkpoint is None:
+            return None
+        parent = runs.open_run(m.student_checkpoint, "distill")
+        theirs = parent.manifest.recipe["model"]["student"]
+        ours = to_dict(m)["student"]
+        diff = sorted(k for k in {*theirs, *ours} if k not in FREE_STUDENT_FIELDS and theirs.get(k) != ours.get(k))
+        if diff:
+            raise TrainingError(
+                f"model.student differs from the student of {m.student_checkpoint} in {diff}; copy model.student "
+                f"from that run's recipe (`latbot recipe show {m.student_checkpoint}`)"
+            )
+        return parent
 
     @property
     def latent_width(self) -> int | None:
@@ -88,9 +94,12 @@ class FinetuneStage(Stage):
 
     # -- the model -------------------------------------------------------------------------------------------
     def validate(self) -> None:
-        """Student and expert build as configured, and agree (on the meta device: nothing loaded or written)."""
+        """Student and expert build as configured, and agree (on the meta device: nothing loaded or written);
+        a distilled parent that exists holds the same student (its manifest only)."""
         import torch
 
+        if self.recipe.model.student_checkpoint is not None and Path(self.recipe.model.student_checkpoint).is_dir():
+            self.parent = self._distilled_parent()  # its latent width shapes the architecture
         with torch.device("meta"):
             self.architecture()
 
