@@ -11,7 +11,6 @@ import subprocess
 import sys
 import types
 from pathlib import Path
-from string import Template
 from typing import Literal
 
 import pytest
@@ -139,11 +138,11 @@ def test_plugins_check_names_the_plugin_and_the_expected_signature():
 
 def test_the_scaffold_decoder_meets_the_sample_contract(monkeypatch):
     """The `latbot plugins new decoders` skeleton, as the file it writes (installing it: tests/test_plugins.py)."""
-    from latbot.cli._templates import PLUGIN
+    from latbot.cli.plugins import scaffold
 
     module = types.ModuleType("latbot_my_decoder_skeleton")
     monkeypatch.setitem(sys.modules, module.__name__, module)  # pydantic resolves the Config's names there
-    source = Template(PLUGIN["decoders"]).substitute(name="my_decoder", cls="MyDecoder")
+    source = scaffold("decoders", "my_decoder")["src/latbot_my_decoder/my_decoder.py"]
     exec(compile(source, "my_decoder.py", "exec"), module.__dict__)
-    report = check_class("decoders", module.MyDecoder)
+    report = check_class("decoders", module.MyDecoderDecoder)
     assert "sample" in report.passed and report.ok, report.failures

@@ -143,3 +143,11 @@ def test_plan_command_prints_a_table_and_json():
     assert report["cluster"]["gpu"] == "H100" and report["batch"]["accumulation"] == 2
     table = CliRunner().invoke(app, ["plan", path, "--gpus", "8"])
     assert table.exit_code == 0 and "TOTAL per GPU" in table.output and "days" in table.output
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "recipes/tiny").glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_tiny_recipe_dry_runs_through_its_stage(path):
+    """Every stage and plugin combination the tiny recipes use builds on meta and steps on its example batch
+    (pi0.5's discrete state prompt included: on meta every state dimension is written)."""
+    run = dry_run(load_recipe(path))
+    assert run.params_total > 0 and run.forward_flops > 0 and run.backward_flops > 0

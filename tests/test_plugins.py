@@ -211,6 +211,32 @@ def test_plugins_new_installs_passes_the_check_and_trains(scaffolded, kind):
     assert (runs / "first" / "weights" / "model.safetensors").is_file()
 
 
+def test_the_scaffolded_encoder_and_decoder_train_a_lam_that_viz_episode_records(scaffolded, tmp_path):
+    """The `encoders` and `decoders` skeletons together in one LAM (the encoder's generated recipe, its decoder
+    slot set to the scaffolded decoder), trained on a tiny store; then `latbot viz episode` on that run and
+    store, which calls the skeleton decoder's `sample`. Both commands run in the throwaway environment."""
+    from latbot.data.convert import finalize
+    from latbot.data.store import EpisodeStore
+    from tests.test_store import episode
+
+    roots, latbot = scaffolded
+    store = tmp_path / "store"
+    with EpisodeStore.create(store, cameras=["cam"], image_size=(32, 32)) as s:
+        for i in range(2):
+            s.append(episode(f"e{i}", steps=8, size=32, seed=i))
+        finalize(s)
+    start = time.perf_counter()
+    _run([*latbot, "train", roots["encoders"] / "recipes" / "my_encoders.yaml", *TRAIN,
+          "--set", "model.decoder={type: my_decoders, horizon: 3}", "--set", f"data.sources=[{{store: {store}}}]",
+          "--set", f"log.out_dir={tmp_path}", "--set", "log.run_name=lam"], tmp_path)  # fmt: skip
+    run, rrd = tmp_path / "lam", tmp_path / "episode.rrd"
+    assert (run / "weights" / "model.safetensors").is_file()
+    viz = _run([*latbot, "viz", "episode", store, "--episode", "0", "--checkpoint", run, "--out", rrd], tmp_path)
+    print(f"scaffolded LAM: train (2 steps) + viz episode {time.perf_counter() - start:.1f} s")
+    assert rrd.is_file() and rrd.stat().st_size > 0, viz.stdout
+    assert f"wrote {rrd}" in viz.stdout, viz.stdout
+
+
 # -- the contracts over every registered plugin of the non-model kinds (models: tests/test_models_contract.py) --
 OTHER = [(k, n) for k in ("datasets", "simulators", "embodiments", "stages") for n in registry.names(k)]
 

@@ -114,72 +114,74 @@ SUFFIX = {
     "embodiments": "Embodiment",
     "stages": "Stage",
 }
+# What `new` writes: latbot/cli/templates/<kind>.py.tmpl (the plugin) and templates/package/ (the package around
+# it), `string.Template` files shipped as package data. Every template imports from LatBot only through
+# `latbot.api` (tests/test_api.py checks it).
+TEMPLATES = "templates"
+TINY_ENCODER = "{type: paligemma, preset: tiny, num_frames: 4, num_scene_tokens: 4, num_motion_tokens: 4}"
+TINY_DECODER = "{type: dit, width: 32, depth: 1, heads: 2, image_size: 16, patch_size: 4, horizon: 3}"
 TINY_STUDENT = "{type: paligemma, preset: tiny, num_scene_tokens: 4, num_motion_tokens: 4, freeze_vision: false}"
 TINY_EXPERT = "{type: flow, width: 32, depth: 1, heads: 2, mlp_ratio: 2.0}"
-TRAIN = """train:
-  steps: 20
-  warmup_steps: 2
-  lr: 1.0e-3
-  min_lr: 1.0e-5
-  global_batch_size: 4
-  micro_batch_size: 4
-  precision: fp32
-  checkpoint_every: 10
-log:
-  out_dir: runs            # relative to the current directory (recipe paths are relative to this file)
-"""
+DEMO_STORE = "latbot data gen-sim --sim metaworld --tasks reach-v3 --episodes 4 -o stores/demo --image-size 32"
+
+
+def template(path: str):
+    """The template file latbot/cli/templates/`path` (e.g. ``encoders.py.tmpl``, ``package/README.md.tmpl``)."""
+    from importlib.resources import files
+    from string import Template
+
+    return Template(files("latbot.cli").joinpath(TEMPLATES, *path.split("/")).read_text(encoding="utf-8"))
 
 
 def _recipe(kind: str, name: str) -> str:
     """A recipe that trains with the new plugin (model kinds, stages) or on the data it writes."""
-    store = "../stores/demo" if kind in ("encoders", "decoders", "students", "action_experts") else f"../stores/{name}"
-    data = f"data:\n  sources:\n    - {{store: {store}}}   # relative to this recipe file\n  num_workers: 0\n"
     if kind == "stages":
-        return f"# Train the `{name}` stage: latbot train recipes/{name}.yaml\nstage: {name}\n{TRAIN}"
+        return template("package/recipe_stage.yaml.tmpl").substitute(name=name)
+    store = "../stores/demo" if kind in ("encoders", "decoders", "students", "action_experts") else f"../stores/{name}"
     if kind in ("encoders", "decoders"):
-        enc = (
-            f"{{type: {name}}}"
-            if kind == "encoders"
-            else ("{type: paligemma, preset: tiny, num_frames: 4, num_scene_tokens: 4, num_motion_tokens: 4}")
+        return template("package/recipe_lam.yaml.tmpl").substitute(
+            name=name,
+            what=kind[:-1],
+            store=store,
+            encoder=f"{{type: {name}}}" if kind == "encoders" else TINY_ENCODER,
+            decoder=f"{{type: {name}, horizon: 3}}" if kind == "decoders" else TINY_DECODER,
         )
-        dec = (
-            f"{{type: {name}, horizon: 3}}"
-            if kind == "decoders"
-            else ("{type: dit, width: 32, depth: 1, heads: 2, image_size: 16, patch_size: 4, horizon: 3}")
-        )
-        model = f"model:\n  encoder: {enc}\n  decoder: {dec}\n"
-        head = f"# LAM pretraining (stage 1) with the `{name}` {kind[:-1]}.\nstage: lam\n"
-        return head + data + "  num_frames: 4\n  image_size: 32\n" + model + TRAIN
-    student = f"{{type: {name}}}" if kind == "students" else TINY_STUDENT
-    expert = f"{{type: {name}}}" if kind == "action_experts" else TINY_EXPERT
-    model = f"model:\n  student: {student}\n  action_expert: {expert}\n  action_horizon: 4\n"
     what = (
         f"with the `{name}` {kind[:-1].replace('_', ' ')}"
         if kind in ("students", "action_experts")
-        else (f"on the store `{name}` writes (see README.md)")
+        else f"on the store `{name}` writes (see README.md)"
     )
-    return f"# Action-expert finetuning (stage 3) {what}.\nstage: finetune\n{data}  image_size: 32\n{model}{TRAIN}"
+    return template("package/recipe_finetune.yaml.tmpl").substitute(
+        what=what,
+        store=store,
+        student=f"{{type: {name}}}" if kind == "students" else TINY_STUDENT,
+        expert=f"{{type: {name}}}" if kind == "action_experts" else TINY_EXPERT,
+    )
 
 
-def _readme(kind: str, name: str, dist: str) -> str:
+def class_name(kind: str, name: str) -> str:
+    """The plugin's class in the scaffold: ``my_encoder`` of kind encoders → ``MyEncoderEncoder``."""
+    return "".join(part.title() for part in name.split("_")) + SUFFIX[kind]
+
+
+def scaffold(kind: str, name: str) -> dict[str, str]:
+    """The files of the plugin package `latbot plugins new KIND NAME` writes: path in the package → text."""
+    dist, package, cls = f"latbot-{name.replace('_', '-')}", f"latbot_{name}", class_name(kind, name)
     make = {
         "datasets": f"latbot data convert SOURCE --format {name} -o stores/{name} --image-size 32",
         "simulators": f"latbot data gen-sim --sim {name} --tasks reach --episodes 10 -o stores/{name} --image-size 32",
         "embodiments": f"latbot data convert LIBERO_DIR --format libero_hdf5 --set embodiment={name} -o stores/{name}",
-    }.get(kind, "latbot data gen-sim --sim metaworld --tasks reach-v3 --episodes 4 -o stores/demo --image-size 32")
-    return f"""# {dist}
-
-A LatBot plugin of kind `{kind}`, registered as `{name}` (entry point in pyproject.toml). The contract it
-follows is in LatBot's docs/plugins.md.
-
-```
-pip install -e .
-latbot plugins check {name}        # runs the contract on dummy inputs; one line per broken rule
-pytest tests                       # the same, as a test
-{make if kind != "stages" else "# (a stage needs no data)"}
-latbot train recipes/{name}.yaml   # paths in a recipe are relative to the recipe file
-```
-"""
+        "stages": "# (a stage needs no data)",
+    }.get(kind, DEMO_STORE)
+    values = {"kind": kind, "name": name, "cls": cls, "dist": dist, "package": package, "make": make}
+    return {
+        "pyproject.toml": template("package/pyproject.toml.tmpl").substitute(values),
+        "README.md": template("package/README.md.tmpl").substitute(values),
+        f"src/{package}/__init__.py": template("package/__init__.py.tmpl").substitute(values),
+        f"src/{package}/{name}.py": template(f"{kind}.py.tmpl").substitute(values),
+        f"tests/test_{name}.py": template("package/test_plugin.py.tmpl").substitute(values),
+        f"recipes/{name}.yaml": _recipe(kind, name),
+    }
 
 
 @app.command()
@@ -190,11 +192,9 @@ def new(
     out: Path = typer.Option(Path("."), "--out", help="Directory in which the package directory is created."),
 ) -> None:
     """Write a plugin package that installs and runs as is: pyproject (entry point), a plugin skeleton that
-    passes `latbot plugins check`, a test, a recipe and a README."""
-    from string import Template
-
+    passes `latbot plugins check` and imports from LatBot only through `latbot.api`, a test, a recipe and a
+    README (from the template files in latbot/cli/templates/)."""
     from latbot import registry
-    from latbot.cli._templates import PLUGIN
     from latbot.errors import LatBotError
 
     if kind not in SUFFIX:
@@ -203,47 +203,13 @@ def new(
         raise LatBotError(f"plugin name '{name}' must be snake_case ([a-z][a-z0-9_]*), e.g. my_{kind[:-1]}")
     if name in registry.names(kind):
         raise LatBotError(f"a {kind} plugin named '{name}' is already registered; choose another name")
-    dist, package = f"latbot-{name.replace('_', '-')}", f"latbot_{name}"
-    root = out / dist
+    root = out / f"latbot-{name.replace('_', '-')}"
     if root.exists():
         raise LatBotError(f"{root} already exists; choose another --out or name")
-    cls = "".join(part.title() for part in name.split("_")) + SUFFIX[kind]
-    files = {
-        "pyproject.toml": f"""[build-system]
-requires = ["setuptools>=69"]
-build-backend = "setuptools.build_meta"
-
-[project]
-name = "{dist}"
-version = "0.1.0"
-description = "A LatBot {kind} plugin: {name}."
-readme = "README.md"
-requires-python = ">=3.11"
-dependencies = ["latbot"]
-
-[project.entry-points."latbot.{kind}"]
-{name} = "{package}.{name}:{cls}"
-
-[tool.setuptools.packages.find]
-where = ["src"]
-""",
-        "README.md": _readme(kind, name, dist),
-        f"src/{package}/__init__.py": f'"""{dist}: a LatBot {kind} plugin."""\n',
-        f"src/{package}/{name}.py": Template(PLUGIN[kind].lstrip("\n")).substitute(name=name, cls=cls),
-        f"tests/test_{name}.py": f'''"""`{name}` passes LatBot's {kind} contract (`latbot plugins check` runs it)."""
-
-from latbot.testing.contracts import check
-
-
-def test_{name}_follows_the_{kind}_contract():
-    report = check("{kind}", "{name}")
-    assert report.ok, "\\n".join(map(str, report.failures))
-''',
-        f"recipes/{name}.yaml": _recipe(kind, name),
-    }
+    files = scaffold(kind, name)
     for rel, text in files.items():
         path = root / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
-    typer.echo(f"wrote {root} ({kind} plugin '{name}', class {cls}); next:")
+    typer.echo(f"wrote {root} ({kind} plugin '{name}', class {class_name(kind, name)}); next:")
     typer.echo(f"  pip install -e {root} && latbot plugins check {name} && latbot train {root}/recipes/{name}.yaml")

@@ -12,7 +12,9 @@ standard deviation of about one whatever the width D. Samples without a subtask 
 (`subtask_fallback: skip`, what the paper implies) or predict the instruction (`instruction`).
 
 The teacher (a frozen LAM encoder, eval mode) is held outside the module tree: it is not trained, not
-sharded, not checkpointed and not switched to train mode by the loop.
+sharded, not checkpointed and not switched to train mode by the loop. What the student returns is checked
+at every step against its contract (latbot.models.students.base: shapes and dtypes only, free and fine on
+meta tensors); the teacher's latents are checked by the LAM's `encode`.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from latbot.data.clips import K_FRAMES, K_INSTRUCTION, K_LATENTS, K_SUBTASK
+from latbot.models.encoders.base import OutputCheck
+from latbot.models.students.base import check_forward
 
 
 def latent_mse(z_hat: torch.Tensor, z: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
@@ -66,7 +70,14 @@ class DistillationModel(nn.Module):
         object.__setattr__(self, "teacher", teacher)  # not a submodule: see the module docstring
         if teacher is not None:
             teacher.eval().requires_grad_(False)
-        self.temperature = temperature or default_temperature(student.latent_width)
+        self._student_check = OutputCheck("students", student)
+        self._latent_width = self._student_check.int_property(
+            "latent_width", student.latent_width, "the width of Ẑ: the teacher's D"
+        )
+        config = getattr(student, "config", None)
+        counts = [getattr(config, f, None) for f in ("num_scene_tokens", "num_motion_tokens")]
+        self._num_latents = sum(counts) if all(isinstance(n, int) for n in counts) else None
+        self.temperature = temperature or default_temperature(self._latent_width)
         self.reasoning_weight = reasoning_weight
         self.subtask_fallback = subtask_fallback
         self.reduction = reduction
@@ -101,10 +112,21 @@ class DistillationModel(nn.Module):
             subtasks = [s or text for s, text in zip(given, instructions, strict=True)]
         else:
             subtasks = [s or None for s in given]  # None: no reasoning target for this sample
-        out = self.student(frames[:, :1], instructions, subtasks=subtasks)
+        out = check_forward(
+            self._student_check,
+            self.student(frames[:, :1], instructions, subtasks=subtasks),
+            frames.shape[0],
+            num_latents=self._num_latents,
+            latent_width=self._latent_width,
+            lm_loss=True,
+        )
         z_hat = out["latents"]
         if z_hat.shape != z.shape:
-            raise ValueError(f"student latents {tuple(z_hat.shape)} vs teacher latents {tuple(z.shape)}")
+            source = "cached teacher latents (model.teacher_cache)" if K_LATENTS in batch else "teacher latents"
+            raise ValueError(
+                f"the student's latents are {tuple(z_hat.shape)}, the {source} {tuple(z.shape)}: the student's "
+                "num_scene_tokens + num_motion_tokens and latent_width must match the teacher's tokens and width"
+            )
         mse = latent_mse(z_hat, z, self.reduction)
         kl = latent_kl(z_hat, z, self.temperature, self.reduction)
         lm = out["lm_loss"]

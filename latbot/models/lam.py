@@ -5,7 +5,10 @@
 
 Ablations of paper Table 5: `decoupled: false` feeds one group of Ns + Nm tokens to both streams;
 `unified_decoder: false` drops the action stream (image reconstruction only); both off = "UniVLA-style".
-`encode()` is the teacher API of the distillation stage.
+`encode()` is the teacher API of the distillation stage. What the encoder and the decoder return is checked
+at every call (shapes and dtypes only: free, and fine on meta tensors), so a plugin that breaks its contract
+(latbot.models.encoders.base, latbot.models.decoders.base) stops the first step with one line naming it,
+instead of training a LAM that fails later in distillation.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from torch import nn
 from latbot import registry
 from latbot.data.clips import K_ACTION_MASK, K_ACTIONS, K_FRAMES, K_INSTRUCTION
 from latbot.errors import LatBotError
+from latbot.models.encoders.base import OutputCheck, check_latents
 
 
 class LatentActionModel(nn.Module):
@@ -25,7 +29,10 @@ class LatentActionModel(nn.Module):
         self.config = config
         self.num_frames = num_frames
         self.encoder = registry.build("encoders", config.encoder)
-        self.decoder = registry.build("decoders", config.decoder, latent_width=self.encoder.width)
+        self._encoder_check = OutputCheck("encoders", self.encoder, config.encoder.type)
+        self._width = self._encoder_check.int_property("width", self.encoder.width, "D, the latents' width")
+        self.decoder = registry.build("decoders", config.decoder, latent_width=self._width)
+        self._decoder_check = OutputCheck("decoders", self.decoder, config.decoder.type)
         horizon = getattr(config.decoder, "horizon", num_frames - 1)
         if horizon != num_frames - 1:
             raise LatBotError(
@@ -49,8 +56,17 @@ class LatentActionModel(nn.Module):
         return [*self.encoder.repeated_blocks(), *self.decoder.repeated_blocks()]
 
     def encode(self, frames: torch.Tensor, instructions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """frames (B, T, 3, H, W), instructions (B) → Z_sce (B, Ns, D), Z_mot (B, Nm, D)."""
-        return self.encoder(frames, instructions)
+        """frames (B, T, 3, H, W), instructions (B) → Z_sce (B, Ns, D), Z_mot (B, Nm, D), as the encoder's
+        contract says (a `PluginCallError` naming the encoder otherwise)."""
+        enc = self.config.encoder
+        return check_latents(
+            self._encoder_check,
+            self.encoder(frames, instructions),
+            frames.shape[0],
+            getattr(enc, "num_scene_tokens", None),
+            getattr(enc, "num_motion_tokens", None),
+            self._width,
+        )
 
     def latents(self, frames, instructions):
         """The tokens each decoder stream is conditioned on: (image-stream tokens, action-stream tokens).
@@ -78,9 +94,17 @@ class LatentActionModel(nn.Module):
             batch[K_ACTIONS] if unified else None,
             batch[K_ACTION_MASK] if unified else None,
         )
+        self._check_losses(losses, unified)
         action = losses.get("action", torch.zeros((), device=losses["image"].device))
         return {
             "loss": action + self.config.image_loss_weight * losses["image"],
             "image": losses["image"],
             "action": action,
         }
+
+    def _check_losses(self, losses, unified: bool) -> None:
+        """The decoder's losses: {"image", "action"} floating scalars ({"image"} without actions)."""
+        keys = ("image", "action") if unified else ("image",)
+        self._decoder_check.mapping("forward", losses, keys)
+        for key in keys:
+            self._decoder_check.tensor("forward", f'"{key}"', losses[key], ())

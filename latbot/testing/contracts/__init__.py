@@ -17,6 +17,9 @@ Rules by kind (docs/plugins.md, "The contracts per kind"):
 
 - every kind: `tiny_config` (a tiny Config can be made), `config` (it survives a dump/validate round trip),
   `build` (``cls(config, ...)`` with the documented arguments);
+- the model kinds (encoders, decoders, students, action_experts): `members` (every member of the kind's
+  Protocol — `latbot.models.<kind>.base` — exists and accepts the arguments LatBot passes; a broken member
+  fails under its own name and the rules that need it are skipped);
 - encoders: `fields` (num_scene_tokens, num_motion_tokens), `width`, `forward` (uint8 and float frames),
   `backward`, `repeated_blocks`, `state_dict`;
 - decoders: `forward`, `image_only`, `backward`, `action_mask`, `sample` (required: the exact call that
@@ -29,8 +32,10 @@ Rules by kind (docs/plugins.md, "The contracts per kind"):
 - simulators: `base`, `attributes`, `embodiment`, and with `cls.tiny_task`: `task_names`, `unknown_task`,
   `instruction`, `observe`, `step`, `scripted_policy`, `gen_sim`;
 - embodiments: `base`, `attributes`, `to_unified`, `state_to_unified`, `round_trip`;
-- stages: `base`, and with `cls.tiny_recipe()`: `recipe`, `build_model`, `build_data`, `forward`, `backward`,
-  `state_dict`.
+- stages: `base`, `config`, and with `cls.tiny_recipe()`: `recipe`, `validate`, `architecture` (on the meta
+  device too, with `repeated_blocks` and `components`), `example_batch` (through `train_step`), `backward`,
+  `state_dict`, and `build_data` (yields what `example_batch` promises; skipped for `reads_stores` stages
+  whose tiny recipe names no store).
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ from typing import Any
 B = 2  # batch of the dummy inputs
 SIZE = 32  # image side of the dummy inputs
 INSTRUCTIONS = ["pick up the red block", "open the drawer"]
-SUBTASKS = ["reach the block", "grasp"]
+SUBTASKS = ["reach the block", None]  # None: a sample without a subtask annotation (no reasoning target)
 LATENT_WIDTH = 40  # D_teacher a student is built for
 VLM_WIDTH, VLM_LAYERS, HORIZON, CONTEXT = 24, 3, 5, 7  # what an action expert is built for / reads
 
@@ -59,6 +59,7 @@ class Checker:
 
     def __init__(self, report: Report):
         self.report = report
+        self.broken: set[str] = set()  # members that are missing or cannot take LatBot's arguments (`members`)
 
     def fail(self, rule: str, message: str) -> None:
         r = self.report
@@ -67,9 +68,18 @@ class Checker:
     def skip(self, rule: str, why: str) -> None:
         self.report.skipped.append(f"{rule} ({why})")
 
-    def rule(self, rule: str, fn: Callable[[], Any], required: bool = True) -> Any:
+    def rule(
+        self, rule: str, fn: Callable[[], Any], required: bool = True, needs: tuple[str, ...] | None = None
+    ) -> Any:
         """Run `fn`; an exception or a failed `expect` records a failure. With `required`, raise `_Broken` so
-        the rules that depend on this one are skipped."""
+        the rules that depend on this one are skipped. A rule that `needs` a member found broken by `members`
+        (by default the member of its own name) is not run: that member's failure already says what is wrong."""
+        broken = [m for m in (needs if needs is not None else (rule,)) if m in self.broken]
+        if broken:
+            self.skip(rule, f"{', '.join(broken)} failed above")
+            if required:
+                raise _Broken(rule)
+            return None
         try:
             result = fn()
         except _Expectation as e:
@@ -106,6 +116,97 @@ def _where(e: BaseException) -> str:
 
 def _shape(x: Any) -> str:
     return str(tuple(x.shape)) if hasattr(x, "shape") else type(x).__name__
+
+
+def _shape_dtype(x: Any) -> str:
+    """(2, 3, 32, 32) torch.int64: the shape and, for a tensor or an array, the dtype."""
+    dtype = getattr(x, "dtype", None)
+    return f"{_shape(x)} {dtype}" if dtype is not None else _shape(x)
+
+
+# -- the members of a kind's Protocol -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Member:
+    """One member of a model kind's Protocol (latbot.models.<kind>.base) and how LatBot uses it.
+
+    `args`: None for an attribute or property (it must exist); else a method that LatBot calls with these
+    positional arguments and `kwargs` keywords — its signature must accept exactly that call. `optional`: only
+    checked when the plugin has it; `when`: only checked when the plugin has this attribute set (e.g.
+    "reads_prefix_cache"). `signature` is the documented spelling, named in the failure; `callers` who uses it."""
+
+    name: str
+    signature: str
+    callers: str
+    args: tuple[str, ...] | None = None
+    kwargs: tuple[str, ...] = ()
+    plural: bool = True  # `callers` is plural ("... call it") or singular ("... calls it")
+    optional: bool = False
+    when: str | None = None
+
+
+def member_problem(obj: Any, m: Member) -> str | None:
+    """What is wrong with member `m` of `obj` (a built plugin), or None."""
+    import inspect
+
+    from torch import nn
+
+    call, take = ("call", "pass") if m.plural else ("calls", "passes")
+    if m.args is None:
+        try:
+            getattr(obj, m.name)
+        except AttributeError:
+            return f"needs {m.signature}: {m.callers} {'read' if m.plural else 'reads'} it"
+        except Exception as e:  # a property that raises
+            return f"has {m.name}, but reading it raised {type(e).__name__}: {e}; expected {m.signature}"
+        return None
+    method = getattr(obj, m.name, None)
+    if m.name == "forward" and getattr(type(obj), "forward", None) is nn.Module.forward:
+        method = None  # nn.Module's placeholder, which raises NotImplementedError
+    if not callable(method):
+        return f"needs a method {m.signature}: {m.callers} {call} it"
+    try:
+        signature = inspect.signature(method)
+    except (TypeError, ValueError):  # nothing to introspect (a C function): the calls themselves decide
+        return None
+    try:
+        signature.bind(*m.args, **dict.fromkeys(m.kwargs))
+    except TypeError as e:
+        return (
+            f"has {m.name}{signature}, which cannot take the arguments {m.callers} {take} ({e}); expected {m.signature}"
+        )
+    return None
+
+
+def check_members(c: Checker, obj: Any, members: tuple[Member, ...]) -> None:
+    """Every member of the kind's Protocol that `obj` lacks or that cannot take LatBot's arguments: one failure
+    each, under the member's name as the rule; the rules that exercise a broken member are then not run. The
+    rule `members` passes when nothing is broken."""
+    for m in members:
+        if m.optional and not hasattr(obj, m.name):
+            continue
+        if m.when is not None and not getattr(obj, m.when, False):
+            continue
+        problem = member_problem(obj, m)
+        if problem:
+            c.fail(m.name, problem)
+            c.broken.add(m.name)
+    if not c.broken:
+        c.report.passed.append("members")
+
+
+def constructor_problem(cls: type, signature: str, callers: str, *args: Any, **kwargs: Any) -> str | None:
+    """Whether ``cls(*args, **kwargs)``, the call LatBot makes, fits the class's signature."""
+    import inspect
+
+    try:
+        found = inspect.signature(cls)
+    except (TypeError, ValueError):
+        return None
+    try:
+        found.bind(*args, **kwargs)
+    except TypeError as e:
+        return f"has __init__{found}, which cannot take the arguments {callers} pass ({e}); expected {signature}"
+    return None
 
 
 # -- shared rules ---------------------------------------------------------------------------------------------
@@ -171,7 +272,9 @@ def _repeated_blocks(c: Checker, model: Any) -> None:
     c.rule("repeated_blocks", fn, required=False)
 
 
-def _state_dict_round_trip(c: Checker, build: Callable[[], Any], a: Any, run: Callable[[Any], Any]) -> None:
+def _state_dict_round_trip(
+    c: Checker, build: Callable[[], Any], a: Any, run: Callable[[Any], Any], needs: tuple[str, ...] = ("state_dict",)
+) -> None:
     """Weights of `a` saved and loaded into a freshly built (differently initialised) twin: same outputs."""
     import torch
 
@@ -190,7 +293,7 @@ def _state_dict_round_trip(c: Checker, build: Callable[[], Any], a: Any, run: Ca
         for x, y in zip(out_a, out_b, strict=True):
             expect(torch.allclose(x, y, atol=1e-5), "outputs differ after a state_dict save/load round trip")
 
-    c.rule("state_dict", fn, required=False)
+    c.rule("state_dict", fn, required=False, needs=needs)
 
 
 def _backward(c: Checker, model: Any, loss_fn: Callable[[], Any], extra: str = "") -> None:

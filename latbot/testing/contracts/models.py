@@ -1,10 +1,20 @@
-"""The contracts of the model kinds: encoders, decoders, students, action experts (docs/plugins.md)."""
+"""The contracts of the model kinds: encoders, decoders, students, action experts (docs/plugins.md).
+
+Each kind's Protocol (latbot.models.<kind>.base) lists every member LatBot uses; `MEMBERS` below says how
+LatBot uses each one (the positional arguments and keywords of its calls, who calls it). The first rules
+after `build` check that every member exists and takes those arguments (one failure per broken member,
+under the member's name), the later ones call the members on dummy inputs and check what comes back.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+from latbot.models.decoders.base import SAMPLE_SIGNATURE
+from latbot.models.encoders.base import SIGNATURES as ENCODER
+from latbot.models.experts.base import SIGNATURES as EXPERT
+from latbot.models.students.base import SIGNATURES as STUDENT
 from latbot.testing.contracts.core import (
     CONTEXT,
     HORIZON,
@@ -15,17 +25,141 @@ from latbot.testing.contracts.core import (
     VLM_WIDTH,
     B,
     Checker,
+    Member,
     _backward,
     _config_rules,
     _fields,
     _finite_scalar,
     _repeated_blocks,
     _shape,
+    _shape_dtype,
     _state_dict_round_trip,
     action_mask,
+    check_members,
+    constructor_problem,
     expect,
     frames,
 )
+
+_BLOCKS = "FSDP wrapping and activation checkpointing"
+_GROUNDING = "`latbot analyze grounding`"
+_VLA_CACHE = "the VLA (finetuning with an expert that reads the prefix cache)"
+
+# How LatBot uses every member of each kind's Protocol (the Protocols: latbot.models.<kind>.base).
+MEMBERS: dict[str, tuple[Member, ...]] = {
+    "encoders": (
+        Member("width", ENCODER["width"], "the LAM stage and distillation"),
+        Member("forward", ENCODER["forward"], "the LAM stage and distillation's teacher", ("frames", "instructions")),
+        Member("repeated_blocks", ENCODER["repeated_blocks"], _BLOCKS, ()),
+        Member("image_attention", ENCODER["image_attention"], _GROUNDING, ("frames", "instructions"), optional=True),
+    ),
+    "decoders": (
+        Member("config", "an attribute `config` (its Config)", "the LAM stage"),
+        Member(
+            "forward",
+            "forward(z_sce, z_mot, frame_t, frame_future, actions=None, action_mask=None) -> "
+            '{"image", "action"} scalars',
+            "the LAM stage",
+            ("z_sce", "z_mot", "frame_t", "frame_future", "actions", "action_mask"),
+            plural=False,
+        ),
+        Member(
+            "sample",
+            SAMPLE_SIGNATURE,
+            "`latbot viz` and the diagnostics",
+            ("z_sce", "z_mot", "frame_t"),
+            ("with_actions", "generator"),
+        ),
+        Member("repeated_blocks", "repeated_blocks() -> list[nn.Module]", _BLOCKS, ()),
+    ),
+    "students": (
+        Member("config", STUDENT["config"], "`latbot plan` and distillation"),
+        Member("width", STUDENT["width"], "the finetuning stage", plural=False),
+        Member("num_layers", STUDENT["num_layers"], "the finetuning stage", plural=False),
+        Member("latent_width", STUDENT["latent_width"], "distillation", plural=False),
+        Member(
+            "forward",
+            STUDENT["forward"],
+            "distillation and finetuning",
+            ("frames", "instructions"),
+            ("subtasks", "hidden_states"),
+        ),
+        Member("repeated_blocks", STUDENT["repeated_blocks"], _BLOCKS, ()),
+        Member("image_attention", STUDENT["image_attention"], _GROUNDING, ("frames", "instructions"), optional=True),
+        Member("attention_shape", STUDENT["attention_shape"], _VLA_CACHE, when="reads_prefix_cache", plural=False),
+        Member(
+            "prefix_cache",
+            STUDENT["prefix_cache"],
+            _VLA_CACHE,
+            ("frames", "instructions", "states"),
+            when="reads_prefix_cache",
+            plural=False,
+        ),
+    ),
+    "action_experts": (
+        Member(
+            "loss",
+            EXPERT["loss"],
+            "finetuning",
+            ("actions", "gripper", "action_mask", "pad", "state", "layers", "ctx_mask"),
+            plural=False,
+        ),
+        Member(
+            "sample",
+            EXPERT["sample"],
+            "the policy (`latbot eval`, `latbot serve`)",
+            ("state", "layers", "ctx_mask", "action_mask", "generator"),
+            plural=False,
+        ),
+        Member("repeated_blocks", EXPERT["repeated_blocks"], _BLOCKS, ()),
+        Member("config", EXPERT["config"], _VLA_CACHE, when="reads_prefix_cache", plural=False),
+        Member("check_vlm", EXPERT["check_vlm"], _VLA_CACHE, ("student",), when="reads_prefix_cache", plural=False),
+        Member(
+            "velocity",
+            EXPERT["velocity"],
+            _VLA_CACHE,
+            ("x_t", "t", "cache", "ctx_mask", "state"),
+            when="reads_prefix_cache",
+            plural=False,
+        ),
+        Member(
+            "sample",
+            EXPERT["sample(velocity=)"],
+            "the VLA's uncached check (pi05 only)",
+            ("state", "layers", "ctx_mask", "action_mask", "generator"),
+            ("velocity",),
+            when="reads_prefix_cache",
+        ),
+    ),
+}
+
+# cls(config, ...) as LatBot builds each kind: (the documented spelling, who builds it, args, kwargs)
+CONSTRUCTORS: dict[str, tuple[str, str, tuple, dict]] = {
+    "encoders": (ENCODER["__init__"], "the LAM stage and `latbot plan`", (), {}),
+    "decoders": ("cls(config, latent_width: int)", "the LAM stage and `latbot plan`", (), {"latent_width": 24}),
+    "students": (STUDENT["__init__"], "distillation and finetuning", (), {"latent_width": LATENT_WIDTH}),
+    "action_experts": (
+        EXPERT["__init__"],
+        "finetuning and `latbot plan`",
+        (),
+        {"vlm_width": VLM_WIDTH, "vlm_layers": VLM_LAYERS, "horizon": HORIZON},
+    ),
+}
+
+
+def _build(c: Checker, kind: str, cls: type, cfg: Any, make: Any) -> Any:
+    """The `build` rule: the constructor takes LatBot's arguments (else one failure naming the signature),
+    then `make()` builds the plugin; then every member of the kind's Protocol is checked (`members`)."""
+    signature, callers, args, kwargs = CONSTRUCTORS[kind]
+
+    def build():
+        problem = constructor_problem(cls, signature, callers, cfg, *args, **kwargs)
+        expect(problem is None, problem)
+        return make()
+
+    model = c.rule("build", build)
+    check_members(c, model, MEMBERS[kind])
+    return model
 
 
 # -- encoders ---------------------------------------------------------------------------------------------------
@@ -42,11 +176,14 @@ def _encoders(c: Checker, cls: type, tmp: Path) -> None:
     ns, nm = cfg.num_scene_tokens, cfg.num_motion_tokens
     t = getattr(cfg, "num_frames", None) or 2  # an encoder with num_frames reads clips of data.num_frames
     torch.manual_seed(0)
-    enc = c.rule("build", lambda: cls(cfg))
+    enc = _build(c, "encoders", cls, cfg, lambda: cls(cfg))
 
     def width():
         d = getattr(enc, "width", None)
-        expect(isinstance(d, int) and d > 0, f"needs an int property `width` (D, the latents' width), got {d!r}")
+        expect(
+            isinstance(d, int) and not isinstance(d, bool) and d > 0,
+            f"needs an int property `width` (D, the latents' width), got {d!r}",
+        )
         return d
 
     d = c.rule("width", width)
@@ -57,14 +194,20 @@ def _encoders(c: Checker, cls: type, tmp: Path) -> None:
             out = enc(clip, INSTRUCTIONS)
             expect(
                 isinstance(out, tuple | list) and len(out) == 2,
-                f"forward must return (Z_sce, Z_mot), got {type(out).__name__}",
+                f"forward must return (Z_sce, Z_mot), got a {type(out).__name__}"
+                + (f" of {len(out)} items" if isinstance(out, tuple | list) else ""),
             )
             z_sce, z_mot = out
             expect(
-                tuple(z_sce.shape) == (B, ns, d) and tuple(z_mot.shape) == (B, nm, d),
+                tuple(getattr(z_sce, "shape", ())) == (B, ns, d) and tuple(getattr(z_mot, "shape", ())) == (B, nm, d),
                 f"forward(frames (B, T, 3, H, W) {str(clip.dtype).removeprefix('torch.')}) returned Z_sce "
                 f"{_shape(z_sce)} and Z_mot {_shape(z_mot)}; expected (B, Ns, D) = {(B, ns, d)} and (B, Nm, D) = "
                 f"{(B, nm, d)}",
+            )
+            expect(
+                z_sce.is_floating_point() and z_mot.is_floating_point(),
+                f"forward returned Z_sce of dtype {z_sce.dtype} and Z_mot of dtype {z_mot.dtype}; expected a "
+                "floating dtype (float32/bfloat16/float16)",
             )
             expect(torch.isfinite(z_sce).all() and torch.isfinite(z_mot).all(), "forward returned non-finite latents")
 
@@ -82,7 +225,7 @@ def _decoders(c: Checker, cls: type, tmp: Path) -> None:
     k = getattr(cfg, "horizon", None) or 3  # K = data.num_frames − 1 actions per clip
     d = 24
     torch.manual_seed(0)
-    dec = c.rule("build", lambda: cls(cfg, latent_width=d))
+    dec = _build(c, "decoders", cls, cfg, lambda: cls(cfg, latent_width=d))
     with torch.no_grad():  # zero-initialised outputs (adaLN-zero) pass no gradient at step 0: move off zero
         for p in dec.parameters():
             p.add_(torch.randn_like(p) * 0.02)
@@ -143,10 +286,11 @@ def _decoders(c: Checker, cls: type, tmp: Path) -> None:
 def _decoder_sample(dec: Any, z_sce: Any, z_mot: Any, frame_t: Any, cfg: Any) -> None:
     """`sample` called exactly as `latbot viz episode` and latbot.analysis.diagnostics call it (keywords
     `with_actions` and `generator`, under no_grad, in eval mode), with and without actions, twice with the
-    same seed. The contract: `latbot.models.decoders.base.Decoder.sample`."""
+    same seed. The contract: `latbot.models.decoders.base.Decoder.sample`; that it exists and takes these
+    arguments is the `members` check (`MEMBERS["decoders"]`), which runs first."""
     import torch
 
-    method = _sample_method(dec, z_sce, z_mot, frame_t)
+    method = dec.sample
     dec.eval()
     for with_actions in (True, False):
         call = f"sample(z_sce, z_mot, frame_t, with_actions={with_actions}, generator=...)"
@@ -161,32 +305,6 @@ def _decoder_sample(dec: Any, z_sce: Any, z_mot: Any, frame_t: Any, cfg: Any) ->
             for x, y in zip(outs[0], outs[1], strict=True)
         )
         expect(same, f"{call} twice with one generator seed gave different results: draw all noise from `generator`")
-
-
-def _sample_method(dec: Any, z_sce: Any, z_mot: Any, frame_t: Any) -> Any:
-    """The decoder's `sample`, if it takes the arguments its callers pass; else one failure naming the signature."""
-    import inspect
-
-    from latbot.models.decoders.base import SAMPLE_SIGNATURE
-
-    method = getattr(dec, "sample", None)
-    expect(
-        callable(method),
-        f"needs a method {SAMPLE_SIGNATURE}: `latbot viz episode --checkpoint` and the diagnostics call it",
-    )
-    try:
-        signature = inspect.signature(method)
-    except (TypeError, ValueError):  # nothing to introspect (a C function): the calls themselves decide
-        return method
-    try:
-        signature.bind(z_sce, z_mot, frame_t, with_actions=True, generator=None)
-    except TypeError as e:
-        expect(
-            False,
-            f"has sample{signature}, which cannot take the arguments `latbot viz` and the diagnostics pass ({e}); "
-            f"expected {SAMPLE_SIGNATURE}",
-        )
-    return method
 
 
 def _sample_output(call: str, out: Any, with_actions: bool, k: int | None) -> None:
@@ -204,7 +322,7 @@ def _sample_output(call: str, out: Any, with_actions: bool, k: int | None) -> No
     frame, acts = out
     expect(
         isinstance(frame, torch.Tensor) and frame.is_floating_point() and frame.ndim == 4 and frame.shape[:2] == (B, 3),
-        f"{call} must return a float frame (B, 3, h, w) = ({B}, 3, h, w), got {_shape(frame)}",
+        f"{call} must return a float frame (B, 3, h, w) = ({B}, 3, h, w), got {_shape_dtype(frame)}",
     )
     expect(bool(((frame >= 0) & (frame <= 1)).all()), f"{call} must return a frame in [0, 1]")
     if not with_actions:
@@ -233,11 +351,11 @@ def _students(c: Checker, cls: type, tmp: Path) -> None:
     )
     n = cfg.num_scene_tokens + cfg.num_motion_tokens
     torch.manual_seed(0)
-    student = c.rule("build", lambda: cls(cfg, latent_width=LATENT_WIDTH))
+    student = _build(c, "students", cls, cfg, lambda: cls(cfg, latent_width=LATENT_WIDTH))
 
     def properties():
         values = {p: getattr(student, p, None) for p in ("width", "num_layers", "latent_width")}
-        bad = [p for p, v in values.items() if not (isinstance(v, int) and v > 0)]
+        bad = [p for p, v in values.items() if not (isinstance(v, int) and not isinstance(v, bool) and v > 0)]
         expect(not bad, f"needs positive int properties width, num_layers, latent_width; got {values}")
         expect(
             values["latent_width"] == LATENT_WIDTH,
@@ -245,7 +363,7 @@ def _students(c: Checker, cls: type, tmp: Path) -> None:
         )
         return values
 
-    props = c.rule("properties", properties)
+    props = c.rule("properties", properties, needs=("config", "width", "num_layers", "latent_width"))
     one = frames(t=1)  # (B, C = 1, 3, H, W): distillation shows the first frame only
 
     def forward():
@@ -253,8 +371,12 @@ def _students(c: Checker, cls: type, tmp: Path) -> None:
         expect(isinstance(out, dict), f"forward must return a dict, got {type(out).__name__}")
         z = out.get("latents")
         expect(
-            z is not None and tuple(z.shape) == (B, n, LATENT_WIDTH),
+            z is not None and tuple(getattr(z, "shape", ())) == (B, n, LATENT_WIDTH),
             f'forward(...)["latents"] must be (B, Ns + Nm, D_teacher) = {(B, n, LATENT_WIDTH)}, got {_shape(z)}',
+        )
+        expect(
+            z.is_floating_point(),
+            f'forward(...)["latents"] has dtype {z.dtype}; expected a floating dtype (float32/bfloat16/float16)',
         )
         _finite_scalar(out, "lm_loss")
         return out
@@ -278,7 +400,7 @@ def _students(c: Checker, cls: type, tmp: Path) -> None:
         bad = [i for i, h in enumerate(layers) if tuple(h.shape) != (B, mask.shape[1], props["width"])]
         expect(not bad, f'"layers" must each be (B, N, width) = {(B, mask.shape[1], props["width"])}; not: {bad}')
 
-    c.rule("hidden_states", hidden, required=False)
+    c.rule("hidden_states", hidden, required=False, needs=("forward",))
     _repeated_blocks(c, student)
     _state_dict_round_trip(
         c, lambda: cls(cfg, latent_width=LATENT_WIDTH), student, lambda m: (m(one, INSTRUCTIONS)["latents"],)
@@ -315,11 +437,13 @@ def _action_experts(c: Checker, cls: type, tmp: Path) -> None:
         return cls(cfg, vlm_width=VLM_WIDTH, vlm_layers=VLM_LAYERS, horizon=HORIZON)
 
     torch.manual_seed(0)
-    expert = c.rule("build", build)
+    expert = _build(c, "action_experts", cls, cfg, build)
     x = expert_inputs()
 
-    def loss():
-        out = expert.loss(**x)
+    def loss():  # positionally, as the VLA calls it
+        out = expert.loss(
+            x["actions"], x["gripper"], x["action_mask"], x["pad"], x["state"], x["layers"], x["ctx_mask"]
+        )
         expect(isinstance(out, dict), f"loss must return a dict, got {type(out).__name__}")
         missing = {"loss", "ee", "gripper"} - set(out)
         expect(
@@ -337,14 +461,25 @@ def _action_experts(c: Checker, cls: type, tmp: Path) -> None:
         return m.sample(x["state"], x["layers"], x["ctx_mask"], x["action_mask"], torch.Generator().manual_seed(0))
 
     def sample():
-        actions, grip = run(expert)
+        out = run(expert)
         expect(
-            tuple(actions.shape) == (B, HORIZON, 44) and tuple(grip.shape) == (B, HORIZON, 2),
+            isinstance(out, tuple | list) and len(out) == 2,
+            f"sample must return a pair (actions, gripper), got {type(out).__name__}",
+        )
+        actions, grip = out
+        expect(
+            tuple(getattr(actions, "shape", ())) == (B, HORIZON, 44)
+            and tuple(getattr(grip, "shape", ())) == (B, HORIZON, 2),
             f"sample must return (actions (B, H, 44), gripper (B, H, 2)) = ({(B, HORIZON, 44)}, {(B, HORIZON, 2)}), "
             f"got {_shape(actions)} and {_shape(grip)}",
+        )
+        expect(
+            actions.is_floating_point() and grip.is_floating_point(),
+            f"sample returned actions of dtype {actions.dtype} and gripper of dtype {grip.dtype}; expected a "
+            "floating dtype (float32/bfloat16/float16)",
         )
         expect(bool(((grip >= 0) & (grip <= 1)).all()), "sample's gripper must be probabilities in [0, 1]")
 
     c.rule("sample", sample, required=False)
     _repeated_blocks(c, expert)
-    _state_dict_round_trip(c, build, expert, run)
+    _state_dict_round_trip(c, build, expert, run, needs=("state_dict", "sample"))

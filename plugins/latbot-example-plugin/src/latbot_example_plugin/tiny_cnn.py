@@ -83,9 +83,11 @@ class TinyCnnStudent(nn.Module):
         n = self.queries.shape[0]
         out = {"latents": self.latent_proj(h[:, -n:])}
         if subtasks is not None:  # reasoning loss: every subtask word from the pooled tokens
-            ids, offsets = self._hash(subtasks, frames.device)
+            keep = [i for i, s in enumerate(subtasks) if s is not None]  # None: no target for this sample
+            ids, offsets = self._hash([subtasks[i] for i in keep], frames.device)
             rows = torch.bucketize(torch.arange(len(ids), device=ids.device), offsets, right=True) - 1
-            out["lm_loss"] = F.cross_entropy(self.word_head(h.mean(1))[rows], ids)
+            logits = self.word_head(h.mean(1)[keep])
+            out["lm_loss"] = F.cross_entropy(logits[rows], ids) if keep else logits.sum() * 0
         if hidden_states:
             out["layers"] = tuple(layers)
             out["attention_mask"] = torch.ones(b, h.shape[1], dtype=torch.bool, device=h.device)
