@@ -1,0 +1,29 @@
+"""pi0.5 in LatBot: the `pi05` student, the `pi05` action expert and the loading of real pi0.5 weights.
+
+Two plugins, registered as entry points of the package (pyproject.toml):
+
+- `student.py` — `Pi05Student`, registry kind `students`, name `pi05`: pi0.5's VLM (PaliGemma: SigLIP
+  So400m/14 + Gemma-2B) run with pi0.5's own prefix-LM block mask, plus LatBot's latent query tokens
+  (Ẑ, paper §3.3) and the subtask text (L_r). Its `prefix_cache` is what the expert reads.
+- `expert.py` — `Pi05ActionExpert`, registry kind `action_experts`, name `pi05`: pi0.5's action expert,
+  one Gemma-300M-shaped layer per VLM layer sharing attention with it, adaRMS conditioned on the flow
+  time, flow matching as openpi (10 Euler steps over the action tokens, the prefix KV cache computed once).
+
+Both build on latbot/models/gemma.py (Gemma layers, RoPE, the block mask, `PrefixCache`), which stays
+outside this package because the `flow` expert uses it too.
+
+Weights: `pretrained: <dir>` in the student's or the expert's Config names a LeRobot `pi05` checkpoint
+directory (config.json + safetensors; openpi's PyTorch conversion also loads). `architecture()` reads no
+file; the stages (distill, finetune) call `checkpoint.apply(student=…, expert=…)` right after building
+the model. `checkpoint.py` reads the safetensors (nothing is unpickled) and maps every tensor through the
+one table of `keys.py` (pure, no I/O); unknown keys, missing parameters and shape mismatches are one
+`PretrainedError`. `checkpoint.py` is, with latbot/models/loading.py, one of the two sanctioned file
+accesses under latbot/models/ (docs/architecture.md, tests/test_architecture.py).
+
+Docs: docs/distillation.md ("pi0.5: student, expert and weights"), docs/choices.md ("pi0.5: the student, the
+expert and the baseline");
+tests: tests/test_pi05.py (block mask, checkpoint loading, the LeRobot cross-check),
+tests/test_pi05_train.py (distill → finetune → baseline from a checkpoint).
+
+This `__init__` imports nothing: `import latbot.models.pi05.keys` loads no model library.
+"""
