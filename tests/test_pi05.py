@@ -11,9 +11,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from latbot import pretrained, registry
+from latbot import registry
 from latbot.models import gemma
-from latbot.models.students.pi05 import MOTION, SCENE, SUBTASK, Pi05Student, pi05_prompt
+from latbot.models.pi05 import checkpoint
+from latbot.models.pi05.student import MOTION, SCENE, SUBTASK, Pi05Student, pi05_prompt
 from tests.conftest import REPO
 
 FIXTURE = REPO / "tests" / "fixtures" / "pi05_tiny"  # LeRobot's checkpoint layout
@@ -41,7 +42,7 @@ def lerobot_prefix(student, x):
 @pytest.fixture(scope="module")
 def loaded():
     student, expert = tiny_pair()
-    report = pretrained.load_pi05(FIXTURE, student=student, expert=expert)
+    report = checkpoint.load_pi05(FIXTURE, student=student, expert=expert)
     return student.eval(), expert.eval(), report, load_file(str(CROSSCHECK))
 
 
@@ -80,20 +81,20 @@ def test_loader_lists_unknown_missing_and_mismatched_tensors(tmp_path):
     bad["model.something_new.weight"] = torch.zeros(2)
     save_file(bad, str(tmp_path / "weights.safetensors"))
     student, expert = tiny_pair()
-    with pytest.raises(pretrained.PretrainedError, match="something_new"):
-        pretrained.load_pi05(tmp_path, student=student)
+    with pytest.raises(checkpoint.PretrainedError, match="something_new"):
+        checkpoint.load_pi05(tmp_path, student=student)
     (tmp_path / "weights.safetensors").unlink()
     short = {k: v for k, v in tensors.items() if "layers.1.mlp" not in k}
     save_file(short, str(tmp_path / "weights.safetensors"))
-    with pytest.raises(pretrained.PretrainedError, match=r"missing \[.*layers\.1\.mlp"):
-        pretrained.load_pi05(tmp_path, expert=expert)
+    with pytest.raises(checkpoint.PretrainedError, match=r"missing \[.*layers\.1\.mlp"):
+        checkpoint.load_pi05(tmp_path, expert=expert)
     _, wide = tiny_pair(action_dim=44)
-    with pytest.raises(pretrained.PretrainedError, match=r"action_in_proj\.weight: checkpoint"):
-        pretrained.load_pi05(FIXTURE, expert=wide)
+    with pytest.raises(checkpoint.PretrainedError, match=r"action_in_proj\.weight: checkpoint"):
+        checkpoint.load_pi05(FIXTURE, expert=wide)
     openpi = {k.removeprefix("model."): v for k, v in tensors.items()}  # openpi's conversion: no `model.`
     (tmp_path / "weights.safetensors").unlink()
     save_file(openpi, str(tmp_path / "weights.safetensors"))
-    assert pretrained.load_pi05(tmp_path, student=student, expert=expert)["expert"]["tensors"] > 0
+    assert checkpoint.load_pi05(tmp_path, student=student, expert=expert)["expert"]["tensors"] > 0
 
 
 def test_block_mask_is_the_intended_prefix_lm_pattern():
@@ -219,7 +220,7 @@ def test_pack_and_unpack_put_the_valid_dims_first():
 def test_real_size_pi05_student_and_expert_on_the_meta_device():
     """pi0.5 = PaliGemma 2.92B (SigLIP So400m 0.41B + Gemma-2B 2.51B) + the gemma_300m-shaped expert 0.31B
     (openpi's 311M) + its adaRMS modulations 0.12B (Dense cond → 3·width per norm, 37 norms) ≈ 3.35B."""
-    from latbot.models.students.pi05 import PaliGemma
+    from latbot.models.pi05.student import PaliGemma
 
     cls = registry.get("action_experts", "pi05")
     with torch.device("meta"):  # the VLM the student wraps (its tokenizer is not needed to count)

@@ -29,7 +29,7 @@ def expected_layers(model) -> dict[str, list]:
             parts[f"{label}.vision"] = (list(getattr(tower, "layer", None) or tower.layers), vcfg.num_hidden_layers)
             parts[f"{label}.language"] = (list(enc.vlm.language_model.layers), tcfg.num_hidden_layers)
         else:  # the pi05 student's own PaliGemma: depths from its architecture table
-            from latbot.models.students.pi05 import PRESETS
+            from latbot.models.pi05.student import PRESETS
 
             vision, text = PRESETS[enc.config.preset]
             parts[f"{label}.vision"] = (list(enc.vlm.vision_tower.vision_model.encoder.layers), vision[2])

@@ -4,7 +4,7 @@ and the big_vision prefix-LM block mask.
 
 Parameter names follow transformers' Gemma (`self_attn.{q,k,v,o}_proj`, `mlp.{gate,up,down}_proj`,
 `input_layernorm`, `post_attention_layernorm`) so that a pi0.5 checkpoint maps onto them by renaming
-prefixes only (latbot/models/pi05_keys.py).
+prefixes only (latbot/models/pi05/keys.py).
 
 Shared attention (the "mixture of transformers"): in pi0.5 every layer runs both parameter sets — the
 VLM's on the prefix tokens, the expert's on the action tokens — and concatenates their Q, K, V along the

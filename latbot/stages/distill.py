@@ -157,9 +157,9 @@ class DistillStage(Stage):
         return model
 
     def initialise(self, model) -> dict:
-        from latbot import pretrained
+        from latbot.models.pi05 import checkpoint
 
-        return pretrained.apply(student=model.student)  # pi05: pi0.5 weights named by `pretrained`
+        return checkpoint.apply(student=model.student)  # pi05: pi0.5 weights named by `pretrained`
 
     def trained_model(self, weights, extra: dict):
         self.latent_width = extra.get("latent_width")

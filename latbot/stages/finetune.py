@@ -124,10 +124,11 @@ class FinetuneStage(Stage):
     def initialise(self, model) -> dict:
         """pi0.5 weights named by `pretrained` (the student's only without a distilled parent), then the
         distilled parent's student."""
-        from latbot import pretrained, runs
+        from latbot import runs
+        from latbot.models.pi05 import checkpoint
 
         parent = getattr(self, "parent", None)
-        report = pretrained.apply(student=None if parent else model.student, expert=model.expert)
+        report = checkpoint.apply(student=None if parent else model.student, expert=model.expert)
         if parent is not None:
             model.student.load_state_dict(runs.student_weights(parent.path))
         return report

@@ -53,7 +53,7 @@ def check_batch(recipe, gpus: int) -> int:
 # -- the model and a batch at real size, on the meta device ---------------------------------------------
 def _give_tokenizers(model: nn.Module) -> None:
     from latbot.models.encoders.vlm import VLMLatentEncoder
-    from latbot.models.students.pi05 import Pi05Student
+    from latbot.models.pi05.student import Pi05Student
     from latbot.models.tokenizer import build_tiny_tokenizer
 
     for m in model.modules():

@@ -37,7 +37,7 @@ PINS = ["lerobot==0.6.1", "transformers==5.5.4"]
 FIXTURES = Path(__file__).resolve().parents[2] / "tests" / "fixtures"
 OUT = FIXTURES / "pi05_tiny"  # the checkpoint directory, exactly as LeRobot writes it
 
-# LatBot's tiny pi0.5 (latbot/models/students/pi05.py and experts/pi05.py `tiny` presets). LeRobot's shared
+# LatBot's tiny pi0.5 (latbot/models/pi05/student.py and expert.py `tiny` presets). LeRobot's shared
 # attention hard-codes 8 query heads (`1 * 8 * head_dim`), so the tiny models keep 8 heads.
 TINY = {
     "vlm": {"width": 32, "depth": 2, "mlp_dim": 64, "num_heads": 8, "num_kv_heads": 1, "head_dim": 8},

@@ -1,12 +1,14 @@
 """Loading pi0.5 weights into the `pi05` student and expert: the file side of `pretrained: <dir>`.
 
-Model code reads no files (docs/architecture.md), so the stages call `load_pi05(dir, student=…,
-expert=…)` after building the model. A directory is a LeRobot `pi05` checkpoint (`config.json` written by
-`PI05Policy.save_pretrained` and its safetensors weights) or an openpi PyTorch conversion (the same tensor
-paths without `model.`). Every tensor goes through the table of `latbot.models.pi05_keys`: a key the
-table does not know, a parameter of a requested component the checkpoint lacks, or a shape that differs is
-an error listing them all. Tensors keep their dtype (`load_state_dict(assign=True)`); only safetensors are
-read (nothing is unpickled).
+Model code reads no files (docs/architecture.md): `architecture()` builds the student and expert
+without weights, and the stages call `apply(student=…, expert=…)` (or `load_pi05(dir, student=…,
+expert=…)`) after building the model. This module is, with latbot/models/loading.py, one of the two
+sanctioned loaders of real weights under latbot/models/ (tests/test_architecture.py exempts both). A
+directory is a LeRobot `pi05` checkpoint (`config.json` written by `PI05Policy.save_pretrained` and its
+safetensors weights) or an openpi PyTorch conversion (the same tensor paths without `model.`). Every
+tensor goes through the table of `latbot.models.pi05.keys`: a key the table does not know, a parameter of
+a requested component the checkpoint lacks, or a shape that differs is an error listing them all. Tensors
+keep their dtype (`load_state_dict(assign=True)`); only safetensors are read (nothing is unpickled).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from latbot.errors import LatBotError
-from latbot.models import pi05_keys
+from latbot.models.pi05 import keys
 
 CONFIG_FIELDS = (
     "type", "paligemma_variant", "action_expert_variant", "dtype", "chunk_size", "max_action_dim",
@@ -53,7 +55,7 @@ def load_pi05(path: str | Path, *, student=None, expert=None) -> dict[str, Any]:
     """Load the checkpoint's VLM into `student` and its expert (layers, final norm, action and time
     projections) into `expert` (either may be None) → a report for the stage manifest."""
     config, tensors = read_pi05(path)
-    mapped, dropped, unknown = pi05_keys.map_keys(tensors)
+    mapped, dropped, unknown = keys.map_keys(tensors)
     if unknown:
         raise PretrainedError(f"pretrained: '{path}' holds {len(unknown)} tensor(s) pi0.5 does not have: {unknown}")
     report: dict[str, Any] = {"checkpoint": str(path), "config": config, "dropped": sorted(dropped)}
@@ -62,7 +64,7 @@ def load_pi05(path: str | Path, *, student=None, expert=None) -> dict[str, Any]:
             continue
         state = {name: tensors[key] for key, (comp, name) in mapped.items() if comp == component}
         own = module.state_dict()
-        missing = sorted(n for n in own if n not in state and not pi05_keys.latbot_only(component, n))
+        missing = sorted(n for n in own if n not in state and not keys.latbot_only(component, n))
         extra = sorted(n for n in state if n not in own)
         shapes = sorted(
             f"{n}: checkpoint {tuple(t.shape)} vs model {tuple(own[n].shape)}"
@@ -75,13 +77,13 @@ def load_pi05(path: str | Path, *, student=None, expert=None) -> dict[str, Any]:
                 f"not in the model {extra}, shapes differ {shapes}"
             )
         module.load_state_dict(state, strict=False, assign=True)
-        components = sorted({pi05_keys.component_of(n) for n in state})
+        components = sorted({keys.component_of(n) for n in state})
         report[component] = {
             "components": components,
             "tensors": len(state),
             "parameters": int(sum(t.numel() for t in state.values())),
             "dtypes": sorted({str(t.dtype).removeprefix("torch.") for t in state.values()}),
-            "initialised_fresh": sorted(n for n in own if pi05_keys.latbot_only(component, n)),
+            "initialised_fresh": sorted(n for n in own if keys.latbot_only(component, n)),
         }
     return report
 

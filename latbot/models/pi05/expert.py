@@ -6,7 +6,7 @@ expert's own projections, their keys are [the prefix's K of VLM layer l ; their 
 one softmax under the block mask — action tokens see the valid prefix and each other, the prefix never
 sees them (gemma.py explains why running the prefix first is the same computation). Every norm is
 adaRMS conditioned on the flow time: cond = swish(time_mlp_out(swish(time_mlp_in(sincos(t))))). The
-prefix KV cache (students/pi05.py `prefix_cache`) is computed once per prediction; each of the 10 Euler
+prefix KV cache (student.py `prefix_cache`) is computed once per prediction; each of the 10 Euler
 steps runs only the action tokens.
 
 Actions: the unified 44-D chunk packed into `action_dim` slots (pi0.5: 32) — the embodiment's valid

@@ -4,7 +4,8 @@ LeRobot's `pi05` checkpoints (`PI05Policy.save_pretrained`: config.json + model.
 `model.<path>`; openpi's PyTorch conversion (examples/convert_jax_model_to_pytorch.py, `PI0Pytorch`'s
 state dict) uses the same paths without the leading `model.` — both go through this table (the openpi
 form is derived from openpi's module names, not from a file at hand). Destinations are parameter names
-of the `pi05` student (latbot/models/students/pi05.py) and the `pi05` expert (experts/pi05.py).
+of the `pi05` student (latbot/models/pi05/student.py) and the `pi05` expert (pi05/expert.py); the
+files are read by latbot/models/pi05/checkpoint.py.
 """
 
 from __future__ import annotations

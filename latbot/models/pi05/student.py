@@ -18,7 +18,7 @@ a token sees every valid token whose cumsum(ar) is not larger than its own)::
 The prompt is pi0.5's (openpi tokenizer.py): `Task: <task>, State: <256 bins>;\\nAction: ` when a discrete
 state is given, else `<task>\\n`. Ẑ = the last hidden state (after the final norm) at the query positions.
 Model code reads no files: `pretrained` (a LeRobot `pi05` checkpoint directory) is applied by
-`latbot.pretrained` when a stage builds the model; `tokenizer` is read by transformers.
+`latbot.models.pi05.checkpoint` when a stage builds the model; `tokenizer` is read by transformers.
 """
 
 from __future__ import annotations
