@@ -15,11 +15,16 @@ app = typer.Typer(help="Episode stores: convert sources, inspect, verify, recomp
 @app.command()
 @user_errors
 def convert(
-    src: Path = typer.Argument(..., help="Source dataset (directory or file)."),
+    src: Path | None = typer.Argument(None, help="Source dataset (directory or file); not with --mixture."),
     fmt: str | None = typer.Option(
         None, "--format", "-f", help="Adapter name (`latbot plugins list --kind datasets`); or give --preset."
     ),
-    out: str = typer.Option(..., "--out", "-o", help="Episode store to create or resume (a path or fsspec URL)."),
+    out: str | None = typer.Option(
+        None,
+        "--out",
+        "-o",
+        help="Episode store to create or resume (a path or fsspec URL); with --shards, the folder of the shard stores.",
+    ),
     preset: str | None = typer.Option(
         None, "--preset", "-p", help="Dataset preset (`latbot data presets`): format, cameras, layout, checks."
     ),
@@ -34,28 +39,59 @@ def convert(
     overrides: list[str] = typer.Option([], "--set", "-s", help="Adapter option KEY=VALUE (YAML value)."),
     limit: int | None = typer.Option(None, help="Convert at most this many episodes."),
     skip_bad: bool = typer.Option(False, help="Report malformed episodes and go on (default: stop)."),
+    shards: int | None = typer.Option(
+        None,
+        "--shards",
+        min=1,
+        help="Run the conversion as N shard jobs through --launcher, into OUT/shard-000 ... (one shard set, listed "
+        "in OUT/shards.txt); a rerun resubmits only the shards not complete. With --mixture: per source.",
+    ),
+    mixture: Path | None = typer.Option(
+        None,
+        "--mixture",
+        help="Convert every source of a mixture file (each `name` a preset) into its `store`, as jobs; a store "
+        "`DIR/shard-*` in --shards N shards.",
+    ),
+    raw_root: Path | None = typer.Option(None, "--raw-root", help="--mixture: source NAME's raw copy is DIR/NAME."),
+    raw: list[str] = typer.Option([], "--raw", help="--mixture: NAME=PATH, one source's raw copy (repeatable)."),
+    only: list[str] = typer.Option([], "--only", help="--mixture: convert only this source (repeatable)."),
+    launcher: str | None = typer.Option(
+        None, "--launcher", help="With --shards / --mixture: local (processes here, default) or slurm (a job array)."
+    ),
+    partition: str | None = typer.Option(None, help="Slurm partition."),
+    account: str | None = typer.Option(None, help="Slurm account."),
+    qos: str | None = typer.Option(None, help="Slurm quality of service."),
+    time_min: int | None = typer.Option(None, help="Wall-clock limit of one job, minutes (default 240)."),
+    cpus_per_job: int | None = typer.Option(None, help="CPU cores of one job (default 2)."),
+    mem_gb: float | None = typer.Option(None, help="Memory of one job, GiB (default: the scheduler's)."),
+    parallelism: int | None = typer.Option(None, help="Jobs running at once (default 32)."),
+    jobs_dir: Path | None = typer.Option(
+        None, "--jobs-dir", help="jobs.json and the jobs' logs (default: OUT/jobs; --mixture: ROOT/jobs/convert-NAME)."
+    ),
 ) -> None:
-    """Convert a source dataset into an episode store (resumes an interrupted conversion)."""
+    """Convert a source dataset into an episode store (resumes an interrupted conversion); with --shards or
+    --mixture, as shard jobs on this machine or on Slurm (docs/data.md, 'Conversion at scale')."""
     from latbot.data.convert import convert as run
     from latbot.data.convert import parse_shard
     from latbot.errors import RecipeError
 
-    extra = None
-    if preset is not None:
-        from latbot.data.presets import check_source, load_preset
-
-        p = load_preset(preset)
-        if fmt is not None and fmt != p.format:
-            raise RecipeError(f"--format {fmt}: preset '{p.name}' reads format '{p.format}'; drop --format")
-        adapter_config = _preset_config(p, config, overrides)
-        from latbot import registry
-
-        check_source(p, registry.build("datasets", adapter_config), src)
-        extra = {"preset": p.name, "preset_reads": p.reads, "frame_stride": p.frame_stride}
-    elif fmt is None:
-        raise RecipeError("give --format NAME (an adapter) or --preset NAME (`latbot data presets`)")
-    else:
-        adapter_config = plugin_options("datasets", fmt, config, overrides)
+    launch = dict(kind=launcher, partition=partition, account=account, qos=qos, time_min=time_min,
+                  cpus_per_job=cpus_per_job, mem_gb=mem_gb, parallelism=parallelism)  # fmt: skip
+    if shards is not None or mixture is not None:
+        options = dict(image_size=image_size, resize_mode=resize, cameras=tuple(cameras) or None, codec=codec,
+                       skip_bad=skip_bad)  # fmt: skip
+        _convert_jobs(src, fmt, out, preset, shard, config, overrides, limit, shards, mixture, raw_root, raw, only,
+                      launch, jobs_dir, options)  # fmt: skip
+        return
+    given = [f"--{k.replace('_', '-')}" for k, v in launch.items() if v is not None]
+    given += [
+        name for name, v in (("--raw-root", raw_root), ("--raw", raw), ("--only", only), ("--jobs-dir", jobs_dir)) if v
+    ]
+    if given:
+        raise RecipeError(f"{', '.join(given)}: only with --shards N or --mixture FILE (a conversion as jobs)")
+    if src is None or out is None:
+        raise RecipeError("give the source (SRC) and --out STORE (or --mixture FILE)")
+    adapter_config, extra = _adapter(src, fmt, preset, config, overrides)
     result = run(
         adapter_config,
         src,
@@ -78,6 +114,99 @@ def convert(
         f"{out}: {result.added} episode(s) added, {result.skipped} already present, "
         f"{len(result.failed)} failed; {result.total_episodes} in the store{shard_note}"
     )
+
+
+def _adapter(src: Path, fmt: str | None, preset: str | None, config: Path | None, overrides: list[str]):
+    """(the adapter's Config, what the manifest records of the preset) from --format or --preset (+ options)."""
+    from latbot.errors import RecipeError
+
+    if preset is not None:
+        from latbot.data.presets import check_source, load_preset
+
+        p = load_preset(preset)
+        if fmt is not None and fmt != p.format:
+            raise RecipeError(f"--format {fmt}: preset '{p.name}' reads format '{p.format}'; drop --format")
+        adapter_config = _preset_config(p, config, overrides)
+        from latbot import registry
+
+        check_source(p, registry.build("datasets", adapter_config), src)
+        return adapter_config, {"preset": p.name, "preset_reads": p.reads, "frame_stride": p.frame_stride}
+    if fmt is None:
+        raise RecipeError("give --format NAME (an adapter) or --preset NAME (`latbot data presets`)")
+    return plugin_options("datasets", fmt, config, overrides), None
+
+
+def _convert_jobs(src, fmt, out, preset, shard, config, overrides, limit, shards, mixture, raw_root, raw, only,
+                  launch, jobs_dir, options) -> None:  # fmt: skip
+    """`data convert --shards N` / `--mixture FILE`: plan the jobs, run them through the launcher, report."""
+    from pydantic import ValidationError
+
+    from latbot.cluster.convert import JOBS_DIR, LIST_NAME, plan_mixture, plan_source, run_conversion
+    from latbot.cluster.launcher import Launcher
+    from latbot.data.location import is_url, join, store_location
+    from latbot.errors import RecipeError
+
+    if shard is not None:
+        raise RecipeError("--shard I/N converts one shard here; --shards N runs all N as jobs: give one of them")
+    if limit is not None:
+        raise RecipeError("--limit: not with --shards / --mixture (each shard would take its own first episodes)")
+    try:
+        launcher = Launcher.model_validate({k: v for k, v in launch.items() if v is not None})
+    except ValidationError as e:
+        first = e.errors()[0]
+        name = "--" + ".".join(str(p) for p in first["loc"]).replace("_", "-").replace("kind", "launcher")
+        raise RecipeError(f"{name}: {first['msg']}") from None
+    if mixture is not None:
+        given = (("SRC", src), ("--out", out), ("--format", fmt), ("--preset", preset), ("--config", config),
+                 ("--set", overrides), ("--camera", options["cameras"]))  # fmt: skip
+        given = [name for name, value in given if value]
+        if given:
+            raise RecipeError(
+                f"{', '.join(given)}: not with --mixture (each source is read with its preset into its `store`)"
+            )
+        named = {}
+        for item in raw:
+            name, sep, path = item.partition("=")
+            if not sep or not name or not path:
+                raise RecipeError(f"--raw {item}: expected NAME=PATH")
+            named[name] = Path(path)
+        loaded, plans = plan_mixture(mixture, shards or 1, raw_root=raw_root, raw=named, only=only or None,
+                                     **options)  # fmt: skip
+        if jobs_dir is None:
+            root = loaded.root if is_url(loaded.root) else mixture.parent / (loaded.root or ".")
+            if is_url(root):
+                raise RecipeError(f"--mixture {mixture}: its stores are at {root}; give --jobs-dir (a shared folder)")
+            jobs_dir = Path(root) / JOBS_DIR / f"convert-{loaded.name}"
+    else:
+        if src is None or out is None:
+            raise RecipeError("--shards N: give the source (SRC) and --out FOLDER (it holds the N shard stores)")
+        if raw_root is not None or raw or only:
+            raise RecipeError("--raw-root, --raw, --only: only with --mixture")
+        adapter_config, extra = _adapter(src, fmt, preset, config, overrides)
+        out = store_location(out)
+        plans = [plan_source(adapter_config, src, out, shards, manifest_extra=extra, **options)]
+        if jobs_dir is None:
+            if is_url(out):
+                raise RecipeError(f"--out {out}: give --jobs-dir (a shared local folder for the jobs' logs)")
+            jobs_dir = Path(out) / JOBS_DIR
+    results = run_conversion(plans, launcher, jobs_dir, say=typer.echo)
+    for plan in plans:
+        summaries = [results[key] for key in plan.jobs]
+        for note in dict.fromkeys(note for r in summaries for note in r["notes"]):
+            typer.echo(f"warning: {plan.name + ': ' if plan.name else ''}{note}", err=True)
+        for failure in (f for r in summaries for f in r["failed"]):
+            typer.echo(f"skipped: {failure}", err=True)
+        added, episodes = sum(r["added"] for r in summaries), sum(r["episodes"] for r in summaries)
+        before = sum(r["done_before"] for r in summaries)
+        if plan.folder is not None:
+            where = f"{join(plan.folder, plan.prefix)}* (listed in {join(plan.folder, LIST_NAME)})"
+        else:
+            where = summaries[0]["store"]
+        typer.echo(
+            f"{plan.name or out}: {len(summaries)} store(s), {episodes} episode(s), {added} added now, "
+            f"{sum(len(r['failed']) for r in summaries)} failed; {before} job(s) were complete already; {where}"
+        )
+    typer.echo(f"jobs and logs: {jobs_dir}")
 
 
 def _preset_config(preset, config: Path | None, overrides: list[str]):
