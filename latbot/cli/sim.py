@@ -74,10 +74,32 @@ def eval_sim(
         False, help="Report crashed episodes as failures and exit 0 (default: any crash fails the evaluation, exit 1)."
     ),
     overrides: list[str] = typer.Option([], "--set", "-s", help="Simulator option KEY=VALUE."),
+    launcher: str | None = typer.Option(
+        None,
+        help="Split the episodes into --jobs jobs: `local` processes or a `slurm` job array (submitit); the "
+        "merged report is the one a single process gives. Parts go to OUT/.jobs (slurm needs --out).",
+    ),
+    jobs: int | None = typer.Option(
+        None, min=1, help="Jobs of --launcher: contiguous ranges of the (task, episode) list (default: one per task)."
+    ),
+    partition: str | None = typer.Option(None, help="--launcher slurm: partition."),
+    account: str | None = typer.Option(None, help="--launcher slurm: account."),
+    qos: str | None = typer.Option(None, help="--launcher slurm: quality of service."),
+    constraint: str | None = typer.Option(None, help="--launcher slurm: node constraint."),
+    time_min: int | None = typer.Option(None, min=1, help="--launcher: wall-clock limit of one job, minutes (240)."),
+    gpus_per_job: int | None = typer.Option(None, min=0, help="--launcher: GPUs of one job (0)."),
+    cpus_per_job: int | None = typer.Option(None, min=1, help="--launcher: CPU cores of one job (2)."),
+    mem_gb: float | None = typer.Option(None, help="--launcher: memory of one job, GiB (default: the scheduler's)."),
+    parallelism: int | None = typer.Option(None, min=1, help="--launcher: jobs running at once (32)."),
 ) -> None:
     """Closed-loop evaluation: success rate per task and overall, with Wilson 95% intervals."""
     from latbot.sim.evaluate import EVAL_SEED_BASE, evaluate, evaluate_into
 
+    launch = {
+        "jobs": jobs, "partition": partition, "account": account, "qos": qos, "constraint": constraint,
+        "time_min": time_min, "gpus_per_job": gpus_per_job, "cpus_per_job": cpus_per_job, "mem_gb": mem_gb,
+        "parallelism": parallelism,
+    }  # fmt: skip
     run = evaluate if out is None else functools.partial(evaluate_into, out)
     report = run(
         _sim_config(sim, overrides),
@@ -90,6 +112,7 @@ def eval_sim(
         video_dir=video_dir,
         video_camera=video_camera,
         allow_crashes=allow_crashes,
+        **_launch_options(launcher, launch),
     )
     if as_json:
         typer.echo(json.dumps(report, indent=2))
@@ -111,3 +134,27 @@ def eval_sim(
     )
     if out is not None:
         typer.echo(f"report written to {out / 'report.json'}")
+
+
+def _launch_options(kind: str | None, given: dict) -> dict:
+    """The `launcher` / `jobs` / `say` arguments of `evaluate` for --launcher and its options (none without)."""
+    from pydantic import ValidationError
+
+    from latbot.cluster.launcher import Launcher, LaunchError
+
+    named = [f"--{k.replace('_', '-')}" for k, v in given.items() if v is not None]
+    if kind is None:
+        if named:
+            raise LaunchError(f"{', '.join(named)} need(s) --launcher local or --launcher slurm")
+        return {}
+    if kind not in ("local", "slurm"):
+        raise LaunchError(f"--launcher {kind!r}: expected 'local' or 'slurm'")
+    fields = {k: v for k, v in given.items() if v is not None and k != "jobs"}
+    try:
+        launcher = Launcher(kind=kind, **fields)
+    except ValidationError as e:
+        problems = "; ".join(
+            f"--{'.'.join(map(str, err['loc'])).replace('_', '-')}: {err['msg']}" for err in e.errors()
+        )
+        raise LaunchError(problems) from None
+    return {"launcher": launcher, "jobs": given["jobs"], "say": lambda line: typer.echo(line, err=True)}
