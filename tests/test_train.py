@@ -273,3 +273,40 @@ def test_activation_checkpointing_and_trainable_globs():
     assert n == sum(p.numel() for p in model.encoder.parameters()) - frozen_vision
     with pytest.raises(TrainingError, match="no parameter to train"):
         select_trainable(model, ["nothing.*"], [])
+
+
+def test_a_parameter_without_gradients_yet_does_not_break_resume(tmp_path):
+    """A trainable parameter no batch has reached (a head used only by some samples, a layer a model skips)
+    has no AdamW state when a checkpoint is written; loading into a fresh optimizer must still work, and the
+    resumed run must step exactly as the uninterrupted one, including once that parameter gets gradients."""
+
+    class TwoHeads(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = torch.nn.Linear(3, 1), torch.nn.Linear(3, 1)
+
+        def forward(self, x, use_b):
+            return (self.a(x) + (self.b(x) if use_b else 0)).pow(2).mean()
+
+    def steps(model, opt, schedule):
+        for use_b in schedule:
+            model(torch.ones(2, 3), use_b).backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+    torch.manual_seed(0)
+    reference = TwoHeads()
+    ref_opt = torch.optim.AdamW(reference.parameters(), lr=0.1)
+    steps(reference, ref_opt, [False, False, True, True])
+
+    torch.manual_seed(0)
+    model = TwoHeads()
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1)
+    steps(model, opt, [False, False])
+    checkpoint.save(tmp_path, 2, model, opt, World(), {"samples": 4}, keep_last=2)
+    resumed = TwoHeads()
+    resumed_opt = torch.optim.AdamW(resumed.parameters(), lr=0.1)
+    checkpoint.load(tmp_path, resumed, resumed_opt, World())
+    steps(resumed, resumed_opt, [True, True])
+    for (name, p), q in zip(reference.named_parameters(), resumed.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=0, atol=0, msg=name)

@@ -78,6 +78,7 @@ def save(run_dir: Path, step: int, model, optimizer, world: World, extra: dict[s
             shutil.rmtree(stale, ignore_errors=True)
         tmp.mkdir(parents=True)
     barrier(world)
+    _state_for_every_parameter(optimizer)
     model_sd, optim_sd = get_state_dict(model, optimizer)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*assuming the intent is to save in a single process")
@@ -96,6 +97,28 @@ def save(run_dir: Path, step: int, model, optimizer, world: World, extra: dict[s
             shutil.rmtree(old, ignore_errors=True)
     barrier(world)
     return final
+
+
+def _state_for_every_parameter(optimizer) -> None:
+    """Give every trainable parameter that has never had a gradient (a head no batch has reached yet, a layer
+    a model does not use) the AdamW state of a parameter before its first step: step 0, zero moments. AdamW
+    treats that exactly like no state, and the checkpoint then holds an entry for every parameter, which is
+    what loading it into a fresh optimizer expects."""
+    import torch
+
+    for group in optimizer.param_groups:
+        on_device = group.get("fused") or group.get("capturable")
+        for p in group["params"]:
+            if not p.requires_grad or optimizer.state.get(p):
+                continue
+            state = {
+                "step": torch.zeros((), dtype=torch.float32, device=p.device if on_device else "cpu"),
+                "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
+                "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format),
+            }
+            if group.get("amsgrad"):
+                state["max_exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            optimizer.state[p] = state
 
 
 def _file_hashes(directory: Path) -> dict[str, str]:
