@@ -1,4 +1,6 @@
-"""`latbot study STUDY.yaml`: a grid of variants × seeds × demonstration counts, resumable (latbot/study)."""
+"""`latbot study STUDY.yaml`: a grid of variants × seeds × demonstration counts, resumable (latbot/study);
+with a launcher, each step's jobs go through submitit (local subprocesses or a Slurm array); `--status`
+shows where every job stands."""
 
 from __future__ import annotations
 
@@ -13,11 +15,50 @@ from latbot.cli._common import user_errors
 def study(
     path: Path = typer.Argument(..., help="Study file (recipes/studies/*.yaml).", dir_okay=False),
     out: Path = typer.Option(..., "--out", "-o", help="Directory for every artifact and the report."),
-    workers: int | None = typer.Option(None, min=1, max=64, help="Steps run side by side (default: the file's)."),
+    workers: int | None = typer.Option(
+        None, min=1, max=64, help="Steps run side by side without a launcher (default: the file's)."
+    ),
+    status: bool = typer.Option(
+        False, "--status", help="Print each step's jobs: pending, running, done or failed (and its log); run nothing."
+    ),
+    launcher: str | None = typer.Option(
+        None,
+        "--launcher",
+        help="Run each step's jobs through submitit: local (subprocesses of this machine) or slurm (one job "
+        "array per step); the options below override the study file's `launcher:` block. Default: that block; "
+        "without one, `workers` local processes.",
+    ),
+    partition: str | None = typer.Option(None, help="Slurm partition."),
+    account: str | None = typer.Option(None, help="Slurm account."),
+    qos: str | None = typer.Option(None, help="Slurm quality of service."),
+    constraint: str | None = typer.Option(None, help="Slurm node constraint."),
+    time_min: int | None = typer.Option(None, min=1, help="Wall-clock limit of one job, minutes."),
+    gpus_per_job: int | None = typer.Option(None, min=0, help="GPUs of one job."),
+    cpus_per_job: int | None = typer.Option(None, min=1, help="CPU cores of one job."),
+    mem_gb: float | None = typer.Option(None, min=0.1, help="Memory of one job, GiB."),
+    parallelism: int | None = typer.Option(None, min=1, help="Jobs running at once."),
 ) -> None:
     """Demonstrations → LAM → distillation → finetuning → closed-loop evaluation for every cell of the grid,
-    then report.md / report.json / plots. Rerun the same command to resume; finished cells are skipped."""
+    then report.md / report.json / plots. Rerun the same command to resume; finished cells are skipped (with a
+    launcher: only the jobs whose output is missing are submitted again)."""
+    if status:
+        from latbot.study import status as study_status
+
+        for step, keys in study_status(path, out).items():
+            for key, info in keys.items():
+                line = f"{step:<9} {key:<28} {info['state']:<8}"
+                if info["job"]:
+                    line += f" job {info['job']}"
+                if info["state"] == "failed" and info["log"]:
+                    line += f" log {info['log']}"
+                typer.echo(line.rstrip())
+        return
     from latbot.study import run
 
-    report = run(path, out, workers)
+    overrides = {
+        "kind": launcher, "partition": partition, "account": account, "qos": qos, "constraint": constraint,
+        "time_min": time_min, "gpus_per_job": gpus_per_job, "cpus_per_job": cpus_per_job, "mem_gb": mem_gb,
+        "parallelism": parallelism,
+    }  # fmt: skip
+    report = run(path, out, workers, overrides)
     typer.echo(f"report: {report / 'report.md'}")

@@ -110,18 +110,21 @@ def run_jobs(
     folder.mkdir(parents=True, exist_ok=True)
     ex = executor(launcher, folder)
     say(f"{label}: {len(pending)} job(s) to {launcher.kind}" + (f", {len(results)} already done" if results else ""))
-    submitted = _submit(ex, pending, launcher)
     record = _read_record(folder)
-    for key, job in submitted.items():
-        record[key] = {
-            "kind": launcher.kind,
-            "job_id": str(job.job_id),
-            "state": "PENDING",
-            "stdout": str(job.paths.stdout),
-            "stderr": str(job.paths.stderr),
-            "submitted": time.time(),
-        }
-    _write_record(folder, record)
+
+    def recorded(wave: dict[str, Any]) -> None:  # written as soon as a wave is submitted: `status` sees it run
+        for key, job in wave.items():
+            record[key] = {
+                "kind": launcher.kind,
+                "job_id": str(job.job_id),
+                "state": "PENDING",
+                "stdout": str(job.paths.stdout),
+                "stderr": str(job.paths.stderr),
+                "submitted": time.time(),
+            }
+        _write_record(folder, record)
+
+    submitted = _submit(ex, pending, launcher, recorded)
     failures = []
     for key, job in submitted.items():
         try:
@@ -144,18 +147,26 @@ def _cause(e: BaseException) -> str:
     """The job's own error in one line (submitit wraps it with the job's traceback and log paths)."""
     import re
 
+    if type(e).__name__ == "UncompletedJobError":  # no result at all: its log's last line is no cause
+        state = re.search(r"has not produced any output \(state: ([^)]*)\)", str(e))
+        return (
+            f"it ended without a result (state {state.group(1) if state else 'unknown'}): killed, out of memory, "
+            f"timed out or preempted"
+        )
     lines = [line.strip() for line in str(e).splitlines() if line.strip()]
     errors = [line for line in lines if re.match(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\b", line)]
     return (errors or lines or [type(e).__name__])[-1]
 
 
-def _submit(ex, pending: dict[str, tuple[Callable, tuple]], launcher: Launcher) -> dict[str, Any]:
+def _submit(ex, pending: dict[str, tuple[Callable, tuple]], launcher: Launcher, recorded: Callable) -> dict[str, Any]:
     """Slurm: one array (`parallelism` running at once). Local: submitit starts every job it is given at once,
     so the jobs go in waves of `parallelism` processes, each wave waited for before the next."""
     if launcher.kind == "slurm":
         with ex.batch():
             jobs = [ex.submit(fn, *args) for fn, args in pending.values()]
-        return dict(zip(pending, jobs, strict=True))
+        submitted = dict(zip(pending, jobs, strict=True))
+        recorded(submitted)
+        return submitted
     submitted: dict[str, Any] = {}
     keys = list(pending)
     for start in range(0, len(keys), launcher.parallelism):
@@ -163,6 +174,7 @@ def _submit(ex, pending: dict[str, tuple[Callable, tuple]], launcher: Launcher) 
             key: ex.submit(*pending[key][:1], *pending[key][1]) for key in keys[start : start + launcher.parallelism]
         }
         submitted |= wave
+        recorded(wave)
         if start + launcher.parallelism < len(keys):
             for job in wave.values():
                 job.wait()

@@ -26,20 +26,35 @@ are shared by all cells. Layout under --out::
 
     stores/pretrain, stores/heldout_s<seed>
     <variant>/s<seed>/{lam, distill, cache}        (variants with a LAM)
+    <variant>/s<seed>/probes.json                   (its held-out probes, reused while the LAM and store match)
     <variant>/s<seed>/d<demos>/{ft, eval}
+    .jobs/<step>/                                   (with a launcher: jobs.json and the jobs' logs)
     report/
+
+The steps run in order: stores → pretrain (LAM + distillation per variant and seed) → finetune → evaluate
+→ probes → the report. Without a launcher (`launcher: null`, the default) each step's jobs run side by side
+in `workers` local processes. With one (a `launcher:` block, or `latbot study --launcher local|slurm`) they
+go through `latbot.cluster.launcher.run_jobs`: a job whose output already verifies (the test `_done` of its
+step: the same checks the pipeline makes before skipping it) runs here and returns at once, the rest are
+submitted (local subprocesses or one Slurm array per step), and a failed job fails the study with one line
+naming its key and log; rerunning resubmits only what is missing. `status` reports every step's keys.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from pydantic import Field, field_validator, model_validator
 
+from latbot.cluster.launcher import Launcher
 from latbot.config import Section
 
 STAGE_KEYS = ("lam", "distill", "finetune")
+STEPS = ("stores", "pretrain", "finetune", "evaluate", "probes")
+JOBS_DIR = ".jobs"  # under --out: one folder per step with a launcher's jobs.json and logs
+PROBES_FILE = "probes.json"
 
 
 class Variant(Section):
@@ -86,7 +101,14 @@ class Study(Section):
     reconstruction_samples: int = Field(
         8, ge=1, le=64, description="Held-out clips whose generated future frame the report shows next to the truth."
     )
-    workers: int = Field(2, ge=1, le=64, description="Independent steps run side by side (one per core).")
+    workers: int = Field(
+        2, ge=1, le=64, description="Independent steps run side by side (one per core), without a launcher."
+    )
+    launcher: Launcher | None = Field(
+        None,
+        description="Where each step's jobs run through submitit (local subprocesses or a Slurm array); "
+        "null: side by side in `workers` local processes.",
+    )
 
     @field_validator("demos")
     @classmethod
@@ -133,41 +155,62 @@ def cells(study: Study) -> list[tuple[str, int, int]]:
     return [(v, s, d) for v in study.variants for s in study.seeds for d in study.demos]
 
 
-# -- the steps of one study (module-level: they run in worker processes) ---------------------------------------
-def _store(study: Study, out: Path, which: str, seed: int) -> Path:
-    from latbot import pipeline
-
+# -- the steps of one study (module-level: they run in worker processes or submitted jobs) ---------------------
+def _store_args(study: Study, out: Path, which: str, seed: int) -> tuple:
+    """`pipeline.demonstrations`'s arguments for the pretraining store, or the held-out store of `seed`."""
     if which == "pretrain":
-        return pipeline.demonstrations(
+        return (
             out / "stores" / "pretrain", study.simulator, study.pretrain_tasks, study.pretrain_episodes,
             study.image_size, 0, "stores/pretrain",
         )  # fmt: skip
-    return pipeline.demonstrations(
+    return (
         out / "stores" / f"heldout_s{seed}", study.simulator, study.heldout_tasks,
         study.heldout_episodes or max(study.demos),
         study.image_size, 500_000 + 1000 * seed, f"stores/heldout_s{seed}",
     )  # fmt: skip
 
 
+def _store(study: Study, out: Path, which: str, seed: int) -> Path:
+    from latbot import pipeline
+
+    return pipeline.demonstrations(*_store_args(study, out, which, seed))
+
+
+def _lam_args(study: Study, out: Path, name: str, seed: int, pretrain: Path) -> tuple:
+    """`pipeline.train`'s arguments for the LAM of one variant and seed."""
+    v = study.variants[name]
+    sets = [f"data.sources=[{{store: {pretrain}}}]", f"train.seed={seed}", *v.sets.get("lam", [])]
+    return out / name / f"s{seed}", "lam", v.lam, sets, f"{name}/s{seed}/lam"
+
+
+def _distill_args(study: Study, out: Path, name: str, seed: int, pretrain: Path) -> tuple:
+    """`pipeline.train`'s arguments for the distillation of one variant and seed (its teacher: the LAM)."""
+    v = study.variants[name]
+    root = out / name / f"s{seed}"
+    sets = [
+        f"data.sources=[{{store: {pretrain}}}]",
+        f"model.teacher={root / 'lam'}",
+        f"model.teacher_cache={root / 'cache'}",
+        f"train.seed={seed}",
+        *v.sets.get("distill", []),
+    ]
+    return root, "distill", v.distill, sets, f"{name}/s{seed}/distill"
+
+
 def _pretrain(study: Study, out: Path, name: str, seed: int, pretrain: Path) -> Path:
     """LAM then distillation of one variant and seed; returns the distillation run."""
     from latbot import pipeline
 
-    v = study.variants[name]
     root = out / name / f"s{seed}"
-    source = f"data.sources=[{{store: {pretrain}}}]"
-    lam = pipeline.train(
-        root, "lam", v.lam, [source, f"train.seed={seed}", *v.sets.get("lam", [])], f"{name}/s{seed}/lam"
-    )
-    cache = root / "cache"
-    pipeline.drop_stale_cache(cache, lam)
-    sets = [source, f"model.teacher={lam}", f"model.teacher_cache={cache}", f"train.seed={seed}"]
-    return pipeline.train(root, "distill", v.distill, [*sets, *v.sets.get("distill", [])], f"{name}/s{seed}/distill")
+    lam = pipeline.train(*_lam_args(study, out, name, seed, pretrain))
+    pipeline.drop_stale_cache(root / "cache", lam)
+    return pipeline.train(*_distill_args(study, out, name, seed, pretrain))
 
 
-def _finetune(study: Study, out: Path, name: str, seed: int, demos: int, heldout: Path, distill: Path | None):
-    from latbot import pipeline
-
+def _finetune_args(
+    study: Study, out: Path, name: str, seed: int, demos: int, heldout: Path, distill: Path | None
+) -> tuple:
+    """`pipeline.train`'s arguments for the finetuning of one cell (from `distill`'s student, when given)."""
     v = study.variants[name]
     sets = [
         f"data.sources=[{{store: {heldout}, demos_per_task: {demos}}}]",
@@ -175,86 +218,299 @@ def _finetune(study: Study, out: Path, name: str, seed: int, demos: int, heldout
         f"train.seed={seed}",
         *v.sets.get("finetune", []),
     ]
-    return pipeline.train(out / name / f"s{seed}" / f"d{demos}", "ft", v.finetune, sets, f"{name}/s{seed}/d{demos}/ft")
+    return out / name / f"s{seed}" / f"d{demos}", "ft", v.finetune, sets, f"{name}/s{seed}/d{demos}/ft"
+
+
+def _finetune(study: Study, out: Path, name: str, seed: int, demos: int, heldout: Path, distill: Path | None):
+    from latbot import pipeline
+
+    return pipeline.train(*_finetune_args(study, out, name, seed, demos, heldout, distill))
+
+
+def _evaluation_args(study: Study, out: Path, name: str, seed: int, demos: int, policy: Path) -> dict[str, Any]:
+    """`pipeline.evaluate`'s arguments for the closed-loop evaluation of one cell's policy."""
+    from latbot.sim.evaluate import EVAL_SEED_BASE
+
+    return {
+        "path": out / name / f"s{seed}" / f"d{demos}" / "eval",
+        "policy_run": policy,
+        "simulator": study.simulator,
+        "tasks": study.heldout_tasks,
+        "episodes": study.eval_episodes,
+        "image_size": study.image_size,
+        "execute_steps": study.execute_steps,
+        "seed": EVAL_SEED_BASE + 100_000 * seed,
+        "label": f"{name}/s{seed}/d{demos}/eval",
+        "max_steps": study.eval_max_steps,
+    }
 
 
 def _evaluate(study: Study, out: Path, name: str, seed: int, demos: int, policy: Path) -> dict[str, Any]:
     from latbot import pipeline
-    from latbot.sim.evaluate import EVAL_SEED_BASE
 
-    return pipeline.evaluate(
-        out / name / f"s{seed}" / f"d{demos}" / "eval", policy, study.simulator, study.heldout_tasks,
-        study.eval_episodes, study.image_size, study.execute_steps, seed=EVAL_SEED_BASE + 100_000 * seed,
-        label=f"{name}/s{seed}/d{demos}/eval", max_steps=study.eval_max_steps,
-    )  # fmt: skip
+    return pipeline.evaluate(**_evaluation_args(study, out, name, seed, demos, policy))
+
+
+def _probe_inputs(study: Study, lam: Path, heldout: Path) -> dict[str, Any]:
+    """What the probes of one LAM depend on: its weights, the held-out store, the sample counts."""
+    from latbot import runs
+    from latbot.artifacts import read_manifest
+
+    return {
+        "lam": runs.open_run(lam, "lam").manifest.content_hash,
+        "heldout": read_manifest(heldout, "episode_store").content_hash,
+        "probe_samples": study.probe_samples,
+        "reconstruction_samples": study.reconstruction_samples,
+    }
+
+
+def _probed(study: Study, lam: Path, heldout: Path) -> dict[str, Any] | None:
+    """The probes saved next to `lam` (<variant>/s<seed>/probes.json) when made from the same inputs."""
+    import json
+
+    from latbot.errors import LatBotError
+
+    try:
+        saved = json.loads((lam.parent / PROBES_FILE).read_text())
+        if saved["inputs"] != _probe_inputs(study, lam, heldout):
+            return None
+        result = saved["result"]
+        return result if Path(result["reconstruction_image"]).is_file() else None
+    except (LatBotError, OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _probe(study: Study, lam: Path, heldout: Path) -> dict[str, Any]:
-    """Held-out linear probes of the true actions from Z_mot and Z_sce (and random features)."""
+    """Held-out linear probes of the true actions from Z_mot and Z_sce (and random features); saved next to
+    the LAM and reused while the LAM, the store and the sample counts are the same."""
+    import json
+
     from latbot.analysis.diagnostics import diagnose_checkpoint
+    from latbot.atomic import replace_file
     from latbot.quickstart.report import lam_reconstructions
 
+    saved = _probed(study, lam, heldout)
+    if saved is not None:
+        return saved
+    inputs = _probe_inputs(study, lam, heldout)
     d = diagnose_checkpoint(lam, heldout, samples=study.probe_samples)
     recon = lam_reconstructions(lam, heldout, lam.parent / "lam_reconstructions.png", study.reconstruction_samples)
-    return {
+    result = {
         "probe_r2": d["probe_r2"],
         "effective_rank": d["effective_rank"],
         "psnr_db": d["psnr_db"],
         "reconstruction": recon["quality"],
         "reconstruction_image": str(lam.parent / recon["image"]),
     }
+    saved = {"inputs": inputs, "result": result}
+    replace_file(lam.parent / PROBES_FILE, (json.dumps(saved, indent=1) + "\n").encode())
+    return json.loads(json.dumps(result))  # what a rerun reads back (tuples as lists)
 
 
-def run(path: str | Path, out: str | Path, workers: int | None = None) -> Path:
-    """Run (or finish) the study of `path` into `out`; returns the report directory."""
+# -- whether a step's output for one key already verifies (its job would skip) ---------------------------------
+def _trained(root: Path, name: str, recipe_path: Path, sets: list[str], label: str) -> bool:
+    """`pipeline.train`'s test for skipping: the run is complete, made by the same resolved recipe, and its
+    parents still have the hashes it was made from."""
+    from latbot import pipeline, runs
+    from latbot.recipes import load_recipe, to_dict
+
+    recipe = load_recipe(recipe_path, [*sets, f"log.out_dir={root}", f"log.run_name={name}"])
+    run = runs.open_run(root / name, recipe.stage, complete=False)
+    return run.complete and run.manifest.recipe == to_dict(recipe) and pipeline.parents_current(run.manifest)
+
+
+def _store_done(study: Study, out: Path, which: str, seed: int) -> bool:
+    """`pipeline.demonstrations`'s test for skipping: the store holds these tasks at this seed, enough of each."""
+    from collections import Counter
+
+    from latbot.artifacts import read_manifest
+    from latbot.data.store import EpisodeStore
+
+    path, _, tasks, episodes, _, store_seed, _ = _store_args(study, out, which, seed)
+    m = read_manifest(path, kind="episode_store")
+    if m.extra.get("tasks") != list(tasks) or m.extra.get("seed") != store_seed:
+        return False
+    with EpisodeStore.open(path) as store:
+        counts = Counter(r.task for r in store.records)
+    return all(counts[t] >= episodes for t in tasks)
+
+
+def _pretrain_done(study: Study, out: Path, name: str, seed: int, pretrain: Path) -> bool:
+    return _trained(*_lam_args(study, out, name, seed, pretrain)) and _trained(
+        *_distill_args(study, out, name, seed, pretrain)
+    )
+
+
+def _finetune_done(*args) -> bool:
+    return _trained(*_finetune_args(*args))
+
+
+def _evaluate_done(study: Study, out: Path, name: str, seed: int, demos: int, policy: Path) -> bool:
+    """`pipeline.evaluate`'s test for skipping: an evaluation of these settings whose policy is unchanged."""
+    import json
+
+    from latbot import pipeline
+    from latbot.artifacts import read_manifest
+    from latbot.sim.evaluate import EVAL_SEED_BASE
+
+    a = _evaluation_args(study, out, name, seed, demos, policy)
+    settings = {
+        "tasks": list(a["tasks"]), "episodes": a["episodes"], "image_size": a["image_size"],
+        "execute_steps": a["execute_steps"],
+    }  # fmt: skip
+    if a["seed"] != EVAL_SEED_BASE:
+        settings["seed"] = a["seed"]
+    if a["max_steps"] is not None:
+        settings["max_steps"] = a["max_steps"]
+    m = read_manifest(a["path"], kind="eval")
+    if m.extra.get("settings") != settings or not pipeline.parents_current(m):
+        return False
+    return isinstance(json.loads((a["path"] / "report.json").read_text()), dict)
+
+
+def _probe_done(study: Study, lam: Path, heldout: Path) -> bool:
+    return _probed(study, lam, heldout) is not None
+
+
+DONE: dict[str, Callable[..., bool]] = {
+    "stores": _store_done,
+    "pretrain": _pretrain_done,
+    "finetune": _finetune_done,
+    "evaluate": _evaluate_done,
+    "probes": _probe_done,
+}
+
+
+def _verifies(step: str, args: tuple) -> bool:
+    """Whether the job of `step` with `args` would find its output made already (any doubt: not done)."""
+    from latbot.errors import LatBotError
+
+    try:
+        return bool(DONE[step](*args))
+    except (LatBotError, OSError, ValueError, KeyError):
+        return False
+
+
+# -- the plan and its execution -----------------------------------------------------------------------------
+def plan(study: Study, out: Path) -> dict[str, dict[str, tuple[Callable, tuple]]]:
+    """Every step's jobs, in the order they run: {step: {key: (fn, args)}}. Each job's arguments are paths
+    fixed by the layout under `out`, so the plan (and `status`) needs nothing from the steps before."""
+    pretrain = out / "stores" / "pretrain"
+    heldout = {s: out / "stores" / f"heldout_s{s}" for s in study.seeds}
+    distilled = [(name, s) for name, v in study.variants.items() if v.lam is not None for s in study.seeds]
+
+    def student(name: str, seed: int) -> Path | None:
+        return out / name / f"s{seed}" / "distill" if study.variants[name].lam is not None else None
+
+    return {
+        "stores": {"pretrain": (_store, (study, out, "pretrain", 0))}
+        | {f"heldout_s{s}": (_store, (study, out, "heldout", s)) for s in study.seeds},
+        "pretrain": {f"{name}/s{s}": (_pretrain, (study, out, name, s, pretrain)) for name, s in distilled},
+        "finetune": {
+            f"{name}/s{s}/d{d}": (_finetune, (study, out, name, s, d, heldout[s], student(name, s)))
+            for name, s, d in cells(study)
+        },
+        "evaluate": {
+            f"{name}/s{s}/d{d}": (_evaluate, (study, out, name, s, d, out / name / f"s{s}" / f"d{d}" / "ft"))
+            for name, s, d in cells(study)
+        },
+        "probes": {
+            f"{name}/s{s}": (_probe, (study, out / name / f"s{s}" / "lam", heldout[s])) for name, s in distilled
+        },
+    }
+
+
+def _threaded(threads: int, fn: Callable, args: tuple) -> Any:
+    """One launcher job: `fn(*args)` with `threads` compute threads (the job's cores)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return fn(*args)
+    finally:
+        torch.set_num_threads(before)
+
+
+def resolve_launcher(launcher: Launcher | None, overrides: dict[str, Any] | None = None) -> Launcher | None:
+    """The study file's `launcher:` block with the command line's options over it (None values: not given).
+    No block and no `kind` given: no launcher (the steps run side by side in local processes)."""
+    from pydantic import ValidationError
+
+    from latbot.cluster.launcher import LaunchError
+
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    if not given:
+        return launcher
+    if launcher is None and "kind" not in given:
+        option = "--" + next(iter(given)).replace("_", "-")
+        raise LaunchError(f"{option} needs --launcher local|slurm, or a `launcher:` block in the study file")
+    try:
+        return Launcher.model_validate((launcher.model_dump() if launcher else {}) | given)
+    except ValidationError as e:
+        first = e.errors()[0]
+        field = ".".join(map(str, first["loc"]))
+        raise LaunchError(
+            f"launcher.{field} (--{field.replace('_', '-')}): {first['msg']}".replace("--kind", "--launcher")
+        ) from None
+
+
+def _run_step(
+    step: str, jobs: dict[str, tuple[Callable, tuple]], out: Path, workers: int, launcher: Launcher | None
+) -> dict[str, Any]:
+    from latbot import pipeline
+
+    if launcher is None:
+        return {k: result for k, (result, _) in pipeline.side_by_side(jobs, workers).items()}
+    from latbot.cluster.launcher import run_jobs
+
+    def done(key: str) -> bool:
+        return _verifies(step, jobs[key][1])
+
+    threaded = {key: (_threaded, (launcher.cpus_per_job, fn, args)) for key, (fn, args) in jobs.items()}
+    return run_jobs(threaded, launcher, out / JOBS_DIR / step, done=done, label=step, say=pipeline.say)
+
+
+def run(path: str | Path, out: str | Path, workers: int | None = None, launcher: dict[str, Any] | None = None) -> Path:
+    """Run (or finish) the study of `path` into `out`; returns the report directory. `launcher`: options
+    over the file's `launcher:` block (`resolve_launcher`)."""
     from latbot import pipeline
     from latbot.study.report import write_report
 
     study = load_study(path)
     out = Path(out)
+    chosen = resolve_launcher(study.launcher, launcher)
     from latbot.artifacts import claim_workspace
     from latbot.ownership import writer_lock
 
-    claim_workspace(out, "study", ("stores", study.report_dir, *study.variants))
+    claim_workspace(out, "study", ("stores", study.report_dir, JOBS_DIR, *study.variants))
     with writer_lock(out, "study"):
         n = workers or study.workers
+        where = f"{n} worker(s)" if chosen is None else f"{chosen.kind} launcher, {chosen.parallelism} job(s) at once"
         pipeline.say(
             f"study {study.name}: {len(study.variants)} variants × {len(study.seeds)} seeds × {len(study.demos)} "
-            f"demo counts = {len(cells(study))} cells, {n} worker(s)"
+            f"demo counts = {len(cells(study))} cells, {where}"
         )
-
-        def step(jobs: dict) -> dict[str, Any]:
-            return {k: result for k, (result, _) in pipeline.side_by_side(jobs, n).items()}
-
-        stores = step(
-            {"pretrain": (_store, (study, out, "pretrain", 0))}
-            | {f"heldout_s{s}": (_store, (study, out, "heldout", s)) for s in study.seeds}
-        )
-        distilled = [(name, s) for name, v in study.variants.items() if v.lam is not None for s in study.seeds]
-        chains = step({f"{name}/s{s}": (_pretrain, (study, out, name, s, stores["pretrain"])) for name, s in distilled})
-        finetuned = step(
-            {
-                f"{name}/s{s}/d{d}": (
-                    _finetune,
-                    (study, out, name, s, d, stores[f"heldout_s{s}"], chains.get(f"{name}/s{s}")),
-                )
-                for name, s, d in cells(study)
-            }
-        )
-        evaluations = step(
-            {key: (_evaluate, (study, out, *_parse(key), finetuned[key])) for key in finetuned}  # key = name/s/d
-        )
-        probes = step(
-            {
-                f"{name}/s{s}": (_probe, (study, out / name / f"s{s}" / "lam", stores[f"heldout_s{s}"]))
-                for name, s in distilled
-            }
-        )
-        report = write_report(study, out, evaluations, probes)
+        results = {}
+        for step, jobs in plan(study, out).items():
+            results[step] = _run_step(step, jobs, out, n, chosen)
+        report = write_report(study, out, results["evaluate"], results["probes"])
         pipeline.say(f"study {study.name}: {report / 'report.md'}")
         return report
 
 
-def _parse(key: str) -> tuple[str, int, int]:
-    name, s, d = key.rsplit("/", 2)
-    return name, int(s[1:]), int(d[1:])
+def status(path: str | Path, out: str | Path) -> dict[str, dict[str, dict[str, str]]]:
+    """{step: {key: {"state": pending|running|done|failed, "job": id, "log": path}}}: done when the key's
+    output verifies, otherwise what the launcher's record of submissions (out/.jobs/<step>/jobs.json) says."""
+    from latbot.cluster import launcher
+
+    study = load_study(path)
+    out = Path(out)
+    states = {}
+    for step, jobs in plan(study, out).items():
+
+        def done(key: str, step: str = step, jobs: dict = jobs) -> bool:
+            return _verifies(step, jobs[key][1])
+
+        states[step] = launcher.status(out / JOBS_DIR / step, list(jobs), done)
+    return states
