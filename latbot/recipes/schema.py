@@ -145,6 +145,18 @@ def _plain_run_name(name: str | None) -> str | None:
     raise ValueError(f"{problem}; give a name like 'lam_mt10' (log.out_dir says where runs go)")
 
 
+class WandbConfig(Section):
+    """Weights & Biases tracking: the same metrics as metrics.jsonl / TensorBoard, and the resolved recipe as
+    the run's config. Never required: install the `wandb` extra to use it."""
+
+    project: str = Field(description="W&B project.")
+    entity: str | None = Field(None, description="W&B entity (user or team); null: the account's default.")
+    mode: Literal["offline", "online", "disabled"] = Field(
+        "offline", description="offline: run files under the run directory (`wandb sync` them later); online: live."
+    )
+    tags: list[str] = Field(default_factory=list, description="Tags of the W&B run.")
+
+
 class LogConfig(Section):
     out_dir: Path = Field(Path("runs"), description="Runs are written to out_dir/run_name.")
     run_name: Annotated[str | None, AfterValidator(_plain_run_name)] = Field(
@@ -153,6 +165,7 @@ class LogConfig(Section):
     every_steps: int = Field(10, ge=1, le=10**9)
     tensorboard: bool = True
     progress: bool = True
+    wandb: WandbConfig | None = Field(None, description="Also log to Weights & Biases (null: off).")
 
 
 class RecipeBase(Section):

@@ -84,7 +84,14 @@ def train(
         persistent_workers=False,
     )
     batches = iter(loader)
-    log = MetricsLog(run_dir, world.main, recipe.log.tensorboard, resume_step=start if resume else None)
+    log = MetricsLog(
+        run_dir,
+        world.main,
+        recipe.log.tensorboard,
+        resume_step=start if resume else None,
+        wandb=recipe.log.wandb,
+        config=recipe.model_dump(mode="json") if recipe.log.wandb is not None else None,
+    )
     if world.main:
         print(
             f"training {trainable:,} parameters, {accum} micro-batch(es) of {tc.micro_batch_size} per step "

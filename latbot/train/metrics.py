@@ -14,15 +14,26 @@ if TYPE_CHECKING:
 
 
 class MetricsLog:
-    """Appends one JSON object per logged step to `metrics.jsonl` (and TensorBoard when enabled).
-    On resume, records past the resumed step (written after the checkpoint) are dropped first."""
+    """Appends one JSON object per logged step to `metrics.jsonl` (and to TensorBoard and Weights & Biases
+    when enabled). On resume, records past the resumed step (written after the checkpoint) are dropped first."""
 
-    def __init__(self, run_dir: Path, enabled: bool, tensorboard: bool, resume_step: int | None = None):
+    def __init__(
+        self,
+        run_dir: Path,
+        enabled: bool,
+        tensorboard: bool,
+        resume_step: int | None = None,
+        wandb=None,
+        config: dict | None = None,
+    ):
         self.path = Path(run_dir) / "metrics.jsonl"
         self.enabled = enabled
         self.writer = None
+        self.wandb = None
         if not enabled:
             return
+        if wandb is not None and wandb.mode != "disabled":
+            self.wandb = _wandb_run(Path(run_dir), wandb, config or {})
         if resume_step is not None and self.path.is_file():
             kept = [line for line in self.path.read_text().splitlines() if _step(line) <= resume_step]
             self.path.write_text("".join(line + "\n" for line in kept))
@@ -39,10 +50,41 @@ class MetricsLog:
         if self.writer is not None:
             for k, v in values.items():
                 self.writer.add_scalar(k, v, step)
+        if self.wandb is not None:
+            self.wandb.log(values, step=step)
 
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+def _wandb_run(run_dir: Path, config, recipe: dict):
+    """The W&B run of a LatBot run: one id per run directory (so a resumed run continues the same W&B run),
+    its files under `run_dir/wandb/`, the resolved recipe as its config."""
+    import hashlib
+    import os
+
+    try:
+        import wandb
+    except ImportError as e:
+        from latbot.errors import MissingExtraError
+
+        raise MissingExtraError("log.wandb (Weights & Biases)", "wandb", e.name or "wandb") from e
+    os.environ.setdefault("WANDB_SILENT", "true")
+    run_id = hashlib.sha256(str(run_dir.resolve()).encode()).hexdigest()[:16]
+    return wandb.init(
+        project=config.project,
+        entity=config.entity,
+        mode=config.mode,
+        tags=list(config.tags) or None,
+        dir=str(run_dir),
+        name=run_dir.name,
+        id=run_id,
+        resume="allow",
+        config=recipe,
+    )
 
 
 def _step(line: str) -> float:
