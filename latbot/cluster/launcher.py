@@ -65,7 +65,11 @@ def executor(launcher: Launcher, folder: Path):
             raise LaunchError(
                 "--launcher slurm: no `sbatch` on PATH; run on a Slurm login node, or use --launcher local"
             )
-    ex = submitit.AutoExecutor(folder=Path(folder) / "logs" / "%j", cluster=launcher.kind)
+    # One folder per job (`%j`) on Slurm. Locally, submitit's job controller starts at once and opens its logs
+    # in that folder, which the submitting process creates only after starting it: on a busy machine the
+    # controller can win and die. One shared, existing folder has no such race (file names carry the job id).
+    logs = Path(folder) / "logs" / ("%j" if launcher.kind == "slurm" else "")
+    ex = submitit.AutoExecutor(folder=logs, cluster=launcher.kind)
     params: dict[str, Any] = {
         "timeout_min": launcher.time_min,
         "cpus_per_task": launcher.cpus_per_job,
