@@ -6,7 +6,7 @@ from __future__ import annotations
 import typer
 
 from latbot import __version__
-from latbot.cli import analysis, data, plan, plugins, quickstart, recipe, serve, sim, study, train, viz
+from latbot.cli import analysis, data, export, plan, plugins, quickstart, recipe, serve, sim, study, train, viz
 
 app = typer.Typer(
     name="latbot",
@@ -53,6 +53,7 @@ app.command("grounding-analysis")(analysis.grounding_analysis)
 app.command("serve")(serve.serve)
 app.command("quickstart")(quickstart.quickstart)
 app.command("study")(study.study)
+app.command("export")(export.export)
 app.add_typer(recipe.app, name="recipe")
 app.add_typer(plugins.app, name="plugins")
 data.app.command("gen-sim")(sim.gen_sim)
