@@ -63,13 +63,15 @@ class DistillStage(Stage):
         }
 
     def prepare(self) -> None:
-        """The sources and the frozen teacher (loaded once; `validate` has checked it fits)."""
+        """The sources, the student's sizes (`resolve_sizes`) and the frozen teacher (loaded once; `validate`
+        has checked it fits)."""
         import torch
 
         from latbot import runs
 
         self.sources()
         self._check_teacher()
+        self.resolve_sizes()
         lam = runs.load_lam(self.recipe.model.teacher)
         lam.decoder = torch.nn.Identity()  # only the encoder teaches; free the decoder
         self.teacher = lam
@@ -111,8 +113,11 @@ class DistillStage(Stage):
         the teacher run exists, fits it (clip length, token layout; its manifest only)."""
         import torch
 
-        with torch.device("meta"):
-            self.architecture()
+        from latbot.models.pi05 import checkpoint
+
+        if not checkpoint.pending(self.recipe.model.student):  # else sized from its checkpoint in `prepare`
+            with torch.device("meta"):
+                self.architecture()
         teacher = self.recipe.model.teacher
         if teacher is not None and Path(teacher).is_dir():
             self._check_teacher()
@@ -156,10 +161,22 @@ class DistillStage(Stage):
         self.pretrained = self.initialise(model)
         return model
 
+    def resolve_sizes(self) -> None:
+        """A `pi05` student that loads `pretrained`: `preset: checkpoint` takes its sizes from the checkpoint
+        (written into the recipe as `preset: custom` + `dims`, which the run records), and any preset is
+        checked tensor by tensor against it. Reads config.json and the safetensors headers only (no tensor);
+        `architecture()` reads nothing, so `plan` builds a checkpoint-sized student only once its sizes are
+        written out (docs/distillation.md)."""
+        from latbot.models.pi05 import checkpoint
+
+        m = self.recipe.model
+        m.student, _, self.pretrained_sizes = checkpoint.resolve(student=m.student)
+
     def initialise(self, model) -> dict:
         from latbot.models.pi05 import checkpoint
 
-        return checkpoint.apply(student=model.student)  # pi05: pi0.5 weights named by `pretrained`
+        report = checkpoint.apply(student=model.student)  # pi05: pi0.5 weights named by `pretrained`
+        return {part: getattr(self, "pretrained_sizes", {}).get(part, {}) | loaded for part, loaded in report.items()}
 
     def trained_model(self, weights, extra: dict):
         self.latent_width = extra.get("latent_width")

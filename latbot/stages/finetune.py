@@ -52,14 +52,31 @@ class FinetuneStage(Stage):
         }
 
     def prepare(self) -> None:
-        """The one embodiment the policy targets, the episodes each source gives, and the distilled parent."""
+        """The one embodiment the policy targets, the episodes each source gives, the distilled parent and the
+        sizes of the pi0.5 parts read from their checkpoint (`resolve_sizes`)."""
         self.target, self.selection = _target(self.sources(), self.recipe.data.cameras)
         self.parent = self._distilled_parent()
+        self.resolve_sizes()
+
+    def resolve_sizes(self) -> None:
+        """The `pi05` parts that load `pretrained` (the student only without a distilled parent): a part with
+        `preset: checkpoint` takes its sizes from the checkpoint (written into the recipe as `preset:
+        custom`, which the run records; with a parent, the student's sizes are the parent's), and every such
+        part is checked tensor by tensor against it. Reads config.json and safetensors headers only."""
+        from latbot.models.pi05 import checkpoint
+
+        m, parent = self.recipe.model, getattr(self, "parent", None)
+        student, m.action_expert, self.pretrained_sizes = checkpoint.resolve(
+            student=None if parent else m.student, expert=m.action_expert, vlm=m.student if parent else None
+        )
+        if student is not None:
+            m.student = student
 
     def _distilled_parent(self):
         """The distillation run the student starts from (its manifest), checked to hold the same student; None
         for the plain-VLM baseline."""
         from latbot import runs
+        from latbot.models.pi05 import checkpoint
         from latbot.recipes import to_dict
 
         m = self.recipe.model
@@ -67,6 +84,7 @@ class FinetuneStage(Stage):
             return None
         parent = runs.open_run(m.student_checkpoint, "distill")
         theirs = parent.manifest.recipe["model"]["student"]
+        m.student = checkpoint.sizes_of_parent(m.student, theirs)  # preset checkpoint: the parent's sizes
         ours = to_dict(m)["student"]
         diff = sorted(k for k in {*theirs, *ours} if k not in FREE_STUDENT_FIELDS and theirs.get(k) != ours.get(k))
         if diff:
@@ -98,10 +116,14 @@ class FinetuneStage(Stage):
         a distilled parent that exists holds the same student (its manifest only)."""
         import torch
 
-        if self.recipe.model.student_checkpoint is not None and Path(self.recipe.model.student_checkpoint).is_dir():
+        from latbot.models.pi05 import checkpoint
+
+        m = self.recipe.model
+        if m.student_checkpoint is not None and Path(m.student_checkpoint).is_dir():
             self.parent = self._distilled_parent()  # its latent width shapes the architecture
-        with torch.device("meta"):
-            self.architecture()
+        if not checkpoint.pending(m.student, m.action_expert):  # else sized from their checkpoint in `prepare`
+            with torch.device("meta"):
+                self.architecture()
 
     def _model(self, with_weights: bool):
         from latbot.models.vla import VisionLanguageAction
@@ -131,7 +153,7 @@ class FinetuneStage(Stage):
         report = checkpoint.apply(student=None if parent else model.student, expert=model.expert)
         if parent is not None:
             model.student.load_state_dict(runs.student_weights(parent.path))
-        return report
+        return {part: getattr(self, "pretrained_sizes", {}).get(part, {}) | loaded for part, loaded in report.items()}
 
     def trained_model(self, weights, extra: dict):
         self.latent_width = extra.get("latent_width")

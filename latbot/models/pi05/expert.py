@@ -28,14 +28,19 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import nn
 from torch.nn import functional as F
 
 from latbot.config import PluginConfig
 from latbot.data.spaces import ACTION_DIM, GRIPPER_DIMS, STATE_DIM
+from latbot.errors import RecipeError
 from latbot.models import flow, gemma
 from latbot.models.experts.flow import ee_dims
+
+# the expert's sizes (openpi's gemma_300m; pi0.5's 32 packed action slots) and flow settings (pi0.5's)
+GEMMA_300M = {"width": 1024, "mlp_dim": 4096, "heads": 8, "kv_heads": 1, "head_dim": 256, "action_dim": 32}
+PI05_FLOW = {"num_steps": 10, "time_alpha": 1.5, "time_beta": 1.0, "min_period": 4e-3, "max_period": 4.0}
 
 
 class Pi05ActionExpert(nn.Module):
@@ -46,23 +51,45 @@ class Pi05ActionExpert(nn.Module):
         pretrained: str | None = Field(
             None, description="LeRobot `pi05` checkpoint directory; its expert, action and time projections load."
         )
-        width: int = Field(1024, ge=8, description="gemma_300m: 1024.")
-        mlp_dim: int = Field(4096, ge=8, description="gemma_300m: 4096.")
-        heads: int = Field(8, ge=1, description="Must equal the VLM's (shared attention).")
-        kv_heads: int = Field(1, ge=1, description="Must equal the VLM's.")
-        head_dim: int = Field(256, ge=2, description="Must equal the VLM's.")
-        action_dim: int = Field(32, ge=1, description="Packed action width (pi0.5's max_action_dim: 32).")
+        preset: Literal["custom", "checkpoint"] = Field(
+            "custom",
+            description="custom: the fields below (null: gemma_300m's size, pi0.5's setting); checkpoint: "
+            "null sizes (width, mlp_dim, heads, kv_heads, head_dim, action_dim) are read from `pretrained` "
+            "(config.json, checked against its tensors; a size given is checked too) and null flow settings "
+            "from its config.json, when a run starts; the run records them as custom.",
+        )
+        width: int | None = Field(None, ge=8, description="gemma_300m: 1024.")
+        mlp_dim: int | None = Field(None, ge=8, description="gemma_300m: 4096.")
+        heads: int | None = Field(None, ge=1, description="Must equal the VLM's (shared attention); pi0.5: 8.")
+        kv_heads: int | None = Field(None, ge=1, description="Must equal the VLM's; pi0.5: 1.")
+        head_dim: int | None = Field(None, ge=2, description="Must equal the VLM's; pi0.5: 256.")
+        action_dim: int | None = Field(None, ge=1, description="Packed action width (pi0.5's max_action_dim: 32).")
         state: Literal["discrete", "continuous", "none"] = Field(
             "discrete", description="How the state reaches the model (module docstring)."
         )
-        num_steps: int = Field(10, ge=1, description="Euler steps at inference (pi0.5: 10).")
-        time_alpha: float = Field(1.5, gt=0, description="Beta(α, β) of the training flow time (pi0.5: 1.5).")
-        time_beta: float = Field(1.0, gt=0, description="Beta(α, β) of the training flow time (pi0.5: 1.0).")
-        min_period: float = Field(4e-3, gt=0, description="Time embedding (pi0.5: 4e-3).")
-        max_period: float = Field(4.0, gt=0, description="Time embedding (pi0.5: 4.0).")
+        num_steps: int | None = Field(None, ge=1, description="Euler steps at inference (pi0.5: 10).")
+        time_alpha: float | None = Field(None, gt=0, description="Beta(α, β) of the training flow time (pi0.5: 1.5).")
+        time_beta: float | None = Field(None, gt=0, description="Beta(α, β) of the training flow time (pi0.5: 1.0).")
+        min_period: float | None = Field(None, gt=0, description="Time embedding (pi0.5: 4e-3).")
+        max_period: float | None = Field(None, gt=0, description="Time embedding (pi0.5: 4.0).")
+
+        @model_validator(mode="after")
+        def _defaults(self):
+            """custom: a null field is gemma_300m's size / pi0.5's setting (checkpoint: read from `pretrained`)."""
+            if self.preset == "custom":
+                for name, value in (GEMMA_300M | PI05_FLOW).items():
+                    if getattr(self, name) is None:
+                        setattr(self, name, value)
+            return self
 
     def __init__(self, config: Config, *, vlm_width: int, vlm_layers: int, horizon: int):
         super().__init__()
+        if config.preset == "checkpoint":
+            raise RecipeError(
+                "action_experts.pi05: preset checkpoint takes its sizes from `pretrained` when a run starts (the "
+                "stage reads them; the architecture reads no file); to build it without the checkpoint write them "
+                "out (preset: custom) — `python -m latbot.models.pi05.checkpoint DIR` prints them"
+            )
         c = self.config = config
         self.horizon = horizon
         w = c.width
@@ -153,9 +180,9 @@ class Pi05ActionExpert(nn.Module):
         """x_t (B, H, P), t (B,), the prefix cache and its valid mask (B, M), state (B, 46) for
         "continuous" → v (B, H, P)."""
         c = self.config
-        cond = self.time_mlp_in(gemma.sincos(t, c.width, c.min_period, c.max_period).to(x_t.dtype))
+        cond = self.time_mlp_in(gemma.sincos(t, c.width, c.min_period, c.max_period).to(self.time_mlp_in.weight.dtype))
         cond = F.silu(self.time_mlp_out(F.silu(cond)))
-        x = self.action_in_proj(x_t)  # (B, H, W)
+        x = self.action_in_proj(x_t.to(self.action_in_proj.weight.dtype))  # (B, H, W)
         ar = [1] + [0] * (x.shape[1] - 1)
         if self.state_proj is not None:
             x = torch.cat([self.state_proj(state.to(x.dtype))[:, None], x], 1)
@@ -169,9 +196,11 @@ class Pi05ActionExpert(nn.Module):
         positions = valid.long().sum(1, keepdim=True) + torch.arange(s, device=x.device)  # after the prefix
         cos, sin = gemma.rope_tables(positions, c.head_dim, dtype=x.dtype)
         for i, layer in enumerate(self.layers):
-            x, _, _ = layer(x, mask, cos, sin, cond, past=(cache.keys[i], cache.values[i]))
-        x, _ = self.norm(x, cond)
-        return self.action_out_proj(x[:, -self.horizon :])
+            # each adaRMS projection reads the condition in its own dtype (LeRobot's bf16 checkpoints keep norms fp32)
+            c_i = cond.to(layer.input_layernorm.dense.weight.dtype)
+            x, _, _ = layer(x, mask, cos, sin, c_i, past=(cache.keys[i].to(x.dtype), cache.values[i].to(x.dtype)))
+        x, _ = self.norm(x, cond.to(self.norm.dense.weight.dtype))
+        return self.action_out_proj(x[:, -self.horizon :].to(self.action_out_proj.weight.dtype))
 
     def loss(self, actions, gripper, action_mask, pad, state, layers, ctx_mask) -> dict[str, torch.Tensor]:
         """actions (B, H, 44) normalised; action_mask (B, 44); pad (B, H) True past the episode's end;

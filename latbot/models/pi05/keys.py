@@ -81,3 +81,14 @@ def latbot_only(component: str, name: str) -> bool:
 
 def component_of(name: str) -> str:
     return next((v for k, v in COMPONENTS.items() if name.startswith(k)), "other")
+
+
+def to_checkpoint(component: str, name: str, prefix: str = "model.") -> str:
+    """The inverse of `map_keys`: a LatBot parameter name of `component` → its checkpoint key (LeRobot's
+    `model.<path>`; prefix "" for openpi's form). LatBot-only names have none (KeyError)."""
+    if latbot_only(component, name):
+        raise KeyError(f"{component} {name} is LatBot's own: no pi0.5 checkpoint holds it")
+    row = next((r for r in TABLE if r[1] == component and name.startswith(r[2])), None)
+    if row is None:
+        raise KeyError(f"{component} {name} is not in the pi0.5 key table")
+    return prefix + row[0] + name.removeprefix(row[2])

@@ -27,10 +27,11 @@ from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import nn
 
-from latbot.config import PluginConfig
+from latbot.config import PluginConfig, Section
+from latbot.errors import RecipeError
 from latbot.models import gemma
 from latbot.models.gemma import PrefixCache
 from latbot.models.template import SUBTASK_PROMPT
@@ -47,6 +48,39 @@ PRESETS = {
     # CPU quickstart size: the tiny PaliGemma's widths (SigLIP 32, Gemma 64 × 2 layers, 4 heads of 16)
     "mini": ((32, 64, 2, 2, 32, 8), (64, 128, 2, 4, 1, 16, 448)),
 }
+PALIGEMMA_VOCAB = 257152
+VISION_FIELDS = ("vision_width", "vision_mlp_dim", "vision_depth", "vision_heads", "image_size", "patch_size")
+TEXT_FIELDS = ("width", "mlp_dim", "depth", "heads", "kv_heads", "head_dim", "vocab")
+
+
+class Pi05Dims(Section):
+    """Every size of pi0.5's VLM (the `pi05` student's `dims`). A null field is not stated: with `preset:
+    checkpoint` the stage reads it from `pretrained` when a run starts (latbot/models/pi05/checkpoint.py)."""
+
+    vision_width: int | None = Field(None, ge=1, description="SigLIP hidden size (So400m/14: 1152).")
+    vision_mlp_dim: int | None = Field(None, ge=1, description="SigLIP MLP size (So400m/14: 4304).")
+    vision_depth: int | None = Field(None, ge=1, description="SigLIP layers (So400m/14: 27).")
+    vision_heads: int | None = Field(None, ge=1, description="SigLIP attention heads (So400m/14: 16).")
+    image_size: int | None = Field(None, ge=1, description="Input image side (pi0.5: 224).")
+    patch_size: int | None = Field(None, ge=1, description="SigLIP patch side (So400m/14: 14).")
+    width: int | None = Field(None, ge=1, description="Gemma width (gemma_2b: 2048).")
+    mlp_dim: int | None = Field(None, ge=1, description="Gemma MLP size (gemma_2b: 16384).")
+    depth: int | None = Field(None, ge=1, description="Gemma layers (gemma_2b: 18).")
+    heads: int | None = Field(None, ge=1, description="Gemma query heads (every pi0.5 variant: 8).")
+    kv_heads: int | None = Field(None, ge=1, description="Gemma key/value heads (gemma_2b: 1).")
+    head_dim: int | None = Field(None, ge=2, description="Gemma head width (gemma_2b: 256).")
+    vocab: int | None = Field(None, ge=1, description="Vocabulary (PaliGemma: 257152).")
+
+    @classmethod
+    def of(cls, preset: str) -> Pi05Dims:
+        vision, text = PRESETS[preset]
+        return cls(**dict(zip(VISION_FIELDS, vision, strict=True)), **dict(zip(TEXT_FIELDS, text, strict=True)))
+
+    def stated(self) -> dict[str, int]:
+        return {k: v for k, v in self.model_dump().items() if v is not None}
+
+    def missing(self) -> list[str]:
+        return [k for k, v in self.model_dump().items() if v is None]
 
 
 class GemmaStack(nn.Module):
@@ -69,11 +103,13 @@ class GemmaStack(nn.Module):
 class PaliGemma(nn.Module):
     """SigLIP + linear projector + Gemma, with transformers' PaliGemmaModel parameter names."""
 
-    def __init__(self, preset: str):
+    def __init__(self, dims: Pi05Dims | str):
         super().__init__()
         from transformers import SiglipVisionConfig, SiglipVisionModel
 
-        (vh, vm, vd, vheads, size, patch), text = PRESETS[preset]
+        d = Pi05Dims.of(dims) if isinstance(dims, str) else dims
+        vh, vm, vd, vheads, size, patch = (getattr(d, k) for k in VISION_FIELDS)
+        text = tuple(getattr(d, k) for k in TEXT_FIELDS)
         vision = SiglipVisionConfig(
             hidden_size=vh,
             intermediate_size=vm,
@@ -112,8 +148,16 @@ class Pi05Student(nn.Module):
 
     class Config(PluginConfig):
         type: Literal["pi05"] = "pi05"
-        preset: Literal["pi05", "tiny", "mini"] = Field(
-            "pi05", description="pi05: SigLIP So400m/14 + Gemma-2B (2.92B); tiny / mini: CPU sizes (local tokenizer)."
+        preset: Literal["pi05", "tiny", "mini", "custom", "checkpoint"] = Field(
+            "pi05",
+            description="pi05: SigLIP So400m/14 + Gemma-2B (2.92B); tiny / mini: CPU sizes (local tokenizer); custom: "
+            "the sizes in `dims`; checkpoint: the sizes of `pretrained` (its config.json, checked against its "
+            "tensors), read when a run starts and recorded as custom.",
+        )
+        dims: Pi05Dims | None = Field(
+            None,
+            description="custom: every size; checkpoint: sizes the checkpoint does not hold (e.g. vision_heads of a "
+            "resized SigLIP), the rest is read from it; a stated size is checked against its tensors.",
         )
         pretrained: str | None = Field(
             None, description="LeRobot `pi05` checkpoint directory (config.json + *.safetensors), e.g. pi05_base."
@@ -131,10 +175,32 @@ class Pi05Student(nn.Module):
         freeze_vision: bool = False
         attn_implementation: Literal["sdpa"] = "sdpa"
 
+        @model_validator(mode="after")
+        def _dims_fit_the_preset(self):
+            if self.dims is not None and self.preset not in ("custom", "checkpoint"):
+                raise ValueError(
+                    f"dims is read with preset custom or checkpoint; preset {self.preset} fixes every size"
+                )
+            if self.preset == "custom" and (self.dims is None or self.dims.missing()):
+                missing = Pi05Dims().missing() if self.dims is None else self.dims.missing()
+                raise ValueError(f"preset custom needs every size in dims; missing {missing}")
+            return self
+
+        def sizes(self) -> Pi05Dims:
+            """Every size of the VLM; a `checkpoint` preset has none before the stage has read `pretrained`."""
+            if self.preset == "checkpoint":
+                raise RecipeError(
+                    "students.pi05: preset checkpoint takes its sizes from `pretrained` when a run starts (the stage "
+                    "reads them; the architecture reads no file); to build it without the checkpoint (latbot plan, "
+                    "recipe show --params) write them out as preset: custom with dims — "
+                    "`python -m latbot.models.pi05.checkpoint DIR` prints them"
+                )
+            return self.dims if self.preset == "custom" else Pi05Dims.of(self.preset)
+
     def __init__(self, config: Config, latent_width: int | None = None):
         super().__init__()
         self.config = config
-        self.vlm = PaliGemma(config.preset)
+        self.vlm = PaliGemma(config.sizes())
         self._tokenizer = None  # read on first use: counting parameters needs no tokenizer
         self.tokens_per_frame = self.vlm.tokens_per_frame
         d = self.width
@@ -305,12 +371,59 @@ class Pi05Student(nn.Module):
             result["attention_mask"] = seq["valid"].long().to(last.device)
         return result
 
-    def prefix_cache(self, frames, instructions, states=None) -> tuple[PrefixCache, torch.Tensor]:
+    def prefix_cache(self, frames, instructions, states=None, image_masks=None) -> tuple[PrefixCache, torch.Tensor]:
         """The prefix (images, prompt, latent queries) run once → (PrefixCache, valid (B, M)): the context
-        of the pi0.5 expert, reused by every denoising step."""
+        of the pi0.5 expert, reused by every denoising step. frames (B, C, 3, H, W) uint8 or [0, 1];
+        `image_masks` (B, C) bool: False drops that camera's image tokens (pi0.5's missing-camera slots).
+        Prompts as token ids: `prefix_cache_from_tokens`."""
         seq = self.batch(frames, instructions, states)
+        if image_masks is not None:
+            n_img = frames.shape[1] * self.tokens_per_frame
+            seq["valid"][:, :n_img] &= _camera_mask(image_masks, frames.shape[1]).repeat_interleave(
+                self.tokens_per_frame, 1
+            )
         x = self.embed(self.prepare_images(frames), seq)
         cache = self.run(x, seq["valid"], seq["ar"])["cache"]
+        return cache, cache.valid
+
+    def prefix_cache_from_tokens(
+        self, pixels, tokens: torch.Tensor, token_mask: torch.Tensor, image_masks=None
+    ) -> tuple[PrefixCache, torch.Tensor]:
+        """pi0.5's prefix from what openpi and LeRobot hold → (PrefixCache, valid (B, M)), as `prefix_cache`.
+
+        pixels: (B, C, 3, S, S) in [−1, 1] at the model's image size, or LeRobot's list of C (B, 3, S, S)
+        (no resizing here); tokens (B, L): the prompt's ids as PaliGemma's tokenizer gives them (with <bos>,
+        right-padded); token_mask (B, L) bool; image_masks (B, C) bool or LeRobot's list of C (B,) (None:
+        every camera present): a masked camera's tokens are invalid, as pi0.5's. The layout is pi0.5's
+        ([each camera's image tokens] [prompt], one bidirectional block), then the latent queries as in
+        `prefix_cache` (none with num_scene_tokens = num_motion_tokens = 0: exactly pi0.5's prefix)."""
+        if isinstance(pixels, list | tuple):
+            pixels = torch.stack(list(pixels), 1)
+        b, c = pixels.shape[:2]
+        if tokens.shape[0] != b or token_mask.shape != tokens.shape:
+            raise ValueError(
+                f"pixels {tuple(pixels.shape)}, tokens {tuple(tokens.shape)} and token_mask {tuple(token_mask.shape)} "
+                "must share the batch (and tokens the mask's shape)"
+            )
+        device = self.scene_queries.device
+        text = self.vlm.language_model.embed(tokens.to(device))
+        feats = self.vlm.image_features(pixels.flatten(0, 1).to(device))  # (B·C, P², D)
+        feats = feats.reshape(b, -1, feats.shape[-1]).to(text.dtype)  # camera after camera
+        nq = self.config.num_scene_tokens + self.config.num_motion_tokens
+        queries = torch.cat([self.scene_queries, self.motion_queries]).to(text.dtype).expand(b, -1, -1)
+        cams = torch.ones(b, c, dtype=torch.bool) if image_masks is None else _camera_mask(image_masks, c)
+        valid = torch.cat(
+            [
+                cams.to(device).repeat_interleave(feats.shape[1] // c, 1),
+                token_mask.bool().to(device),
+                torch.ones(b, nq, dtype=torch.bool, device=device),
+            ],
+            1,
+        )
+        ar = torch.zeros_like(valid, dtype=torch.long)
+        if nq:
+            ar[:, -nq] = 1  # the latent queries: their own block after the prefix
+        cache = self.run(torch.cat([feats, text, queries], 1), valid, ar)["cache"]
         return cache, cache.valid
 
     def _lm_loss(self, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -325,10 +438,24 @@ class Pi05Student(nn.Module):
         return nn.functional.cross_entropy(logits, target)
 
 
+def _camera_mask(image_masks, cameras: int) -> torch.Tensor:
+    """(B, C) bool from a (B, C) tensor or LeRobot's list of C (B,) masks."""
+    m = (
+        torch.stack([torch.as_tensor(x) for x in image_masks], 1)
+        if isinstance(image_masks, list | tuple)
+        else image_masks
+    )
+    if m.dim() != 2 or m.shape[1] != cameras:
+        raise ValueError(f"image_masks must be (B, {cameras}) (one flag per camera), got {tuple(m.shape)}")
+    return m.bool().cpu()
+
+
 def _tokenizer(config):
     if config.tokenizer is None:
-        if config.preset == "pi05":
-            raise ValueError("students.pi05: tokenizer is null; only the tiny and mini presets have a local tokenizer")
+        if config.preset == "pi05" or (config.dims is not None and config.dims.vocab == PALIGEMMA_VOCAB):
+            raise ValueError(
+                "students.pi05: tokenizer is null; only small vocabularies (tiny, mini) use the local tokenizer"
+            )
         from latbot.models.tokenizer import build_tiny_tokenizer
 
         return build_tiny_tokenizer(["task", "state", "action", *map(str, range(256))])
