@@ -354,3 +354,31 @@ def stats(
             tmp.replace(out)
         typer.echo(f"{store}: merged statistics of {len(paths)} stores" + (f" written to {out}" if out else ""))
     typer.echo(f"{store}: statistics recomputed over {total} frames")
+
+
+@app.command()
+@user_errors
+def export(
+    store: str = typer.Argument(..., help="Episode store (a path or fsspec URL), finished by `latbot data convert`."),
+    fmt: str = typer.Option(..., "--format", "-f", help="What to write: lerobot (a LeRobot v3.0 dataset)."),
+    out: Path = typer.Option(..., "--out", "-o", help="The dataset folder: new, or an empty folder."),
+    codec: str = typer.Option("h264", help="Video codec: h264 (libx264; decodable everywhere) or av1 (libsvtav1)."),
+    crf: int | None = typer.Option(None, help="Video quality, lower is better (default: h264 18, av1 30)."),
+    pix_fmt: str = typer.Option("yuv420p", "--pix-fmt", help="yuv420p (as LeRobot records) or yuv444p (full colour)."),
+) -> None:
+    """Write a store as a dataset of another toolkit: `--format lerobot` makes a LeRobot v3.0 dataset that
+    `LeRobotDataset` reads, with the robot's own action/state vectors (docs/interop.md, 'Stores out')."""
+    import sys
+
+    from latbot.data.export import ExportError, export_lerobot
+
+    if fmt != "lerobot":
+        raise ExportError(f"--format {fmt}: the formats a store exports to are: lerobot")
+    result = export_lerobot(store, out, codec=codec, crf=crf, pix_fmt=pix_fmt, progress=sys.stderr.isatty())
+    for note in result.notes:
+        typer.echo(f"note: {note}", err=True)
+    vectors = ", ".join(f"{feature} ← {array}" for feature, array in result.vectors.items()) or "no vectors"
+    typer.echo(
+        f"{out}: LeRobot v3.0 dataset, {result.episodes} episode(s), {result.frames} frames, "
+        f"{len(result.cameras)} camera(s), {result.tasks} task(s); {vectors}"
+    )
