@@ -17,6 +17,7 @@ from latbot import registry
 from latbot.models.pi05 import checkpoint, openpi_keys
 from latbot.models.pi05.student import Pi05Student
 from tests.conftest import REPO
+from tests.test_pi05 import flow_diffs
 
 FIXTURE = REPO / "tests" / "fixtures" / "openpi_tiny"  # openpi's checkpoint layout
 CROSSCHECK = REPO / "tests" / "fixtures" / "openpi_crosscheck.safetensors"  # inputs and openpi's outputs
@@ -48,19 +49,9 @@ def openpi_prefix(student, x):
 
 def test_openpi_pi05_velocity_and_sampled_actions_match(loaded):
     student, expert, parts, x = loaded
-    with torch.no_grad():
-        cache, valid = openpi_prefix(student, x)
-        t = x["time"]
-        x_t = t[:, None, None] * x["noise"] + (1 - t[:, None, None]) * x["actions"]
-        v = expert.velocity(x_t, t, cache, valid)
-        sampled = expert.denoise(x["sample_noise"], cache, valid)
-    loss = (x["noise"] - x["actions"] - v) ** 2  # PI0Pytorch.forward's return: per-element flow-matching MSE
-    diffs = {
-        "velocity": float((v - x["velocity"]).abs().max()),
-        "velocity_vs_cached": float((v - x["velocity_cached"]).abs().max()),
-        "loss": float((loss - x["loss"]).abs().max()),
-        "sampled": float((sampled - x["sampled"]).abs().max()),
-    }
+    with torch.no_grad():  # "loss": PI0Pytorch.forward's return, the per-element flow-matching MSE
+        diffs = flow_diffs(expert, *openpi_prefix(student, x), x)
+    assert set(diffs) == {"velocity", "velocity_vs_cached", "sampled", "loss"}
     print("pi05 vs openpi PI0Pytorch, max abs diff:", json.dumps(diffs))
     assert all(d < 1e-4 for d in diffs.values()), diffs
     assert float(x["velocity"].abs().max()) > 0.1  # a real signal, not zeros

@@ -39,6 +39,23 @@ def lerobot_prefix(student, x):
     return student.run(emb, valid, torch.zeros_like(valid, dtype=torch.long))["cache"], valid
 
 
+def flow_diffs(expert, cache, valid, x: dict) -> dict[str, float]:
+    """Max abs differences from a reference implementation's recorded outputs: the velocity at the recorded
+    x_t = t·noise + (1 − t)·actions (against its one-pass and its cached forward) and the chunk sampled from
+    the recorded noise; with the recorded per-element loss when the reference gives one."""
+    t = x["time"]
+    v = expert.velocity(t[:, None, None] * x["noise"] + (1 - t[:, None, None]) * x["actions"], t, cache, valid)
+    sampled = expert.denoise(x["sample_noise"], cache, valid)
+    diffs = {
+        "velocity": float((v - x["velocity"]).abs().max()),
+        "velocity_vs_cached": float((v - x["velocity_cached"]).abs().max()),
+        "sampled": float((sampled - x["sampled"]).abs().max()),
+    }
+    if "loss" in x:
+        diffs["loss"] = float(((x["noise"] - x["actions"] - v) ** 2 - x["loss"]).abs().max())
+    return diffs
+
+
 @pytest.fixture(scope="module")
 def loaded():
     student, expert = tiny_pair()
@@ -49,16 +66,7 @@ def loaded():
 def test_lerobot_pi05_velocity_and_sampled_actions_match(loaded):
     student, expert, report, x = loaded
     with torch.no_grad():
-        cache, valid = lerobot_prefix(student, x)
-        t = x["time"]
-        x_t = t[:, None, None] * x["noise"] + (1 - t[:, None, None]) * x["actions"]
-        v = expert.velocity(x_t, t, cache, valid)
-        sampled = expert.denoise(x["sample_noise"], cache, valid)
-    diffs = {
-        "velocity": float((v - x["velocity"]).abs().max()),
-        "velocity_vs_cached": float((v - x["velocity_cached"]).abs().max()),
-        "sampled": float((sampled - x["sampled"]).abs().max()),
-    }
+        diffs = flow_diffs(expert, *lerobot_prefix(student, x), x)
     print("pi05 vs LeRobot 0.6.1, max abs diff:", json.dumps(diffs))
     assert all(d < 1e-4 for d in diffs.values()), diffs
     assert float(x["velocity"].abs().max()) > 0.1  # a real signal, not zeros
