@@ -51,6 +51,12 @@ def test_the_dry_run_prints_a_two_node_torchrun_script(tmp_path):
 def test_recipes_that_cannot_run_on_that_many_ranks_are_refused(tmp_path):
     single = dry_run(recipe(tmp_path, strategy="none"), "--nodes", "2", "--gpus-per-node", "8")
     assert single.exit_code == 2 and "need dist.strategy: fsdp" in single.output
+    hsdp = dry_run(recipe(tmp_path), "--nodes", "2", "--gpus-per-node", "2", "--set", "dist.strategy=hsdp",
+                   "--set", "dist.shard_size=3")  # fmt: skip
+    assert hsdp.exit_code == 2 and "dist.shard_size (3) must divide" in hsdp.output
+    ok = dry_run(recipe(tmp_path, batch=16), "--nodes", "2", "--gpus-per-node", "2", "--set", "dist.strategy=hsdp",
+                 "--set", "dist.shard_size=2")  # fmt: skip
+    assert ok.exit_code == 0 and "--set dist.strategy=hsdp --set dist.shard_size=2" in ok.output
     odd = dry_run(recipe(tmp_path, batch=12), "--nodes", "2", "--gpus-per-node", "4")
     assert odd.exit_code == 2 and "is not a multiple of train.micro_batch_size × GPUs" in odd.output
     env = {**os.environ, "PATH": "/usr/bin:/bin"}  # no sbatch here

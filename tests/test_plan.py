@@ -151,3 +151,84 @@ def test_every_tiny_recipe_dry_runs_through_its_stage(path):
     (pi0.5's discrete state prompt included: on meta every state dimension is written)."""
     run = dry_run(load_recipe(path))
     assert run.params_total > 0 and run.forward_flops > 0 and run.backward_flops > 0
+
+
+def test_fsdp_vs_hsdp_on_several_nodes_memory_and_communication():
+    """`--nodes N --gpus-per-node G`: FSDP shards over N·G GPUs and all its collectives span the nodes; HSDP
+    shards over the G GPUs of a node (more memory per GPU) and only all-reduces gradient shards across nodes."""
+    from latbot.train.plan import DryRun
+
+    recipe = load_recipe(REPO / "recipes/lam_internvl.yaml")  # bf16, reshard_after_forward, no-sync accumulation
+    p, t, root = 1_600_000_000, 1_200_000_000, 100_000_000
+    run = DryRun(4, p, t, 10, root, 10_000_000, 1, 1, 0, 8, 4, 2, 1)
+    report = plan(recipe, gpus=16, gpu_memory_gb=80, run=run, nodes=2)
+    c = report["cluster"]
+    assert (c["nodes"], c["gpus_per_node"], c["shard_size"]) == (2, 8, 16)
+    accum = report["batch"]["accumulation"]
+    assert accum == 8
+    fsdp, hsdp = report["strategies"]["fsdp"], report["strategies"]["hsdp"]
+    assert fsdp["shard_size"] == 16 and hsdp["shard_size"] == 8
+    mf, mh = fsdp["memory_per_gpu_bytes"], hsdp["memory_per_gpu_bytes"]
+    assert mf["optimizer_sharded"] == 8 * t / 16 and mh["optimizer_sharded"] == 8 * t / 8
+    assert mh["total"] - mf["total"] == pytest.approx((4 * p + 12 * t) * (1 / 8 - 1 / 16))
+    assert mf["accumulation_unsharded"] == 2 * p + 4 * t  # gathered bf16 parameters + fp32 gradients
+    assert report["memory_per_gpu_bytes"] == mf  # a fsdp recipe: the main table is FSDP's
+    cf, ch = fsdp["communication_per_step"], hsdp["communication_per_step"]
+    gathered = 2 * (root + (1 + accum) * (p - root))  # first forward + every backward; root once
+    assert cf["all_gather_bytes"] == pytest.approx(gathered * 15 / 16)
+    assert ch["all_gather_bytes"] == pytest.approx(gathered * 7 / 8)
+    assert cf["reduce_scatter_bytes"] == pytest.approx(4 * t * 15 / 16)  # once per step, not per micro-batch
+    assert cf["within_node_bytes"] == 0 and cf["across_nodes_bytes"] == pytest.approx(
+        cf["all_gather_bytes"] + cf["reduce_scatter_bytes"]
+    )
+    assert ch["all_reduce_bytes"] == pytest.approx(2 * (1 / 2) * 4 * t / 8)  # the gradient shard, 2 replicas
+    assert ch["across_nodes_bytes"] == ch["all_reduce_bytes"] < cf["across_nodes_bytes"] / 20
+    # without no-sync accumulation: every micro-batch gathers and reduces, and nothing stays unsharded
+    synced = plan(load_recipe(REPO / "recipes/lam_internvl.yaml", ["dist.no_sync_accumulation=false"]), 16, 80, run=run)
+    s = synced["strategies"]["fsdp"]
+    assert s["communication_per_step"]["reduce_scatter_bytes"] == pytest.approx(accum * cf["reduce_scatter_bytes"])
+    assert s["memory_per_gpu_bytes"]["accumulation_unsharded"] == 0
+    # an hsdp recipe: its own shard size in the main table; one that does not divide the GPUs: a recipe error
+    h = plan(
+        load_recipe(REPO / "recipes/lam_internvl.yaml", ["dist.strategy=hsdp", "dist.shard_size=8"]), 16, 80, run=run
+    )
+    assert h["cluster"]["shard_size"] == 8 and h["memory_per_gpu_bytes"] == mh
+    from latbot.errors import RecipeError
+
+    bad = load_recipe(REPO / "recipes/lam_internvl.yaml", ["dist.strategy=hsdp", "dist.shard_size=3"])
+    with pytest.raises(RecipeError, match=r"dist.shard_size \(3\) must divide the number of processes \(16\)"):
+        plan(bad, 16, 80, run=run)
+
+
+def test_plan_command_compares_fsdp_and_hsdp_per_node():
+    from latbot.cli import app
+
+    path = str(REPO / "recipes/tiny/lam.yaml")
+    args = ["plan", path, "--nodes", "2", "--gpus-per-node", "2", "--set", "train.micro_batch_size=2"]
+    out = CliRunner().invoke(app, args)
+    assert out.exit_code == 0, out.output
+    assert "2 node(s) × 2 = 4" in out.output and "FSDP" in out.output and "sent across nodes, per step" in out.output
+    report = json.loads(CliRunner().invoke(app, [*args, "--json"]).output)
+    assert report["cluster"]["gpus"] == 4 and set(report["strategies"]) == {"fsdp", "hsdp"}
+    half = CliRunner().invoke(app, ["plan", path, "--nodes", "2"])
+    assert half.exit_code == 2 and "--gpus-per-node" in half.output
+
+
+def test_the_plan_counts_the_online_teacher_of_a_distillation():
+    """Without a teacher cache the frozen teacher runs in every step: its forward FLOPs and its memory are in
+    the plan (from the teacher's LAM recipe when the run does not exist yet), and a cached run has none."""
+    recipe = load_recipe(REPO / "recipes/tiny/distill.yaml", ["train.micro_batch_size=2", "train.global_batch_size=4"])
+    alone = plan(recipe, 2, 80.0)
+    assert "not_counted" in alone["frozen"] and alone["memory_per_gpu_bytes"].get("frozen_models", 0) == 0
+    online = plan(recipe, 2, 80.0, teacher_recipe=REPO / "recipes/tiny/lam.yaml")
+    teacher = online["frozen"]
+    assert teacher["forward_flops_per_sample"] > 0 and teacher["params"] > 0
+    assert (
+        online["flops"]["per_sample_model"] == alone["flops"]["per_sample_model"] + teacher["forward_flops_per_sample"]
+    )
+    m = online["memory_per_gpu_bytes"]
+    assert m["frozen_models"] == teacher["memory_per_gpu_bytes"]["total"] > 0
+    assert m["total"] == alone["memory_per_gpu_bytes"]["total"] + m["frozen_models"]
+    cached = load_recipe(REPO / "recipes/tiny/distill.yaml", ["train.micro_batch_size=2", "train.global_batch_size=4",
+                                                               "model.teacher_cache=caches/x"])  # fmt: skip
+    assert plan(cached, 2, 80.0, teacher_recipe=REPO / "recipes/tiny/lam.yaml")["frozen"] is None

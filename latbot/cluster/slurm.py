@@ -43,10 +43,16 @@ def train_script(
     from latbot.train.plan import check_batch
 
     world = nodes * gpus_per_node
-    if world > 1 and recipe.dist.strategy != "fsdp":
+    if world > 1 and recipe.dist.strategy == "none":
         raise TrainingError(
             f"{recipe_path}: {nodes} node(s) × {gpus_per_node} GPU(s) = {world} processes need dist.strategy: fsdp "
-            "(the recipe says none); add --set dist.strategy=fsdp"
+            f"(or hsdp); the recipe says none: add --set dist.strategy=fsdp"
+        )
+    shard = getattr(recipe.dist, "shard_size", None)
+    if recipe.dist.strategy == "hsdp" and shard and world % shard:
+        raise TrainingError(
+            f"{recipe_path}: dist.shard_size ({shard}) must divide {nodes} node(s) × {gpus_per_node} GPU(s) = {world} "
+            f"processes; set it to the GPUs of a node (--set dist.shard_size={gpus_per_node})"
         )
     check_batch(recipe, world)  # the global batch must split over every rank
     name = recipe.log.run_name or time.strftime(f"{recipe.stage}-%Y%m%d-%H%M%S")

@@ -330,9 +330,15 @@ def aggregate_actions(steps: np.ndarray, stride: int, frame_motion: np.ndarray |
 
 class MixtureSampler(Sampler[int]):
     """Indices into a `ConcatDataset` of per-source datasets: a source is drawn with probability
-    weight / Σ weights, then a sample uniformly within it. The stream is a pure function of (seed,
-    position), so `state_dict()` / `load_state_dict()` resume it exactly; ranks take interleaved
-    positions (rank, rank + world_size, …), so data is sharded without overlap."""
+    weight / Σ weights, then a sample uniformly within it.
+
+    The stream is indexed by the global sample: sample k of the run is `global_index(k)`, a pure function
+    of (seed, k) whatever the number of processes. Rank r of W takes the interleaved global positions
+    r, r + W, r + 2W, …, so data is sharded without overlap, and the G/W samples each rank takes for
+    optimizer step s (micro-batch × accumulation) are, over all ranks, exactly the global samples
+    [s·G, (s+1)·G): the same examples for any W that divides G. With W = 1 the stream is the global
+    stream in order. `position` counts the samples this rank has handed out; `global_position`
+    (= position × W) is the run's sample count, which is what a resume at another world size restores."""
 
     BLOCK = 4096
 
@@ -349,6 +355,8 @@ class MixtureSampler(Sampler[int]):
             raise ValueError("sizes and weights must be non-empty and of equal length")
         if any(w <= 0 for w in weights) or any(s <= 0 for s in sizes):
             raise ValueError(f"weights and sizes must be positive, got {list(weights)} and {list(sizes)}")
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} of world_size {world_size}: need 0 <= rank < world_size")
         self.sizes = np.asarray(sizes, np.int64)
         self.offsets = np.concatenate([[0], np.cumsum(self.sizes)[:-1]])
         self.probs = np.asarray(weights, np.float64) / np.sum(weights)
@@ -380,10 +388,22 @@ class MixtureSampler(Sampler[int]):
     def __len__(self) -> int:
         return self.num_samples if self.num_samples is not None else math.inf  # type: ignore[return-value]
 
+    @property
+    def global_position(self) -> int:
+        """Samples of the run handed out by all ranks together (every rank at the same `position`)."""
+        return self.position * self.world_size
+
+    @global_position.setter
+    def global_position(self, samples: int) -> None:
+        if samples < 0 or samples % self.world_size:
+            raise ValueError(f"global position {samples} is not a multiple of the world size {self.world_size}")
+        self.position = samples // self.world_size
+
     def state_dict(self) -> dict[str, int]:
-        return {"position": self.position, "seed": self.seed}
+        return {"position": self.position, "seed": self.seed, "world_size": self.world_size}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
+        """Resume the stream; a state saved at another world size continues from its global position."""
         if state["seed"] != self.seed:
             raise ValueError(f"sampler state is for seed {state['seed']}, this sampler uses {self.seed}")
-        self.position = int(state["position"])
+        self.global_position = int(state["position"]) * int(state.get("world_size", self.world_size))

@@ -11,8 +11,12 @@ N·D times (MSE) and N times (KL) more against λ_r·L_r. The KL runs in the dir
 standard deviation of about one whatever the width D. Samples without a subtask annotation get no L_r
 (`subtask_fallback: skip`, what the paper implies) or predict the instruction (`instruction`).
 
-The teacher (a frozen LAM encoder, eval mode) is held outside the module tree: it is not trained, not
-sharded, not checkpointed and not switched to train mode by the loop. What the student returns is checked
+The teacher (a frozen LAM encoder, eval mode, `no_grad`) is held outside the module tree: it is not
+trained, not checkpointed and not switched to train mode by the loop. Online (no latent cache), its
+latents are computed inside the distillation step, under the loop's bf16 autocast when
+`train.precision: bf16`, and returned in float32 like cached latents; under FSDP it is sharded on its own
+(`shard_teacher`: its encoder's blocks and its root, resharded after each forward, so only one block's
+weights are gathered at a time and none stay gathered between steps). What the student returns is checked
 at every step against its contract (latbot.models.students.base: shapes and dtypes only, free and fine on
 meta tensors); the teacher's latents are checked by the LAM's `encode`.
 """
@@ -93,8 +97,12 @@ class DistillationModel(nn.Module):
 
     @torch.no_grad()
     def teacher_latents(self, frames: torch.Tensor, instructions: list[str]) -> torch.Tensor:
+        """Z = [Z_sce; Z_mot] (B, Ns + Nm, D) in float32, the teacher frozen and in eval mode; the dtype of its
+        computation is the caller's autocast (the loop's bf16 autocast when `train.precision: bf16`)."""
+        if self.teacher.training:
+            self.teacher.eval()  # nothing may switch the teacher's dropout / norms to training behaviour
         z_sce, z_mot = self.teacher.encode(frames, instructions)
-        return torch.cat([z_sce, z_mot], dim=1)
+        return torch.cat([z_sce, z_mot], dim=1).float()
 
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
         """A clip batch (the teacher's clip; the student sees frame 0) or a cached batch (frame 0 and
@@ -138,3 +146,9 @@ class DistillationModel(nn.Module):
             "lm": lm,
             "subtask_rate": with_subtask,  # share of samples with an annotated subtask (the rest: fallback)
         }
+
+
+def teacher_blocks(teacher: nn.Module) -> list[nn.Module]:
+    """The teacher's repeated blocks: its encoder's (the decoder of a LAM used as a teacher is dropped)."""
+    encoder = getattr(teacher, "encoder", teacher)
+    return list(encoder.repeated_blocks())

@@ -119,9 +119,31 @@ class TrainConfig(Section):
 
 
 class DistConfig(Section):
-    strategy: Literal["none", "fsdp"] = Field("none", description="fsdp = torch FSDP2 (`fully_shard`).")
+    strategy: Literal["none", "fsdp", "hsdp"] = Field(
+        "none",
+        description="fsdp = torch FSDP2 (`fully_shard`) over all processes; hsdp = sharded within groups of "
+        "`shard_size` processes (e.g. the GPUs of one node) and replicated across the groups (multi-node).",
+    )
     backend: Literal["auto", "nccl", "gloo"] = Field("auto", description="auto: nccl on CUDA, gloo on CPU.")
     reshard_after_forward: bool = True
+    no_sync_accumulation: bool = Field(
+        True,
+        description="With gradient accumulation under fsdp/hsdp, reduce gradients only at the last micro-batch "
+        "of a step (the others keep unsharded gradients and gathered parameters: memory for communication, "
+        "see `latbot plan`); false: reduce-scatter after every micro-batch.",
+    )
+    shard_size: int | None = Field(
+        None,
+        ge=1,
+        description="hsdp: processes per shard group (the GPUs of one node); the world size must be a multiple "
+        "of it. Required by hsdp, unused otherwise.",
+    )
+
+    @model_validator(mode="after")
+    def _hsdp_needs_shard_size(self):
+        if self.strategy == "hsdp" and self.shard_size is None:
+            raise ValueError("dist.strategy hsdp needs dist.shard_size (processes per shard group, e.g. 8 per node)")
+        return self
 
 
 MAX_RUN_NAME = 128  # characters; a folder name (most file systems allow 255 bytes)

@@ -75,6 +75,11 @@ class Stage:
         """Named parts of the model, for `latbot recipe show --params` (default: its direct children)."""
         return dict(model.named_children())
 
+    def frozen_cost(self, gpus: int, micro_batch: int) -> dict[str, Any] | None:
+        """What a training step runs besides the trained model (a frozen distillation teacher), for `plan`:
+        ``{"forward_flops_per_sample", "memory_per_gpu_bytes": {..., "total"}, ...}``; None when nothing."""
+        return None
+
     def vlm(self, model: nn.Module) -> nn.Module | None:
         """The vision-language model inside this stage's model (for analyses such as grounding), or None."""
         return None
@@ -110,7 +115,8 @@ class Stage:
         return {}
 
     def on_log(self, model, batch) -> dict[str, float]:
-        """Extra scalars computed at each log step (single process only)."""
+        """Extra scalars computed at each log step, by every rank on its own micro-batch (a sharded model needs
+        all ranks), averaged over the ranks by the loop."""
         return {}
 
     # -- shared helpers ----------------------------------------------------------------------------------------
@@ -141,11 +147,13 @@ class Stage:
 
         if resume is not None:
             recipe = runs.resumable(resume).recipe
+        distributed.require_launcher(recipe.dist.strategy)  # fsdp/hsdp outside torchrun: a line, no run dir
         stage = cls(recipe)
         stage.validate()
         stage.prepare()
         world = distributed.init(recipe.dist.backend)
         try:
+            distributed.mesh_shape(world.size, recipe.dist.strategy, recipe.dist.shard_size)  # hsdp: before the run dir
             run_dir = None
             if world.main:
                 run_dir = Path(resume) if resume is not None else runs.new_run_dir(recipe, recipe_path)
@@ -153,7 +161,7 @@ class Stage:
                 if world.main and resume is None:
                     runs.create_run(run_dir, recipe, stage.parents(), environment(world.size))
                 run_dir = _broadcast_path(run_dir, world)
-                has_on_log = type(stage).on_log is not Stage.on_log and recipe.dist.strategy == "none"
+                has_on_log = type(stage).on_log is not Stage.on_log
                 try:
                     model = train(
                         recipe,

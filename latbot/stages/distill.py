@@ -19,7 +19,10 @@ class DistillModel(Section):
     student: StudentSlot = Field(description="Student VLM seeing V_1 and the instruction (kind `students`).")
     teacher: Path | None = Field(None, description="LAM checkpoint directory (its manifest is checked).")
     teacher_cache: Path | None = Field(
-        None, description="Teacher latents cache (Zarr): built there on first use, then distilled from."
+        None,
+        description="Teacher latents cache (for small data sets): built there on first use (per rank, shard by "
+        "shard, resumable), then distilled from; null (the default, and the real-size choice): the teacher runs "
+        "online in every step.",
     )
     cache_dtype: Literal["float32", "float16"] = Field("float32", description="Storage type of the cached latents.")
     temperature: float | None = Field(
@@ -75,6 +78,25 @@ class DistillStage(Stage):
         lam = runs.load_lam(self.recipe.model.teacher)
         lam.decoder = torch.nn.Identity()  # only the encoder teaches; free the decoder
         self.teacher = lam
+        if self.recipe.model.teacher_cache is not None:
+            self._check_cache_space()
+
+    def _cache_shape(self) -> tuple[int, int]:
+        """(tokens, width) of one clip's latents: the teacher's Ns + Nm and D."""
+        enc = self.teacher.config.encoder
+        return enc.num_scene_tokens + enc.num_motion_tokens, self.teacher.encoder.width
+
+    def _check_cache_space(self) -> None:
+        """A cache still to (finish) building is refused, in one line and before anything is written, when its
+        destination's file system lacks room for clips × tokens × D × bytes of `cache_dtype`."""
+        from latbot.data.latent_cache import check_space, is_complete
+        from latbot.data.mixture import build_mixture
+
+        r = self.recipe
+        if is_complete(r.model.teacher_cache):
+            return
+        clips, _ = build_mixture(self.sources(), r.data.num_frames, seed=r.train.seed, cameras=r.data.cameras)
+        check_space(r.model.teacher_cache, len(clips), *self._cache_shape(), r.model.cache_dtype)
 
     def _check_teacher(self) -> None:
         """The teacher run (its manifest: no weights read) against the data and the student: the same clip
@@ -213,10 +235,23 @@ class DistillStage(Stage):
     def vlm(self, model):
         return model.student
 
+    def frozen_cost(self, gpus: int, micro_batch: int) -> dict | None:
+        """The online teacher (no `teacher_cache`): its forward FLOPs and memory per GPU, built on the meta
+        device from the teacher run's recipe, or from `self.teacher_recipe` (`latbot plan --teacher-recipe`)."""
+        if self.recipe.model.teacher_cache is not None:
+            return None
+        from latbot.train.plan import teacher_cost
+
+        return teacher_cost(self.recipe, gpus, micro_batch, lam_recipe=getattr(self, "teacher_recipe", None))
+
     def build_data(self, world):
-        from latbot.data.latent_cache import CachedLatentDataset, build_cache, cache_identity
+        """This rank's clips and sampler. Online teacher (no `teacher_cache`, the default): the teacher is
+        sharded here under `dist.strategy: fsdp` or `hsdp` (on the student's mesh, after the loop has
+        sharded the student; it is not part of the trained module). With a cache: every rank writes its own
+        shards (`build_cache`), the ranks agree that all succeeded, rank 0 writes the manifest, and every
+        rank reads every shard."""
+        from latbot.data.latent_cache import CachedLatentDataset, cache_identity
         from latbot.data.mixture import build_mixture
-        from latbot.train import distributed
 
         r = self.recipe
         m = r.model
@@ -230,34 +265,82 @@ class DistillStage(Stage):
             cameras=r.data.cameras,
         )
         if m.teacher_cache is None:
+            if r.dist.strategy != "none":  # fsdp or hsdp: the teacher on the student's mesh
+                from latbot.train.distributed import shard_teacher
+
+                shard_teacher(
+                    self.teacher, world, r.train.precision, r.dist.strategy, getattr(r.dist, "shard_size", None)
+                )
             return clips, sampler
         from latbot import runs
 
         teacher_hash = runs.open_run(m.teacher, "lam").manifest.content_hash
         identity = cache_identity(teacher_hash, sources, r.data.num_frames, r.data.cameras)
-        if not Path(m.teacher_cache).exists() and world.main:
-            build_cache(
-                m.teacher_cache,
-                self.teacher,
-                clips,
-                identity,
-                batch_size=r.train.micro_batch_size,
-                dtype=m.cache_dtype,
-                device=world.device,
-                progress=r.log.progress,
-            )
-        distributed.barrier(world)
+        self._ensure_cache(world, clips, identity)
+        self.teacher.to("cpu")  # the step reads cached latents: the teacher leaves the accelerator
         return CachedLatentDataset(clips, m.teacher_cache, identity), sampler
+
+    def _ensure_cache(self, world, clips, identity: dict) -> None:
+        """Build what is missing of the cache: each rank its shards; a failure on any rank is raised on every
+        rank (no rank waits on a barrier for a rank that died with an error); completed shards are kept."""
+        from latbot.data.latent_cache import CacheError, build_cache, finish_cache, is_complete
+        from latbot.train import distributed
+
+        r = self.recipe
+        m = r.model
+        if not is_complete(m.teacher_cache):
+            shape = self._cache_shape()
+            error = None
+            try:
+                build_cache(
+                    m.teacher_cache,
+                    self.teacher,
+                    clips,
+                    identity,
+                    shape=shape,
+                    batch_size=r.train.micro_batch_size,
+                    dtype=m.cache_dtype,
+                    device=world.device,
+                    precision=r.train.precision,
+                    rank=world.rank,
+                    world_size=world.size,
+                    progress=r.log.progress,
+                )
+            except Exception as e:  # told to every rank below, then raised here
+                error = e
+            if _failures(world, error is not None):
+                if error is not None:
+                    raise error
+                raise CacheError(
+                    f"{m.teacher_cache}: another rank failed to write its shards of the teacher cache (its error "
+                    "is in its log); the completed shards are kept: run again to compute only the missing ones"
+                )
+            if world.main:
+                finish_cache(m.teacher_cache, identity, len(clips), shape, m.cache_dtype)
+        distributed.barrier(world)
 
     def extra(self, model) -> dict:
         return {
             "latent_width": self.teacher.encoder.width,
+            "teacher_latents": "online" if self.recipe.model.teacher_cache is None else "cache",
             "temperature": model.temperature,
             "steps": self.recipe.train.steps,
             "pretrained": getattr(self, "pretrained", {}),  # which pi0.5 components were loaded
             "subtask_coverage": {str(s.store): subtask_coverage(s) for s in self.sources()},
             "subtask_fallback": self.recipe.model.subtask_fallback,
         }
+
+
+def _failures(world, failed: bool) -> int:
+    """How many ranks failed (an all-reduce: every rank learns it, nobody waits for a dead rank)."""
+    if world.size == 1:
+        return int(failed)
+    import torch
+    import torch.distributed as dist
+
+    flag = torch.tensor([int(failed)], device=world.device)
+    dist.all_reduce(flag)
+    return int(flag.item())
 
 
 def subtask_coverage(source) -> float:

@@ -1,11 +1,23 @@
 """Training-state checkpoints: torch distributed checkpoint (DCP) for the model and optimizer (sharded
-under FSDP2), plus each rank's RNG states and data position — everything needed to continue exactly.
+under FSDP2), plus each rank's RNG states and the run's data position — everything needed to continue exactly.
 
 Layout: `RUN/checkpoints/step_00000100/` (DCP files, `rank<r>.pt`, `meta.json`) and `RUN/checkpoints/latest`.
 A checkpoint is written into `.step_….tmp/` and renamed into place only when every rank has finished;
 `latest` is then replaced atomically. A process killed mid-save leaves the previous checkpoint and
 `latest` untouched (the stale temporary directory is removed by the next save). Older checkpoints beyond
 `keep_last` are deleted.
+
+Elastic resume: a checkpoint written by N processes loads on M. DCP reshards the model and optimizer state
+(every tensor is stored with its global shape and each shard's offsets; a loading rank reads the pieces of
+its own shard), so they are the same values at any world size. The data position is the run's global
+sample count (`global_samples` in meta.json, identical for every rank; the sampler is indexed by the global
+sample, so rank r of M continues at global_samples / M of its interleaved share). The RNG states of
+`rank<r>.pt` exist only for the old ranks and belong to streams that the new ranks' shares of the data no
+longer match, so at another world size every rank re-derives them from (seed, step, rank)
+(`derive_rng`); at the same world size each rank restores its saved states and the resume is bit-exact.
+A model whose training step draws no random numbers continues with the same losses up to the
+floating-point order of the gradient reduction; one that does (dropout, noise) continues with other,
+equally distributed draws.
 
 A run directory may come from elsewhere (a colleague's half-trained model), so nothing in it is trusted:
 
@@ -66,8 +78,18 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     random.setstate((state["python_version"], tuple(int(v) for v in state["python"].tolist()), None))
 
 
+def derive_rng(seed: int, step: int, rank: int) -> None:
+    """Seed torch (every device), numpy's and Python's global RNGs from (seed, step, rank): what a rank
+    restores when the checkpoint was written at another world size (it has no saved states of its own)."""
+    words = np.random.SeedSequence([seed & 0xFFFFFFFF, seed >> 32 & 0xFFFFFFFF, step, rank, 0x1A7B07]).generate_state(4)
+    torch.manual_seed(int(words[0]) << 32 | int(words[1]))
+    np.random.seed(words)
+    random.seed(int(words[2]) << 32 | int(words[3]))
+
+
 def save(run_dir: Path, step: int, model, optimizer, world: World, extra: dict[str, Any], keep_last: int) -> Path:
-    """Write the full training state after optimizer step `step` (collective: every rank calls it)."""
+    """Write the full training state after optimizer step `step` (collective: every rank calls it). `extra`
+    (JSON values, e.g. `global_samples`) goes to every rank's file and, as rank 0 has it, to meta.json."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
@@ -270,9 +292,12 @@ def _choose_on_main(run_dir: Path, world: World, verify_files: bool) -> tuple[Pa
     return _root(run_dir) / name, meta, notes
 
 
-def load(run_dir: Path, model, optimizer, world: World) -> dict[str, Any]:
+def load(run_dir: Path, model, optimizer, world: World, seed: int = 0) -> dict[str, Any]:
     """Restore model, optimizer and this rank's RNG from the newest checkpoint that verifies; returns its
-    extra state."""
+    extra state with "step" and "global_samples" (the run's sample count, the same on every rank).
+
+    At another world size than the checkpoint's, DCP reshards model and optimizer, and the RNG is
+    re-derived from (`seed`, step, rank) instead of read from a rank file (module docstring)."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.api import CheckpointException
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
@@ -285,10 +310,11 @@ def load(run_dir: Path, model, optimizer, world: World) -> dict[str, Any]:
             print(f"warning: {note}")
         if notes:
             print(f"resuming from {path.name}, the newest checkpoint that verifies")
-    if meta["world_size"] != world.size:
-        raise CheckpointError(
-            f"--resume {run_dir}: {path.name} was written by {meta['world_size']} process(es); resume with the "
-            f"same number (torchrun --nproc-per-node {meta['world_size']})"
+    elastic = meta["world_size"] != world.size
+    if elastic and world.main:
+        print(
+            f"resuming {path.name}, written by {meta['world_size']} process(es), on {world.size}: model and "
+            f"optimizer resharded, data from global sample {_global_samples(path, meta)}, RNG re-derived per rank"
         )
     model_sd, optim_sd = get_state_dict(model, optimizer)
     state = {"model": model_sd, "optim": optim_sd}
@@ -307,9 +333,24 @@ def load(run_dir: Path, model, optimizer, world: World) -> dict[str, Any]:
                 raise
             raise CheckpointError(f"{path}: cannot be loaded ({type(e).__name__}: {str(e)[:300]})") from e
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
-    rank_state = _load_weights_only(path / f"rank{world.rank}.pt")
-    _set_rng_state(rank_state.pop("rng"))
-    return {"step": meta["step"], **rank_state}
+    if elastic:  # no rank file of this rank's stream: rank 0's extra state from meta.json, RNG re-derived
+        rank_state = {k: v for k, v in meta.items() if k not in ("step", "world_size", "files")}
+        derive_rng(seed, meta["step"], world.rank)
+    else:
+        rank_state = _load_weights_only(path / f"rank{world.rank}.pt")
+        _set_rng_state(rank_state.pop("rng"))
+    return {**rank_state, "step": meta["step"], "global_samples": _global_samples(path, meta)}
+
+
+def _global_samples(path: Path, meta: dict[str, Any]) -> int:
+    """The run's sample count at the checkpoint: `global_samples`, or (a checkpoint of an older LatBot, which
+    recorded each rank's count, the same on every rank) `samples` × the world size that wrote it."""
+    value = meta.get("global_samples")
+    if value is None and isinstance(meta.get("samples"), int):
+        value = meta["samples"] * meta["world_size"]
+    if not isinstance(value, int) or value < 0:
+        raise CheckpointError(f"{path / 'meta.json'}: no sample count (global_samples); the checkpoint is damaged")
+    return value
 
 
 @contextlib.contextmanager

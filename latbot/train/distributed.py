@@ -8,7 +8,11 @@ Launch with torchrun for several processes (GPUs, or CPU processes over gloo):
 
 `dist.strategy: fsdp` shards every block the model names (`repeated_blocks()`) and then the root with
 `fully_shard`; `train.precision: bf16` adds FSDP2's MixedPrecisionPolicy (bf16 gather and compute, fp32
-gradient reduction, fp32 master weights).
+gradient reduction, fp32 master weights). `dist.strategy: hsdp` (multi-node) shards within groups of
+`dist.shard_size` processes (the GPUs of one node: all-gathers and reduce-scatters stay on NVLink) and
+replicates across the groups (one all-reduce of the gradient shards across nodes per step), through a 2-D
+DeviceMesh ("replicate", "shard"). During gradient accumulation only the last micro-batch of a step
+reduces gradients (`accumulating`).
 """
 
 from __future__ import annotations
@@ -92,13 +96,69 @@ def mixed_precision(precision: str):
     return MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32, cast_forward_inputs=False)
 
 
-def shard(model: nn.Module, world: World, reshard_after_forward: bool = True, precision: str = "fp32") -> nn.Module:
-    """FSDP2: `fully_shard` each named block, then the whole model (the root unit: everything else), over
-    all ranks, with the mixed-precision policy of `precision`."""
+def fp32_master_weights(model: nn.Module) -> nn.Module:
+    """The one dtype rule, applied after the model is built and its weights loaded, before sharding: every
+    floating parameter and buffer becomes fp32 (integer and bool buffers are left alone), whatever dtype
+    the weights were loaded in (`from_pretrained` keeps a checkpoint's bf16; pi0.5 checkpoints keep
+    theirs), so LatBot's own fp32 parameters and the loaded ones make one dtype in every FSDP2 unit. bf16
+    compute comes from `mixed_precision` under FSDP and from the loop's autocast otherwise; the weights the
+    optimizer updates, and its moments, are fp32. Converted in place: tied parameters stay tied."""
+    return model.float()
+
+
+def require_launcher(strategy: str) -> None:
+    """A sharded strategy started as one plain process (no WORLD_SIZE: not under torchrun) stops in a line,
+    before any run directory exists."""
+    if strategy != "none" and "WORLD_SIZE" not in os.environ:
+        from latbot.errors import TrainingError
+
+        raise TrainingError(
+            f"dist.strategy {strategy} needs processes started by torchrun: run "
+            "`torchrun --nproc-per-node N -m latbot train …` (N = GPUs per node; add --nnodes/--rdzv-endpoint for "
+            "several nodes, or `latbot train --launcher slurm`), or --set dist.strategy=none for one process"
+        )
+
+
+def mesh_shape(world_size: int, strategy: str = "fsdp", shard_size: int | None = None) -> tuple[int, ...]:
+    """The DeviceMesh shape of a strategy: fsdp (world,), hsdp (replicas, shard_size); a one-line recipe error
+    when the world size is not a multiple of dist.shard_size."""
+    if strategy != "hsdp":
+        return (world_size,)
+    if not shard_size or world_size % shard_size:
+        from latbot.errors import RecipeError
+
+        raise RecipeError(
+            f"dist.shard_size ({shard_size}) must divide the number of processes ({world_size}) for "
+            "dist.strategy hsdp; set it to the GPUs per node (or --set dist.strategy=fsdp)"
+        )
+    return (world_size // shard_size, shard_size)
+
+
+def device_mesh(world: World, strategy: str = "fsdp", shard_size: int | None = None):
+    """fsdp: a 1-D mesh over every rank; hsdp: a 2-D mesh ("replicate", "shard") of (replicas, shard_size),
+    so that consecutive ranks (one node under torchrun) form a shard group."""
     from torch.distributed.device_mesh import init_device_mesh
+
+    shape = mesh_shape(world.size, strategy, shard_size)
+    if len(shape) == 1:
+        return init_device_mesh(world.device.type, shape)
+    return init_device_mesh(world.device.type, shape, mesh_dim_names=("replicate", "shard"))
+
+
+def shard(
+    model: nn.Module,
+    world: World,
+    reshard_after_forward: bool = True,
+    precision: str = "fp32",
+    strategy: str = "fsdp",
+    shard_size: int | None = None,
+) -> nn.Module:
+    """FSDP2: `fully_shard` each named block, then the whole model (the root unit: everything else), over
+    all ranks (fsdp) or within shard groups replicated across groups (hsdp: a 2-D mesh), with the
+    mixed-precision policy of `precision`."""
     from torch.distributed.fsdp import fully_shard
 
-    mesh = init_device_mesh(world.device.type, (world.size,))
+    mesh = device_mesh(world, strategy, shard_size)
     options = {"mesh": mesh, "reshard_after_forward": reshard_after_forward}
     policy = mixed_precision(precision)
     if policy is not None:
@@ -109,6 +169,17 @@ def shard(model: nn.Module, world: World, reshard_after_forward: bool = True, pr
     return model
 
 
+def accumulating(model: nn.Module, last: bool) -> None:
+    """Before each micro-batch's backward under FSDP2: only the last micro-batch of an optimizer step
+    reduce-scatters (and, under hsdp, all-reduces) gradients; the others accumulate unsharded gradients
+    locally. Parameters stay gathered between those backward passes (no re-all-gather in the next forward)
+    and are resharded after the last one. A model that is not sharded is left alone."""
+    if not hasattr(model, "set_requires_gradient_sync"):
+        return
+    model.set_requires_gradient_sync(last)
+    model.set_reshard_after_backward(last)
+
+
 def checkpoint_activations(model: nn.Module) -> int:
     """Recompute each block's activations in the backward pass instead of storing them."""
     from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import apply_activation_checkpointing
@@ -116,3 +187,32 @@ def checkpoint_activations(model: nn.Module) -> int:
     targets = {id(b) for b in blocks(model)}
     apply_activation_checkpointing(model, check_fn=lambda m: id(m) in targets)
     return len(targets)
+
+
+def shard_teacher(
+    teacher: nn.Module, world, precision: str = "fp32", strategy: str = "fsdp", shard_size: int | None = None
+) -> nn.Module:
+    """FSDP2 for the frozen teacher, apart from the student: `fully_shard` each encoder block, then the
+    teacher (its root unit), over all ranks, with `reshard_after_forward=True` everywhere, the root
+    included (an explicit True is honoured for the root, unlike the default), so a block's weights are
+    gathered only while it runs and nothing stays gathered between steps. Frozen parameters have no
+    gradient, so no reduce-scatter and no optimizer state: per GPU it costs its parameters / world size
+    (fp32, as loaded) plus the gathered block (bf16 under `precision: bf16`). The mesh is the student's:
+    all ranks (fsdp), or shard groups of `shard_size` replicated across groups (hsdp: the teacher's
+    all-gathers stay within a node). Every rank must call the teacher the same number of times (it does:
+    one forward per micro-batch)."""
+    from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
+
+    from latbot.models.distill import teacher_blocks
+
+    options = {"mesh": device_mesh(world, strategy, shard_size), "reshard_after_forward": True}
+    policy = mixed_precision(precision)
+    if policy is not None:
+        options["mp_policy"] = policy
+    for block in teacher_blocks(teacher):
+        fully_shard(block, **options)
+    fully_shard(teacher, **options)
+    if hasattr(teacher, "encode"):  # the distillation step calls `encode`, not `forward`: gather around it too
+        register_fsdp_forward_method(teacher, "encode")
+    teacher.eval().requires_grad_(False)
+    return teacher

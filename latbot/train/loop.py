@@ -53,11 +53,13 @@ def train(
     # -- set-up: seeds, model, what trains, memory savers, sharding, optimizer ------------------------------
     torch.manual_seed(tc.seed * 1000 + world.rank)
     model = build_model().to(world.device)
+    distributed.fp32_master_weights(model)  # fp32 master weights whatever was loaded (bf16 compute: precision)
     trainable = select_trainable(model, tc.trainable, tc.frozen)
     if tc.activation_checkpointing:
         distributed.checkpoint_activations(model)
-    if recipe.dist.strategy == "fsdp":
-        distributed.shard(model, world, recipe.dist.reshard_after_forward, tc.precision)  # bf16: MixedPrecisionPolicy
+    if recipe.dist.strategy != "none":  # fsdp, or hsdp (2-D mesh); bf16: MixedPrecisionPolicy
+        dc = recipe.dist
+        distributed.shard(model, world, dc.reshard_after_forward, tc.precision, dc.strategy, dc.shard_size)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=tc.lr, betas=tc.betas, eps=tc.eps, weight_decay=tc.weight_decay)
     per_step = tc.micro_batch_size * world.size
@@ -72,9 +74,9 @@ def train(
     # -- resume: model, optimizer, RNG of this rank, data position --------------------------------------------
     start, consumed = 0, 0
     if resume:
-        state = checkpoint.load(run_dir, model, optimizer, world)
-        start, consumed = state["step"], state["samples"]
-    sampler.position = consumed
+        state = checkpoint.load(run_dir, model, optimizer, world, seed=tc.seed)
+        start, consumed = state["step"], state["global_samples"]
+    sampler.position = consumed // world.size  # samples are counted globally: resumable at another world size
     loader = DataLoader(
         dataset,
         batch_size=tc.micro_batch_size,
@@ -116,8 +118,10 @@ def train(
         for group in optimizer.param_groups:
             group["lr"] = lr
         totals: dict[str, torch.Tensor] = {}
-        for _ in range(accum):
+        for micro in range(accum):
             batch = next(batches)
+            if recipe.dist.no_sync_accumulation:  # FSDP: reduce on the last micro-batch only
+                distributed.accumulating(model, last=micro == accum - 1)
             with autocast:
                 out = train_step(model, batch)
             (out["loss"] / accum).backward()
@@ -138,7 +142,7 @@ def train(
         grad_norm = torch.nn.utils.clip_grad_norm_(params, tc.grad_clip) if tc.grad_clip else None
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        consumed += tc.micro_batch_size * accum
+        consumed += tc.global_batch_size
         samples_since += tc.global_batch_size
         done = step + 1
         if done % recipe.log.every_steps == 0 or done == tc.steps or done == start + 1:
@@ -149,16 +153,40 @@ def train(
             }
             if grad_norm is not None:
                 values["grad_norm"] = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
-            if on_log is not None:
-                values |= on_log(model, batch)
+            if on_log is not None:  # on every rank (a sharded model computes on all of them), then averaged
+                values |= _on_every_rank(on_log, model, batch, world, autocast)
             log.log(done, values)
             bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", sps=f"{values['samples_per_s']:.1f}")
             t_last, samples_since = now, 0
         if done % tc.checkpoint_every == 0 or done == tc.steps:
-            checkpoint.save(run_dir, done, model, optimizer, world, {"samples": consumed}, tc.keep_last)
+            checkpoint.save(run_dir, done, model, optimizer, world, {"global_samples": consumed}, tc.keep_last)
     bar.close()
     log.close()
     return model
+
+
+def _on_every_rank(on_log, model, batch, world, autocast) -> dict[str, float]:
+    """A stage's `on_log` scalars, computed by every rank on its own micro-batch and averaged over the ranks.
+    Under FSDP2 only `forward` gathers the root unit's parameters: a stage's other methods (`encode`) would
+    meet sharded DTensors, so the root is unsharded around the call (and resharded after); under bf16 the
+    gathered parameters are bf16, hence the loop's autocast."""
+    sharded = hasattr(model, "unshard")
+    if sharded:
+        model.unshard()
+    try:
+        with autocast:
+            values = on_log(model, batch)
+    finally:
+        if sharded:
+            model.reshard()
+    if world.size > 1 and values:
+        import torch.distributed as dist
+
+        names = sorted(values)
+        box = torch.tensor([float(values[k]) for k in names], dtype=torch.float64, device=world.device)
+        dist.all_reduce(box, op=dist.ReduceOp.SUM)
+        values = {k: float(v) / world.size for k, v in zip(names, box.tolist(), strict=True)}
+    return values
 
 
 def export(run_dir: Path, model: torch.nn.Module, world: distributed.World, extra: dict) -> None:

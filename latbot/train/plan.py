@@ -11,7 +11,9 @@ has queued for a cluster. On the way it counts
   excluded), in total and per repeated block, with the bytes each block receives as input (what
   checkpointing keeps instead).
 
-`plan()` turns that into per-GPU memory under FSDP2 for a cluster and a time estimate at a stated MFU.
+`plan()` turns that into per-GPU memory under FSDP2 for a cluster and a time estimate at a stated MFU, and
+for several nodes FSDP (sharded over every GPU) vs HSDP (sharded within a node, replicated across nodes):
+memory per GPU and the bytes each GPU sends per optimizer step within its node and across nodes.
 Real-size presets carry no tokenizer (it comes with `pretrained` weights), so the dry run writes the
 text with the local word-level tokenizer of the tiny presets: the token *values* do not matter on meta
 tensors and the instruction lengths are a few tokens either way; the image tokens, which dominate every
@@ -220,21 +222,17 @@ def dry_run(recipe, micro_batch: int | None = None, latent_width: int | None = N
 
 
 # -- the plan --------------------------------------------------------------------------------------------
-def plan(recipe, gpus: int, gpu_memory_gb: float, gpu: str = "A100", mfu: float = 0.4, run: DryRun | None = None):
-    """Per-GPU memory under FSDP2 (fully sharded over `gpus`), FLOPs, step time and total days at `mfu`."""
-    if gpu not in GPUS:
-        raise TrainingError(f"--gpu {gpu}: unknown GPU (known: {', '.join(GPUS)})")
-    accum = check_batch(recipe, gpus)
-    run = run or dry_run(recipe)
+def memory_per_gpu(recipe, run: DryRun, shard: int, accum: int) -> dict[str, float]:
+    """Bytes per GPU when parameters, gradients and AdamW states are sharded over `shard` GPUs (fsdp: the
+    world; hsdp: one shard group, e.g. a node), with `accum` micro-batches per step."""
     tc = recipe.train
     low = 2 if tc.precision == "bf16" else 4  # bytes of a gathered parameter (FSDP2 param_dtype)
-    checkpointing = tc.activation_checkpointing
     act_full = run.saved_bytes
     act_ckpt = run.saved_outside_blocks + run.block_input_bytes + run.largest_block_saved
     memory = {
-        "params_sharded": 4 * run.params_total / gpus,  # fp32 master weights, frozen ones included
-        "grads_sharded": 4 * run.params_trainable / gpus,
-        "optimizer_sharded": 8 * run.params_trainable / gpus,  # AdamW: two fp32 moments
+        "params_sharded": 4 * run.params_total / shard,  # fp32 master weights, frozen ones included
+        "grads_sharded": 4 * run.params_trainable / shard,
+        "optimizer_sharded": 8 * run.params_trainable / shard,  # AdamW: two fp32 moments
         # the root unit stays gathered through forward and backward; a block is gathered while the next one
         # is prefetched, and its unsharded gradient lives until the reduce-scatter
         "root_unit_gathered": low * run.root_unit_params,
@@ -243,16 +241,117 @@ def plan(recipe, gpus: int, gpu_memory_gb: float, gpu: str = "A100", mfu: float 
         "activations_no_checkpointing": act_full,
         "activations_checkpointing": act_ckpt,
     }
-    memory["total"] = sum(memory[k] for k in ("params_sharded", "grads_sharded", "optimizer_sharded", "gathered_peak"))
-    memory["total"] += act_ckpt if checkpointing else act_full
+    # no-sync micro-batches (latbot.train.distributed.accumulating): between the backward passes of one step
+    # every unit keeps its gathered parameters and its unsharded fp32 gradient (reduced at the last one)
+    no_sync = accum > 1 and recipe.dist.no_sync_accumulation
+    memory["accumulation_unsharded"] = (low * run.params_total + 4 * run.params_trainable) if no_sync else 0
+    parts = ("params_sharded", "grads_sharded", "optimizer_sharded", "gathered_peak", "accumulation_unsharded")
+    memory["total"] = sum(memory[k] for k in parts)
+    memory["total"] += act_ckpt if tc.activation_checkpointing else act_full
+    return memory
+
+
+def communication_per_step(recipe, run: DryRun, accum: int, world: int, shard: int, nodes: int) -> dict:
+    """Bytes each GPU sends per optimizer step through FSDP2's collectives, within a node and across nodes.
+
+    Per step with no-sync micro-batches (`dist.no_sync_accumulation`, latbot.train.distributed.accumulating):
+    the blocks are all-gathered in the forward of the first micro-batch and again in each micro-batch's
+    backward (reshard_after_forward; without it once), the root unit once; the fp32 gradients are
+    reduce-scattered once, at the last micro-batch. Without no-sync every micro-batch gathers and reduces.
+    A ring collective over S GPUs sends (S − 1)/S of the full buffer from each GPU. fsdp: one group of all
+    `world` GPUs (across nodes when there are several); hsdp: the shard group (`shard` GPUs, one node)
+    gathers and reduce-scatters, then the gradient shards are all-reduced across the world/shard replicas
+    (2 (R − 1)/R of the shard), which is all that crosses nodes. `across_nodes_bytes`: what each GPU sends
+    in collectives whose group spans nodes (their pace is the inter-node bandwidth); `within_node_bytes`:
+    in groups inside one node (NVLink)."""
+    low = 2 if recipe.train.precision == "bf16" else 4
+    block_params = run.params_total - run.root_unit_params
+    no_sync = recipe.dist.no_sync_accumulation
+    if recipe.dist.reshard_after_forward:  # every backward gathers; no-sync: only the first forward does
+        gathers = 1 + accum if no_sync else 2 * accum
+    else:
+        gathers = 1 if no_sync else accum
+    root = 1 if no_sync else accum
+    gathered = low * (root * run.root_unit_params + gathers * block_params)  # full buffers, per step
+    reduced = 4 * run.params_trainable * (1 if no_sync else accum)  # fp32 gradients (reduce_dtype)
+    ring = (shard - 1) / shard
+    in_group = {"all_gather": gathered * ring, "reduce_scatter": reduced * ring}
+    replicas = world // shard
+    all_reduce = 2 * (replicas - 1) / replicas * reduced / shard if replicas > 1 else 0.0
+    group_spans_nodes = shard > world // nodes
+    within = 0.0 if group_spans_nodes else sum(in_group.values())
+    across = (sum(in_group.values()) if group_spans_nodes else 0.0) + all_reduce
+    return {
+        "shard_group": shard,
+        "replicas": replicas,
+        "all_gather_bytes": in_group["all_gather"],
+        "reduce_scatter_bytes": in_group["reduce_scatter"],
+        "all_reduce_bytes": all_reduce,
+        "within_node_bytes": within,
+        "across_nodes_bytes": across,
+    }
+
+
+def strategies(recipe, run: DryRun, accum: int, nodes: int, gpus_per_node: int, gpu_memory_gb: float) -> dict:
+    """FSDP (sharded over all nodes × GPUs) and HSDP (sharded over one node's GPUs, replicated across nodes)
+    side by side: memory per GPU and bytes sent per GPU per optimizer step."""
+    world = nodes * gpus_per_node
+    out = {}
+    for name, shard in (("fsdp", world), ("hsdp", gpus_per_node)):
+        memory = memory_per_gpu(recipe, run, shard, accum)
+        out[name] = {
+            "shard_size": shard,
+            "memory_per_gpu_bytes": memory,
+            "fits": memory["total"] <= gpu_memory_gb * GiB,
+            "communication_per_step": communication_per_step(recipe, run, accum, world, shard, nodes),
+        }
+    return out
+
+
+def plan(
+    recipe,
+    gpus: int,
+    gpu_memory_gb: float,
+    gpu: str = "A100",
+    mfu: float = 0.4,
+    run: DryRun | None = None,
+    nodes: int = 1,
+    teacher_recipe=None,
+):
+    """Per-GPU memory under FSDP2 (sharded over `gpus`, or over `dist.shard_size` for an hsdp recipe),
+    FLOPs, step time and total days at `mfu`; on several `nodes` (`gpus` in all, an equal number per node)
+    also FSDP vs HSDP side by side (`strategies`)."""
+    if gpu not in GPUS:
+        raise TrainingError(f"--gpu {gpu}: unknown GPU (known: {', '.join(GPUS)})")
+    if gpus % nodes:
+        raise TrainingError(f"{gpus} GPUs do not split evenly over {nodes} nodes")
+    accum = check_batch(recipe, gpus)
+    run = run or dry_run(recipe)
+    tc = recipe.train
+    checkpointing = tc.activation_checkpointing
+    shard = recipe.dist.shard_size if recipe.dist.strategy == "hsdp" else gpus
+    if gpus % shard:
+        from latbot.train.distributed import mesh_shape
+
+        mesh_shape(gpus, "hsdp", shard)  # the recipe error of a launch
+    memory = memory_per_gpu(recipe, run, shard, accum)
     peak, source = GPUS[gpu]
     model_flops = (run.forward_flops + run.backward_flops) / run.micro_batch
     hardware_flops = model_flops + (run.block_forward_flops / run.micro_batch if checkpointing else 0)
+    frozen = _frozen_cost(recipe, shard, run.micro_batch, teacher_recipe)
+    if frozen is not None:  # e.g. the online distillation teacher: forward only, its own sharded weights
+        memory["frozen_models"] = frozen["memory_per_gpu_bytes"]["total"]
+        memory["total"] += memory["frozen_models"]
+        model_flops += frozen["forward_flops_per_sample"]
+        hardware_flops += frozen["forward_flops_per_sample"]
     step_s = model_flops * tc.global_batch_size / (gpus * peak * mfu)
     return {
         "recipe_stage": recipe.stage,
         "cluster": {
             "gpus": gpus,
+            "nodes": nodes,
+            "gpus_per_node": gpus // nodes,
+            "shard_size": shard,
             "gpu": gpu,
             "gpu_memory_gib": gpu_memory_gb,
             "peak_bf16_flops": peak,
@@ -280,5 +379,136 @@ def plan(recipe, gpus: int, gpu_memory_gb: float, gpu: str = "A100", mfu: float 
             "days": step_s * tc.steps / 86400,
             "samples": tc.steps * tc.global_batch_size,
         },
+        "frozen": frozen,
+        "strategies": strategies(recipe, run, accum, nodes, gpus // nodes, gpu_memory_gb),
         "dry_run": asdict(run),
+    }
+
+
+def _frozen_cost(recipe, gpus: int, micro_batch: int, teacher_recipe=None) -> dict | None:
+    """What the recipe's stage runs frozen besides the trained model (`Stage.frozen_cost`), or None; a
+    distillation recipe whose teacher run does not exist yet needs `teacher_recipe` (its LAM recipe)."""
+    stage = stage_of(recipe)
+    if teacher_recipe is not None:
+        stage.teacher_recipe = teacher_recipe
+    try:
+        return stage.frozen_cost(gpus, micro_batch)
+    except TrainingError as e:
+        return {"not_counted": str(e), "forward_flops_per_sample": 0, "memory_per_gpu_bytes": {"total": 0}}
+
+
+# -- the online teacher's cost (distillation) -------------------------------------------------------------
+# `teacher_cost(recipe, gpus)` gives what the frozen teacher adds to each distillation step when it runs
+# online (the default, no `teacher_cache`); `DistillStage.frozen_cost` calls it for `plan()`.
+def _lam_recipe_of(recipe, lam_recipe=None):
+    """The teacher's LAM recipe: `lam_recipe` (a recipe or a path) when given, else the teacher run's."""
+    from pathlib import Path
+
+    if lam_recipe is not None:
+        if isinstance(lam_recipe, (str, Path)):
+            from latbot.recipes import load_recipe
+
+            return load_recipe(Path(lam_recipe))
+        return lam_recipe
+    teacher = getattr(recipe.model, "teacher", None)
+    if teacher is None or not Path(teacher).is_dir():
+        raise TrainingError("the teacher's cost needs model.teacher (a LAM run) or its LAM recipe (lam_recipe=)")
+    from latbot import runs
+
+    return runs.open_run(teacher, "lam").recipe
+
+
+class _LiveBytes:
+    """Peak bytes of live tensors produced by ops (a TorchDispatchMode; each storage once)."""
+
+    def __init__(self):
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        tracker = self
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                out = func(*args, **(kwargs or {}))
+                for t in torch.utils._pytree.tree_leaves(out):
+                    if isinstance(t, torch.Tensor):
+                        tracker.add(t)
+                return out
+
+        self.mode = Mode()
+        self.refs: dict[int, list] = {}
+        self.current = self.peak = 0
+
+    def add(self, t: torch.Tensor) -> None:
+        import weakref
+
+        key, n = _storage(t)
+        if key not in self.refs:
+            self.refs[key] = [0, n]
+            self.current += n
+            self.peak = max(self.peak, self.current)
+        self.refs[key][0] += 1
+        weakref.finalize(t, self.drop, key)
+
+    def drop(self, key: int) -> None:
+        entry = self.refs.get(key)
+        if entry is None:
+            return
+        entry[0] -= 1
+        if entry[0] == 0:
+            self.current -= entry[1]
+            del self.refs[key]
+
+
+def teacher_cost(recipe, gpus: int = 1, micro_batch: int | None = None, lam_recipe=None) -> dict:
+    """The online teacher of a distillation `recipe`: its forward FLOPs and its memory per GPU, measured on
+    the meta device (no weights, no data) from the teacher run's recipe (or `lam_recipe` when no run exists)
+    on the distillation recipe's clips (micro-batch × data.num_frames × image_size²).
+
+    Memory per GPU: its parameters fp32 sharded over `gpus` (frozen: no gradients, no optimizer state),
+    the gathered root unit and two blocks (the running one and the prefetched one; bf16 under
+    `train.precision: bf16`), and the peak of live activations of one no-grad forward (as traced: fp32;
+    nothing is kept for a backward pass). `per_step_forward_flops` is per global batch."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from latbot.data.clips import K_FRAMES, K_INSTRUCTION
+    from latbot.models.distill import teacher_blocks
+
+    lam = _lam_recipe_of(recipe, lam_recipe)
+    b = micro_batch or recipe.train.micro_batch_size
+    with torch.device("meta"):
+        teacher = stage_of(lam).architecture()
+    teacher.decoder = nn.Identity()  # only the encoder teaches
+    _give_tokenizers(teacher)
+    teacher.eval().requires_grad_(False)
+    blocks = teacher_blocks(teacher)
+    in_blocks = {id(p) for blk in blocks for p in blk.parameters()}
+    params = sum(p.numel() for p in teacher.parameters())
+    root = sum(p.numel() for p in teacher.parameters() if id(p) not in in_blocks)
+    largest = max((sum(p.numel() for p in blk.parameters()) for blk in blocks), default=0)
+    s, t = recipe.data.image_size, recipe.data.num_frames
+    clips = lam.model_copy(update={"data": lam.data.model_copy(update={"num_frames": t, "image_size": s})})
+    example = stage_of(clips).example_batch(b, device="meta")  # the LAM stage's clips, at the recipe's size
+    batch = {K_FRAMES: example[K_FRAMES], K_INSTRUCTION: example[K_INSTRUCTION]}
+    counter, live = FlopCounterMode(display=False), _LiveBytes()
+    with _meta_is_traced(), torch.no_grad(), counter, live.mode:
+        z_sce, z_mot = teacher.encode(batch[K_FRAMES], batch[K_INSTRUCTION])
+    forward = counter.get_total_flops()
+    low = 2 if recipe.train.precision == "bf16" else 4
+    memory = {
+        "params_sharded": 4 * params / gpus,
+        "gathered_peak": low * (root + 2 * largest),
+        "activations_peak": live.peak,  # one micro-batch, no grad (as traced: fp32)
+    }
+    memory["total"] = sum(memory.values())
+    return {
+        "teacher_encoder": type(teacher.encoder).__name__,
+        "params": params,
+        "blocks": len(blocks),
+        "micro_batch": b,
+        "clip": [t, 3, s, s],
+        "latents": [int(z_sce.shape[1] + z_mot.shape[1]), int(z_sce.shape[2])],
+        "forward_flops_per_sample": forward / b,
+        "per_step_forward_flops": forward / b * recipe.train.global_batch_size,
+        "memory_per_gpu_bytes": memory,
+        "sharded_over": gpus,
     }
