@@ -229,6 +229,8 @@ def test_the_plan_counts_the_online_teacher_of_a_distillation():
     m = online["memory_per_gpu_bytes"]
     assert m["frozen_models"] == teacher["memory_per_gpu_bytes"]["total"] > 0
     assert m["total"] == alone["memory_per_gpu_bytes"]["total"] + m["frozen_models"]
+    two_nodes = plan(recipe, 2, 80.0, nodes=2, teacher_recipe=REPO / "recipes/tiny/lam.yaml")["strategies"]
+    assert all(s["memory_per_gpu_bytes"]["frozen_models"] > 0 for s in two_nodes.values())  # FSDP and HSDP
     cached = load_recipe(REPO / "recipes/tiny/distill.yaml", ["train.micro_batch_size=2", "train.global_batch_size=4",
                                                                "model.teacher_cache=caches/x"])  # fmt: skip
     assert plan(cached, 2, 80.0, teacher_recipe=REPO / "recipes/tiny/lam.yaml")["frozen"] is None

@@ -380,9 +380,34 @@ def plan(
             "samples": tc.steps * tc.global_batch_size,
         },
         "frozen": frozen,
-        "strategies": strategies(recipe, run, accum, nodes, gpus // nodes, gpu_memory_gb),
+        "strategies": _with_frozen(
+            strategies(recipe, run, accum, nodes, gpus // nodes, gpu_memory_gb),
+            recipe,
+            run,
+            teacher_recipe,
+            frozen,
+            gpu_memory_gb,
+        ),
         "dry_run": asdict(run),
     }
+
+
+def _with_frozen(
+    strategies: dict, recipe, run: DryRun, teacher_recipe, frozen: dict | None, gpu_memory_gb: float
+) -> dict:
+    """FSDP vs HSDP with the frozen models' memory too (the teacher sharded like the student: over every GPU,
+    or over a node's shard group)."""
+    if frozen is None or "not_counted" in frozen:
+        return strategies
+    for s in strategies.values():
+        if not isinstance(s, dict) or "memory_per_gpu_bytes" not in s:
+            continue
+        cost = frozen if s.get("shard_size") == frozen.get("sharded_over") else None
+        cost = cost or _frozen_cost(recipe, s["shard_size"], run.micro_batch, teacher_recipe)
+        s["memory_per_gpu_bytes"]["frozen_models"] = cost["memory_per_gpu_bytes"]["total"]
+        s["memory_per_gpu_bytes"]["total"] += cost["memory_per_gpu_bytes"]["total"]
+        s["fits"] = s["memory_per_gpu_bytes"]["total"] <= gpu_memory_gb * GiB
+    return strategies
 
 
 def _frozen_cost(recipe, gpus: int, micro_batch: int, teacher_recipe=None) -> dict | None:
