@@ -137,7 +137,7 @@ def main() -> None:
     import torch
 
     from latbot import registry, runs
-    from latbot.data.latent_cache import build_cache, cache_identity
+    from latbot.data.latent_cache import build_cache, cache_identity, finish_cache
     from latbot.data.mixture import build_mixture
     from latbot.policy import LatBotPolicy
     from latbot.recipes.schema import DataSource
@@ -164,7 +164,11 @@ def main() -> None:
             teacher = runs.load_lam(lam)
             t0 = time.perf_counter()
             identity = cache_identity(runs.open_run(lam, "lam").manifest.content_hash, sources, t, None)
-            build_cache(work / f"c{t}", teacher, clips, identity, batch_size=8, progress=False)
+            with torch.no_grad():  # (tokens, width) of one clip's latents: Z_sce and Z_mot side by side
+                z_sce, z_mot = teacher.encode(clips[0]["frames"][None], [clips[0]["instruction"]])
+            shape = (z_sce.shape[1] + z_mot.shape[1], z_sce.shape[2])
+            build_cache(work / f"c{t}", teacher, clips, identity, shape=shape, batch_size=8, progress=False)
+            finish_cache(work / f"c{t}", identity, len(clips), shape, "float32")
             build = time.perf_counter() - t0
             cached = run_stage("distill.yaml", work, f"cached{t}", *common, f"model.teacher_cache={work / f'c{t}'}")
             on, ca = throughput(online), throughput(cached)
