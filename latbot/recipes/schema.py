@@ -138,11 +138,24 @@ class DistConfig(Section):
         description="hsdp: processes per shard group (the GPUs of one node); the world size must be a multiple "
         "of it. Required by hsdp, unused otherwise.",
     )
+    meta_init: bool = Field(
+        False,
+        description="fsdp/hsdp: every process builds the model on the meta device, shards it, and materialises "
+        "only its own shards; the initial weights (random initialisation and any pretrained checkpoint or parent "
+        "run) are built once, on CPU, by process 0 and broadcast shard by shard (docs/real-size.md). Peak host "
+        "memory: one full model on process 0, the shards elsewhere. false: every process builds the whole model.",
+    )
 
     @model_validator(mode="after")
     def _hsdp_needs_shard_size(self):
         if self.strategy == "hsdp" and self.shard_size is None:
             raise ValueError("dist.strategy hsdp needs dist.shard_size (processes per shard group, e.g. 8 per node)")
+        return self
+
+    @model_validator(mode="after")
+    def _meta_init_needs_sharding(self):
+        if self.meta_init and self.strategy == "none":
+            raise ValueError("dist.meta_init needs dist.strategy fsdp or hsdp (a single process builds the model)")
         return self
 
 

@@ -172,6 +172,7 @@ class Stage:
                         world,
                         resume is not None,
                         on_log=stage.on_log if has_on_log else None,
+                        architecture=stage.architecture,  # dist.meta_init: built on the meta device
                     )
                     export(run_dir, model, world, stage.extra(model))
                 except BaseException as e:  # the run says it failed, and why (SIGKILL leaves it "running")

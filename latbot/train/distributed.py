@@ -216,3 +216,65 @@ def shard_teacher(
         register_fsdp_forward_method(teacher, "encode")
     teacher.eval().requires_grad_(False)
     return teacher
+
+
+# -- dist.meta_init: build on the meta device, shard, materialise only this rank's shards --------------------
+#
+# Every rank builds `stage.architecture()` under torch.device("meta") (no memory), applies the same dtype rule,
+# trainable selection, activation checkpointing and `fully_shard` as the ordinary path, then `to_empty`
+# allocates only its own shards. The initial weights come from ONE ordinary build on process 0, on CPU
+# (`stage.build_model()`: the architecture's random initialisation under process 0's seed, plus every file the
+# stage loads — pretrained HF checkpoints, pi0.5 safetensors, a parent run's weights — read by process 0 only),
+# sent tensor by tensor with `set_model_state_dict(..., broadcast_from_rank0=True)`: each rank keeps only its
+# shard of each tensor. Buffers (not sharded by FSDP2; non-persistent ones are in no state dict) are broadcast
+# from process 0 too. Memory bound: process 0 holds one full CPU copy of the model until its shards are sent;
+# every other rank holds its shards plus one full tensor in flight. Every rank therefore starts from process
+# 0's initialisation (the ordinary fsdp path keeps, in each rank's shard, that rank's own initialisation).
+
+
+def initial_model(build_model, world: World) -> nn.Module | None:
+    """Process 0: the ordinary build (`stage.build_model()`: random initialisation + loaded files) on CPU, in
+    fp32 (`fp32_master_weights`); other processes: None (they read no weight file)."""
+    if not world.main:
+        return None
+    return fp32_master_weights(build_model())  # on CPU, as the ordinary path builds it
+
+
+def meta_model(architecture) -> nn.Module:
+    """The stage's architecture on the meta device (shapes, no memory, no file read)."""
+    if architecture is None:
+        from latbot.errors import TrainingError
+
+        raise TrainingError("dist.meta_init needs the stage's `architecture` (pass it to latbot.train.loop.train)")
+    with torch.device("meta"):
+        return architecture()
+
+
+def _plain_name(name: str) -> str:
+    """A parameter / buffer name without the activation-checkpoint wrapper's prefix (the built model has none)."""
+    return name.replace("_checkpoint_wrapped_module.", "")
+
+
+def load_initial(model: nn.Module, initial: nn.Module | None, world: World) -> nn.Module:
+    """After `shard` on the meta device: allocate this rank's shards on `world.device` and fill them from
+    process 0's `initial` model (None on the other ranks), then its buffers. `initial` is released by the
+    caller afterwards."""
+    import torch.distributed as dist
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    model.to_empty(device=world.device)
+    full = initial.state_dict() if initial is not None else {}
+    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+    set_model_state_dict(model, full, options=options)
+    del full
+    source = dict(initial.named_buffers()) if initial is not None else {}
+    with torch.no_grad():
+        for name, buf in model.named_buffers():
+            box = buf.to(torch.uint8) if buf.dtype == torch.bool else buf  # gloo broadcasts no bool
+            if world.main:
+                box.copy_(source[_plain_name(name)].to(box.dtype))
+            if world.size > 1:
+                dist.broadcast(box, src=0)
+            if box is not buf:
+                buf.copy_(box.to(torch.bool))
+    return model

@@ -48,11 +48,17 @@ def train(
     world: distributed.World,
     resume: bool,
     on_log: Callable[[torch.nn.Module, dict], dict[str, float]] | None = None,
+    architecture: Callable[[], torch.nn.Module] | None = None,
 ) -> torch.nn.Module:
     tc = recipe.train
     # -- set-up: seeds, model, what trains, memory savers, sharding, optimizer ------------------------------
     torch.manual_seed(tc.seed * 1000 + world.rank)
-    model = build_model().to(world.device)
+    meta = getattr(recipe.dist, "meta_init", False) and recipe.dist.strategy != "none"
+    if meta:  # dist.meta_init: the model on the meta device; the initial weights from process 0 (below)
+        initial = distributed.initial_model(build_model, world)
+        model = distributed.meta_model(architecture)
+    else:
+        model = build_model().to(world.device)
     distributed.fp32_master_weights(model)  # fp32 master weights whatever was loaded (bf16 compute: precision)
     trainable = select_trainable(model, tc.trainable, tc.frozen)
     if tc.activation_checkpointing:
@@ -60,6 +66,9 @@ def train(
     if recipe.dist.strategy != "none":  # fsdp, or hsdp (2-D mesh); bf16: MixedPrecisionPolicy
         dc = recipe.dist
         distributed.shard(model, world, dc.reshard_after_forward, tc.precision, dc.strategy, dc.shard_size)
+    if meta:  # this rank's shards materialised, then filled from process 0's build
+        distributed.load_initial(model, initial, world)
+        del initial
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=tc.lr, betas=tc.betas, eps=tc.eps, weight_decay=tc.weight_decay)
     per_step = tc.micro_batch_size * world.size
