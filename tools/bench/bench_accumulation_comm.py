@@ -29,27 +29,11 @@ from pathlib import Path
 
 import torch
 import torch.multiprocessing as mp
+from fsdp_bytes import count_collectives  # the same counting as the FSDP bytes benchmark (tools/bench/)
 
 REPO = Path(__file__).resolve().parents[2]
 ACCUM = 4
 MICRO = 2
-
-
-def _count(totals: dict):
-    import torch.distributed as dist
-
-    def wrap(name, fn, which, keyword):
-        def counted(*args, **kwargs):
-            t = args[which] if len(args) > which else kwargs[keyword]
-            totals[name] = totals.get(name, 0) + t.numel() * t.element_size()
-            totals[f"{name}_calls"] = totals.get(f"{name}_calls", 0) + 1
-            return fn(*args, **kwargs)
-
-        return counted
-
-    dist.all_gather_single = wrap("all_gather", dist.all_gather_single, 0, "output")  # the gathered buffer
-    dist.reduce_scatter_single = wrap("reduce_scatter", dist.reduce_scatter_single, 1, "input")  # the full buffer
-    dist.all_reduce = wrap("all_reduce", dist.all_reduce, 0, "tensor")
 
 
 def _batches(recipe, rank: int, steps: int) -> list[list[dict]]:
@@ -101,7 +85,7 @@ def _worker(rank: int, size: int, init_file: str, out: str, steps: int) -> None:
     t = recipe.data.num_frames
     data = _batches(recipe, rank, steps + 1)
     totals: dict = {}
-    _count(totals)
+    count_collectives(totals)
     results = {}
     for label, no_sync in (("before_sync_every_micro_batch", False), ("after_no_sync", True)):
         torch.manual_seed(0)

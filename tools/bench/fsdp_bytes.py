@@ -30,7 +30,9 @@ import torch.multiprocessing as mp
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _count(totals: dict):
+def count_collectives(totals: dict):
+    """Count the bytes and calls of FSDP2's collectives (all-gather, reduce-scatter, all-reduce) into `totals`,
+    by wrapping torch.distributed's functions in this process."""
     import torch.distributed as dist
 
     def wrap(name, fn, which, keyword):
@@ -78,7 +80,7 @@ def _worker(rank: int, size: int, init_file: str, out: str) -> None:
         "action_mask": torch.ones(4, 44, dtype=torch.bool),
     }
     totals: dict = {}
-    _count(totals)
+    count_collectives(totals)
     results = {}
     for label, precision in (("before_fp32_gather", "fp32"), ("after_bf16_policy", "bf16")):
         torch.manual_seed(0)
