@@ -234,3 +234,16 @@ def test_the_plan_counts_the_online_teacher_of_a_distillation():
     cached = load_recipe(REPO / "recipes/tiny/distill.yaml", ["train.micro_batch_size=2", "train.global_batch_size=4",
                                                                "model.teacher_cache=caches/x"])  # fmt: skip
     assert plan(cached, 2, 80.0, teacher_recipe=REPO / "recipes/tiny/lam.yaml")["frozen"] is None
+
+
+def test_the_plan_states_host_memory_per_rank_for_both_builds():
+    """Start-up host memory: the whole fp32 model on every rank, or (dist.meta_init) on process 0 only, the
+    other ranks holding one tensor in transit."""
+    recipe = load_recipe(REPO / "recipes/tiny/lam.yaml")
+    report = plan(recipe, 1, 80.0)
+    host, run = report["host_memory_per_rank_bytes"], report["dry_run"]
+    assert host["ordinary_every_rank"] == host["meta_init_process_0"] == 4 * run["params_total"]
+    assert 0 < host["meta_init_other_ranks"] == 4 * run["largest_tensor_params"] < host["ordinary_every_rank"]
+    assert host["used"] == "ordinary"
+    meta = load_recipe(REPO / "recipes/tiny/lam.yaml", ["dist.strategy=fsdp", "dist.meta_init=true"])
+    assert plan(meta, 1, 80.0)["host_memory_per_rank_bytes"]["used"] == "meta_init"

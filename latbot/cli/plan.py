@@ -74,6 +74,13 @@ def plan(
         rows.insert(-1, (label, _gib(m.get("frozen_models", 0))))
     for name, value in rows:
         typer.echo(f"  {name:<40} {value}")
+    host = report["host_memory_per_rank_bytes"]
+    gib = lambda n: f"{n / 1024**3:.1f} GiB"  # noqa: E731
+    typer.echo(
+        f"host memory per rank at start-up: {gib(host['ordinary_every_rank'])} on every rank; with dist.meta_init "
+        f"{gib(host['meta_init_process_0'])} on process 0 and {gib(host['meta_init_other_ranks'])} on the others "
+        f"({host['used']} here)"
+    )
     if frozen is not None and "not_counted" in frozen:
         typer.echo(f"  (teacher not counted: {frozen['not_counted']}; give --teacher-recipe LAM_RECIPE)")
     typer.echo(

@@ -107,6 +107,7 @@ class DryRun:
     saved_outside_blocks: int
     block_input_bytes: int  # what checkpointing keeps per block instead (the inputs), summed
     largest_block_saved: int  # one block's activations, rebuilt at a time in the backward pass
+    largest_tensor_params: int = 0  # the largest single parameter (what a sharded load holds in transit)
 
 
 @contextmanager
@@ -211,6 +212,7 @@ def dry_run(recipe, micro_batch: int | None = None, latent_width: int | None = N
         blocks=len(blocks),
         root_unit_params=sum(p.numel() for p in model.parameters() if id(p) not in in_blocks),
         largest_block_params=max(block_sizes, default=0),
+        largest_tensor_params=max((p.numel() for p in model.parameters()), default=0),
         forward_flops=forward,
         backward_flops=backward,
         block_forward_flops=state["block_flops"],
@@ -379,6 +381,7 @@ def plan(
             "days": step_s * tc.steps / 86400,
             "samples": tc.steps * tc.global_batch_size,
         },
+        "host_memory_per_rank_bytes": host_memory(recipe, run),
         "frozen": frozen,
         "strategies": _with_frozen(
             strategies(recipe, run, accum, nodes, gpus // nodes, gpu_memory_gb),
@@ -389,6 +392,21 @@ def plan(
             gpu_memory_gb,
         ),
         "dry_run": asdict(run),
+    }
+
+
+def host_memory(recipe, run: DryRun) -> dict[str, float]:
+    """Host (CPU) memory per rank while the model is built and loaded, before its shards move to the GPU:
+    the ordinary path builds the whole fp32 model on every rank; `dist.meta_init` builds it on process 0
+    only and the other ranks hold one tensor in transit (their shards go straight to their GPU). Weights
+    read by `from_pretrained` are loaded into that model, so the file's own size comes on top only while a
+    tensor is read."""
+    full = 4 * run.params_total
+    return {
+        "ordinary_every_rank": full,
+        "meta_init_process_0": full,
+        "meta_init_other_ranks": 4 * run.largest_tensor_params,
+        "used": "meta_init" if getattr(recipe.dist, "meta_init", False) else "ordinary",
     }
 
 
