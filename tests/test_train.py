@@ -20,6 +20,7 @@ import torch
 
 from latbot.data.convert import finalize
 from latbot.data.store import EpisodeStore
+from latbot.ownership import held_by_other
 from latbot.train import checkpoint
 from latbot.train.distributed import World
 from latbot.train.schedule import lr_at
@@ -94,9 +95,14 @@ def run_killed_then_resumed(cmd, resume_cmd, run: Path, kill_after: int):
         time.sleep(0.02)
     os.killpg(proc.pid, signal.SIGKILL)  # the launcher and every rank, mid-run
     proc.wait()
+    # proc.wait() reaps only the launcher: the killed ranks exit (and drop the run's writer lock) a moment
+    # later, and a resume that starts before then is refused, rightly, as a second writer
+    deadline = time.monotonic() + 60
+    while held_by_other(run) is not None and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert checkpoint.latest(run) is not None, "the kill must come after a checkpoint"
     done = subprocess.run(resume_cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.returncode == 0, done.stderr[:1500] + "\n...\n" + done.stderr[-1500:]
 
 
 @pytest.mark.parametrize("processes", [1, 2], ids=["single", "fsdp2x2"])
