@@ -15,6 +15,7 @@ checkpoint, read by process 0 only; docs/real-size.md).
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -49,7 +50,17 @@ def run(store, out, name, steps, extra, processes=None):
     cmd = command(store, out, name, steps, steps, extra, launcher)
     done = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
+    (out / f"{name}.stdout").write_text(done.stdout)
     return out / name
+
+
+READ = re.compile(r"dist\.meta_init: rank (\d+) read (\d+) bytes of (\d+) pretrained tensors \((\d+) bytes in their")
+
+
+def reads(out: Path, name: str) -> dict[int, tuple[int, int, int]]:
+    """{rank: (bytes it read, tensors, bytes of those tensors in the files)} from a run's printed lines."""
+    text = (out / f"{name}.stdout").read_text()
+    return {int(r): (int(b), int(n), int(t)) for r, b, n, t in READ.findall(text)}
 
 
 FSDP = ["--set", "dist.strategy=fsdp"]
@@ -99,6 +110,13 @@ def test_two_processes_start_from_process_0s_ordinary_build(store, tmp_path, str
     if pretrained:  # the checkpoint's (bf16) values, as loaded by the ordinary path
         vlm = [k for k in want if ".vlm." in f".{k}"]
         assert vlm and all(torch.equal(got[k], want[k]) for k in vlm if want[k].abs().min() > 0)
+        # and each rank read only its own rows of them, straight from the safetensors file: together the two
+        # ranks read every stored byte exactly once; process 0 did not read the file whole
+        (b0, n0, s0), (b1, n1, s1) = reads(tmp_path, "meta")[0], reads(tmp_path, "meta")[1]
+        assert n0 == n1 == len(vlm) and s0 == s1 > 0
+        assert b0 + b1 == s0 and max(b0, b1) < 0.6 * s0, (b0, b1, s0)
+    else:
+        assert reads(tmp_path, "meta") == {}  # nothing pretrained: nothing read from files
 
 
 def test_meta_init_needs_a_sharded_strategy():

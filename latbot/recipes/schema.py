@@ -141,9 +141,10 @@ class DistConfig(Section):
     meta_init: bool = Field(
         False,
         description="fsdp/hsdp: every process builds the model on the meta device, shards it, and materialises "
-        "only its own shards; the initial weights (random initialisation and any pretrained checkpoint or parent "
-        "run) are built once, on CPU, by process 0 and broadcast shard by shard (docs/real-size.md). Peak host "
-        "memory: one full model on process 0, the shards elsewhere. false: every process builds the whole model.",
+        "only its own shards. Pretrained checkpoints (transformers, SANA, pi0.5 safetensors) are read by every "
+        "process, its own rows of each tensor only; the rest (random initialisation, a parent run) is built once, "
+        "on CPU, by process 0 and broadcast shard by shard (docs/real-size.md). false: every process builds the "
+        "whole model.",
     )
 
     @model_validator(mode="after")

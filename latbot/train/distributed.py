@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -222,22 +223,42 @@ def shard_teacher(
 #
 # Every rank builds `stage.architecture()` under torch.device("meta") (no memory), applies the same dtype rule,
 # trainable selection, activation checkpointing and `fully_shard` as the ordinary path, then `to_empty`
-# allocates only its own shards. The initial weights come from ONE ordinary build on process 0, on CPU
-# (`stage.build_model()`: the architecture's random initialisation under process 0's seed, plus every file the
-# stage loads — pretrained HF checkpoints, pi0.5 safetensors, a parent run's weights — read by process 0 only),
-# sent tensor by tensor with `set_model_state_dict(..., broadcast_from_rank0=True)`: each rank keeps only its
-# shard of each tensor. Buffers (not sharded by FSDP2; non-persistent ones are in no state dict) are broadcast
-# from process 0 too. Memory bound: process 0 holds one full CPU copy of the model until its shards are sent;
-# every other rank holds its shards plus one full tensor in flight. Every rank therefore starts from process
-# 0's initialisation (the ordinary fsdp path keeps, in each rank's shard, that rank's own initialisation).
+# allocates only its own shards. The initial weights come from two places:
+# - pretrained checkpoint files (transformers models, SANA, pi0.5): process 0's build does not read them
+#   (`latbot.models.deferred`: those modules are built with meta parameters and record where each tensor
+#   lives); every rank reads only its own rows of each tensor from the safetensors files (`get_slice`), so
+#   no process holds a full copy of them;
+# - everything else (LatBot's own randomly initialised parameters, a parent run's weights): ONE ordinary
+#   build on process 0, on CPU, sent tensor by tensor with `set_model_state_dict(..., broadcast_from_rank0=
+#   True)`: each rank keeps only its shard of each tensor. Buffers (not sharded by FSDP2; non-persistent
+#   ones are in no state dict) are broadcast from process 0 too.
+# Every rank therefore starts from exactly process 0's ordinary build (the ordinary fsdp path keeps, in each
+# rank's shard, that rank's own initialisation).
 
 
-def initial_model(build_model, world: World) -> nn.Module | None:
-    """Process 0: the ordinary build (`stage.build_model()`: random initialisation + loaded files) on CPU, in
-    fp32 (`fp32_master_weights`); other processes: None (they read no weight file)."""
+def initial_model(build_model, world: World) -> tuple[nn.Module, dict[str, Any]] | None:
+    """Process 0: (the ordinary build on CPU in fp32 with pretrained files deferred, {parameter name:
+    `Located`} of the deferred tensors); other processes: None (they read no weight file here). A build
+    that leaves a tensor on the meta device that no file provides (a plugin that used a deferred weight
+    while building) is redone the ordinary way, every file read by process 0."""
     if not world.main:
         return None
-    return fp32_master_weights(build_model())  # on CPU, as the ordinary path builds it
+    from latbot.models import deferred
+
+    rng = torch.get_rng_state()
+    with deferred.deferring() as records:
+        model = fp32_master_weights(build_model())
+    located = deferred.owned_modules(model, records)
+    tensors = [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]
+    if any(t.is_meta and name not in located for name, t in tensors):
+        print("dist.meta_init: a weight file was used while building; process 0 reads every file", flush=True)
+        torch.set_rng_state(rng)
+        return fp32_master_weights(build_model()), {}
+    with torch.no_grad():  # persistent buffers stored in the files (small): read whole, broadcast below
+        for name, buf in model.named_buffers(remove_duplicate=False):
+            if name in located:
+                buf.copy_(deferred.read_rows(located[name], tuple(buf.shape), (0,) * buf.dim()).to(buf.dtype))
+    return model, located
 
 
 def meta_model(architecture) -> nn.Module:
@@ -255,19 +276,28 @@ def _plain_name(name: str) -> str:
     return name.replace("_checkpoint_wrapped_module.", "")
 
 
-def load_initial(model: nn.Module, initial: nn.Module | None, world: World) -> nn.Module:
-    """After `shard` on the meta device: allocate this rank's shards on `world.device` and fill them from
-    process 0's `initial` model (None on the other ranks), then its buffers. `initial` is released by the
-    caller afterwards."""
+def load_initial(model: nn.Module, initial: tuple[nn.Module, dict[str, Any]] | None, world: World) -> nn.Module:
+    """After `shard` on the meta device: allocate this rank's shards on `world.device`, fill the deferred
+    pretrained tensors from their files (this rank's rows only), the rest from process 0's build (`initial`,
+    None on the other ranks), then the buffers. `initial` is released by the caller afterwards."""
     import torch.distributed as dist
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
+    from latbot.models.deferred import Located
+
     model.to_empty(device=world.device)
-    full = initial.state_dict() if initial is not None else {}
-    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True)
+    built, located = initial if initial is not None else (None, {})
+    if world.size > 1:
+        box = [{name: (loc.file, loc.key) for name, loc in located.items()}]
+        dist.broadcast_object_list(box, src=0)
+        located = {name: Located(*where) for name, where in box[0].items()}
+    full = {k: v for k, v in built.state_dict().items() if k not in located} if built is not None else {}
+    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True, strict=not located)
     set_model_state_dict(model, full, options=options)
     del full
-    source = dict(initial.named_buffers()) if initial is not None else {}
+    if located:
+        read_shards(model, located, world)
+    source = dict(built.named_buffers()) if built is not None else {}
     with torch.no_grad():
         for name, buf in model.named_buffers():
             box = buf.to(torch.uint8) if buf.dtype == torch.bool else buf  # gloo broadcasts no bool
@@ -278,3 +308,38 @@ def load_initial(model: nn.Module, initial: nn.Module | None, world: World) -> n
             if box is not buf:
                 buf.copy_(box.to(torch.bool))
     return model
+
+
+def read_shards(model: nn.Module, located: dict[str, Any], world: World) -> dict[str, int]:
+    """Fill each sharded parameter named in `located` with this rank's rows of its tensor, read from its
+    safetensors file and nothing more; → {"read": bytes this rank read, "stored": bytes of those tensors}."""
+    from torch.distributed.tensor import DTensor
+    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
+
+    from latbot.errors import TrainingError
+    from latbot.models.deferred import read_rows
+
+    read = stored = count = 0
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            loc = located.get(_plain_name(name))
+            if loc is None:
+                continue
+            if isinstance(p, DTensor):
+                shape, offset = compute_local_shape_and_global_offset(p.shape, p.device_mesh, p.placements)
+                local = p.to_local()
+            else:
+                shape, offset, local = tuple(p.shape), (0,) * p.dim(), p
+            if tuple(local.shape) != tuple(shape):
+                raise TrainingError(f"dist.meta_init: {name}: shard {list(local.shape)} ≠ expected {list(shape)}")
+            count += 1
+            block = read_rows(loc, tuple(shape), tuple(offset))  # no rows on a rank past a short tensor's end
+            local.copy_(block.to(local.dtype))
+            read += block.numel() * block.element_size()
+            stored += p.numel() * block.element_size()
+    print(
+        f"dist.meta_init: rank {world.rank} read {read} bytes of {count} pretrained tensors ({stored} bytes in "
+        "their files) from safetensors: its own shards only",
+        flush=True,
+    )
+    return {"read": read, "stored": stored}

@@ -1,14 +1,18 @@
 """Peak host memory (RSS) per rank of the model set-up: the ordinary build (every rank builds the whole model,
-then shards it) against `dist.meta_init` (meta build, shard, this rank's shards filled from process 0's one
-CPU build: latbot.train.distributed.initial_model / meta_model / load_initial). FSDP2 over gloo on CPU.
+then shards it) against `dist.meta_init` (meta build, shard, this rank's shards filled: pretrained tensors
+read by each rank from the safetensors files, its rows only; the rest from process 0's one CPU build:
+latbot.train.distributed.initial_model / meta_model / load_initial). FSDP2 over gloo on CPU.
 
-    .venv/bin/python tools/bench/bench_meta_init.py --out bench_meta_init.json            # mini + medium
-    .venv/bin/python tools/bench/bench_meta_init.py --sizes mini --processes 1 2
+    .venv/bin/python tools/bench/bench_meta_init.py --out bench_meta_init.json     # every size, 1 and 2 processes
+    .venv/bin/python tools/bench/bench_meta_init.py --sizes internvl_pretrained --processes 1 2
 
-The model is the `pi05` student (`preset: mini`, the CPU quickstart size, and `medium`, a custom size of a few
-hundred MB so the weights outweigh the interpreter and torch). Each (size, processes, mode) is a fresh
-torchrun launch; each rank reports its peak RSS (`ru_maxrss`) before the set-up (imports done) and after
-it. The JSON holds every rank's numbers and the model's parameter count and fp32 size.
+Sizes: the `pi05` student, randomly initialised (`mini`, the CPU quickstart size, and `medium`, a custom size
+of a few hundred MB so the weights outweigh the interpreter and torch); `internvl_pretrained`: the
+`internvl` student loading a ≈ 190M-parameter InternVL (Qwen3 1024 × 8 layers, 32k vocabulary) saved in
+bf16 by `save_pretrained` — real pretrained weights. Modes: `ordinary`; `meta_p0` (dist.meta_init with
+every file read by process 0 and sent: what it did before the per-rank reads); `meta` (dist.meta_init as
+it is). Each (size, processes, mode) is a fresh torchrun launch; each rank reports its peak RSS
+(`ru_maxrss`) before the set-up (imports done) and after it.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import tempfile
 from pathlib import Path
 
 SIZES = {
+    "internvl_pretrained": {},  # see save_internvl
     "mini": {"preset": "mini"},
     # SigLIP 256 × 4 layers, Gemma 1024 × 8 layers, 32k vocab: ≈ 190M parameters (≈ 0.75 GB fp32)
     "medium": {
@@ -46,6 +51,25 @@ SIZES = {
 }
 
 
+def save_internvl(root: Path) -> str:
+    """A ≈ 190M-parameter InternVL (the tiny vision tower, a Qwen3 1024 × 8 layers language model with a 32k
+    vocabulary), random values, saved in bf16 in the published layout."""
+    import torch
+    from transformers import InternVLModel
+
+    from latbot.models.encoders.internvl import presets
+
+    config, tokenizer = presets("tiny")
+    text = config.text_config
+    text.hidden_size, text.intermediate_size, text.num_hidden_layers = 1024, 4096, 8
+    text.num_attention_heads, text.num_key_value_heads, text.head_dim, text.vocab_size = 8, 8, 128, 32000
+    text.layer_types = ["full_attention"] * text.num_hidden_layers
+    torch.manual_seed(0)
+    InternVLModel(config).to(torch.bfloat16).save_pretrained(root)
+    tokenizer.save_pretrained(root)
+    return str(root)
+
+
 def peak_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
@@ -60,18 +84,34 @@ def worker(size: str, mode: str, out: Path) -> None:
     before = peak_mib()
 
     def build():
+        torch.manual_seed(0)
+        if size == "internvl_pretrained":
+            cfg = registry.get("students", "internvl").Config(
+                preset="tiny", pretrained=os.environ["BENCH_PRETRAINED"], num_scene_tokens=8, num_motion_tokens=8
+            )
+            return registry.build("students", cfg, latent_width=64)
         cfg = registry.get("students", "pi05").Config(
             tokenizer=None, num_scene_tokens=8, num_motion_tokens=8, **SIZES[size]
         )
-        torch.manual_seed(0)
         return registry.build("students", cfg, latent_width=64)
+
+    def architecture():
+        if size != "internvl_pretrained":
+            return build()
+        from latbot.models import deferred
+
+        with deferred.deferring():  # the same architecture (the saved config), no weights read
+            return build()
 
     if mode == "ordinary":  # as latbot.train.loop without dist.meta_init
         model = distributed.fp32_master_weights(build().to(world.device))
         distributed.shard(model, world)
     else:
-        initial = distributed.initial_model(build, world)
-        model = distributed.fp32_master_weights(distributed.meta_model(build))
+        if mode == "meta_p0":  # every file read by process 0, every tensor sent from it
+            initial = (distributed.fp32_master_weights(build()), {}) if world.main else None
+        else:
+            initial = distributed.initial_model(build, world)
+        model = distributed.fp32_master_weights(distributed.meta_model(architecture))
         distributed.shard(model, world)
         distributed.load_initial(model, initial, world)
         del initial
@@ -90,11 +130,11 @@ def worker(size: str, mode: str, out: Path) -> None:
     distributed.shutdown(world)
 
 
-def launch(size: str, processes: int, mode: str) -> list[dict]:
+def launch(size: str, processes: int, mode: str, pretrained: str) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(processes)]
         cmd += [__file__, "--worker", size, mode, tmp]
-        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "BENCH_PRETRAINED": pretrained, "HF_HUB_OFFLINE": "1"}
         subprocess.run(cmd, check=True, env=env, capture_output=True, text=True)
         return [json.loads(p.read_text()) for p in sorted(Path(tmp).glob("rank*.json"))]
 
@@ -109,14 +149,16 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench_meta_init.json"))
     args = parser.parse_args()
     results = []
-    for size in args.sizes:
-        for processes in args.processes:
-            for mode in ("ordinary", "meta"):
-                ranks = launch(size, processes, mode)
-                results.append({"size": size, "processes": processes, "mode": mode, "ranks": ranks})
-                peaks = ", ".join(f"rank {r['rank']}: {r['peak_rss_mib']:.0f}" for r in ranks)
-                params = ranks[0]["parameters"]
-                print(f"{size:7s} {params / 1e6:7.1f}M params  {processes} proc  {mode:8s}  peak RSS MiB  {peaks}")
+    with tempfile.TemporaryDirectory() as saved:
+        pretrained = save_internvl(Path(saved) / "internvl") if "internvl_pretrained" in args.sizes else ""
+        for size in args.sizes:
+            for processes in args.processes:
+                for mode in ("ordinary", "meta_p0", "meta") if size == "internvl_pretrained" else ("ordinary", "meta"):
+                    ranks = launch(size, processes, mode, pretrained)
+                    results.append({"size": size, "processes": processes, "mode": mode, "ranks": ranks})
+                    peaks = ", ".join(f"rank {r['rank']}: {r['peak_rss_mib']:.0f}" for r in ranks)
+                    params = ranks[0]["parameters"]
+                    print(f"{size:19s} {params / 1e6:7.1f}M params  {processes} proc  {mode:8s}  peak RSS MiB  {peaks}")
     args.out.write_text(json.dumps(results, indent=2))
     print(f"wrote {args.out}")
 

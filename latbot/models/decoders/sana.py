@@ -14,6 +14,7 @@ is a rectified-flow model with the same velocity convention).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -174,9 +175,29 @@ def _build(c: SanaDecoder.Config):
     from diffusers import AutoencoderDC, SanaTransformer2DModel
 
     if c.pretrained is not None:
-        try:
-            transformer = SanaTransformer2DModel.from_pretrained(c.pretrained, subfolder="transformer")
-            vae = AutoencoderDC.from_pretrained(c.pretrained, subfolder="vae")
+        from latbot.models import deferred
+
+        if deferred.active() and Path(c.pretrained).expanduser().is_dir():  # dist.meta_init: per-rank reads later
+            root = Path(c.pretrained).expanduser()
+            where = "model.decoder.pretrained"
+            try:
+                parts = [
+                    deferred.build_recorded(
+                        lambda k=kind, s=sub: k.from_config(k.load_config(root, subfolder=s)), root / sub, where
+                    )
+                    for kind, sub in ((SanaTransformer2DModel, "transformer"), (AutoencoderDC, "vae"))
+                ]
+            except (OSError, ValueError) as e:
+                raise ModelBuildError(
+                    f"{where}: cannot read a SANA config (transformer/ and vae/) from '{c.pretrained}': "
+                    f"{str(e).splitlines()[0]}"
+                ) from e
+            if all(p is not None for p in parts):
+                return parts[0], parts[1]
+        try:  # drawing no random number, whether diffusers builds on meta (with accelerate) or not
+            with torch.random.fork_rng(devices=[]):
+                transformer = SanaTransformer2DModel.from_pretrained(c.pretrained, subfolder="transformer")
+                vae = AutoencoderDC.from_pretrained(c.pretrained, subfolder="vae")
         except (OSError, ValueError) as e:
             raise ModelBuildError(
                 f"model.decoder.pretrained: cannot load a SANA checkpoint (transformer/ and vae/) from "

@@ -52,6 +52,7 @@ The expert's heads, KV heads and head width are the VLM's (shared attention); it
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -516,6 +517,10 @@ def sizes_of_parent(student, recorded: dict[str, Any]):
 def load_pi05(path: str | Path, *, student=None, expert=None) -> dict[str, Any]:
     """Load the checkpoint's VLM into `student` and its expert (layers, final norm, action and time
     projections) into `expert` (either may be None) → a report for the stage manifest."""
+    from latbot.models import deferred
+
+    if deferred.active():  # dist.meta_init: each rank reads its own shards of these files later
+        return _defer_pi05(path, student=student, expert=expert)
     config, tensors = read_pi05(path)
     mapped, dropped, unknown = keys.map_keys(tensors)
     if unknown:
@@ -541,6 +546,68 @@ def load_pi05(path: str | Path, *, student=None, expert=None) -> dict[str, Any]:
             "initialised_fresh": sorted(n for n in own if keys.latbot_only(component, n)),
         }
     return report
+
+
+def _defer_pi05(path: str | Path, *, student=None, expert=None) -> dict[str, Any]:
+    """`load_pi05` without reading a tensor: the checks and the report come from the files' headers, the
+    loaded parameters move to the meta device (freeing their random initialisation) and are recorded at
+    their tensors (`latbot.models.deferred`), for every rank to read its own shards."""
+    from latbot.models import deferred
+
+    root, files = _root(path)
+    config = _config(root)
+    located = openpi_keys.to_lerobot_keys(deferred.header_keys(files))  # the tied embedding: the LM head's
+    mapped, dropped, unknown = keys.map_keys(located)
+    if unknown:
+        raise PretrainedError(f"pretrained: '{path}' holds {len(unknown)} tensor(s) pi0.5 does not have: {unknown}")
+    prefix = "model." if any(keys.canonical(k) != k for k in located) else ""
+    stored = deferred.shapes(located)
+    h = read_header(path)
+    dtypes = {k: h.dtypes.get(keys.canonical(k), "") for k in located}
+    shapes = {keys.canonical(k): v for k, v in stored.items()}
+    report: dict[str, Any] = {"checkpoint": str(path), "config": {k: config[k] for k in CONFIG_FIELDS if k in config},
+                              "dropped": sorted(dropped)}  # fmt: skip
+    for component, module in (("student", student), ("expert", expert)):
+        if module is None:
+            continue
+        own = module.state_dict()
+        problem = misfit(shapes, component, {n: tuple(t.shape) for n, t in own.items()}, prefix)
+        if problem:
+            raise PretrainedError(f"pretrained: '{path}' does not fit the {component} as configured: {problem}")
+        state = {name: key for key, (comp, name) in mapped.items() if comp == component}
+        _to_meta(module, state)
+        deferred.record(module, {name: located[key] for name, key in state.items()})
+        report[component] = {
+            "components": sorted({keys.component_of(n) for n in state}),
+            "tensors": len(state),
+            "parameters": int(sum(math.prod(stored[key]) for key in state.values())),
+            "dtypes": sorted({_DTYPES.get(dtypes[key], dtypes[key].lower()) for key in state.values()}),
+            "initialised_fresh": sorted(n for n in own if keys.latbot_only(component, n)),
+        }
+    return report
+
+
+_DTYPES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32", "F64": "float64"}  # safetensors' names
+
+
+def _to_meta(module, names) -> None:
+    """The named parameters of `module` replaced by meta tensors of the same shape (tied ones stay tied)."""
+    import torch
+
+    done: dict[int, torch.nn.Parameter] = {}
+    for full in names:
+        owner_name, _, leaf = full.rpartition(".")
+        owner = module.get_submodule(owner_name) if owner_name else module
+        p = owner._parameters.get(leaf)
+        if p is None:
+            continue
+        if id(p) not in done:
+            done[id(p)] = torch.nn.Parameter(p.detach().to("meta"), requires_grad=p.requires_grad)
+        owner._parameters[leaf] = done[id(p)]
+    for owner in module.modules():  # tied names not in `names` follow their parameter
+        for leaf, p in list(owner._parameters.items()):
+            if p is not None and id(p) in done:
+                owner._parameters[leaf] = done[id(p)]
 
 
 def apply(student=None, expert=None) -> dict[str, Any]:
