@@ -138,10 +138,10 @@ def read_rows(loc: Located, shape: tuple[int, ...], offset: tuple[int, ...]) -> 
         return view[tuple(slice(o, o + s) for o, s in zip(offset, shape, strict=True))]
 
 
-def build_recorded(build, directory: Path, where: str) -> nn.Module | None:
+def build_recorded(build, directory: Path, where: str, error: type[Exception] = ValueError) -> nn.Module | None:
     """`build()` with its parameters on the meta device, each recorded at the tensor of the same name in
     `directory`'s safetensors files (diffusers' layout: keys are parameter names). None when the files
-    leave a parameter out (the caller then loads the ordinary way); a shape that differs is an error naming
+    leave a parameter out (the caller then loads the ordinary way); a shape that differs is an `error` naming
     `where` (the recipe field)."""
     files = safetensors_files(directory)
     if not files:
@@ -159,9 +159,7 @@ def build_recorded(build, directory: Path, where: str) -> nn.Module | None:
             return None
     for name, shape in shapes(located).items():
         if shape != tuple(own[name].shape):
-            from latbot.models.loading import ModelBuildError
-
-            raise ModelBuildError(
+            raise error(
                 f"{where}: '{directory}' stores {name} as {list(shape)}, the model built from its config has "
                 f"{list(own[name].shape)}; the checkpoint is damaged or was saved by another architecture"
             )

@@ -183,7 +183,10 @@ def _build(c: SanaDecoder.Config):
             try:
                 parts = [
                     deferred.build_recorded(
-                        lambda k=kind, s=sub: k.from_config(k.load_config(root, subfolder=s)), root / sub, where
+                        lambda k=kind, s=sub: k.from_config(k.load_config(root, subfolder=s)),
+                        root / sub,
+                        where,
+                        ModelBuildError,
                     )
                     for kind, sub in ((SanaTransformer2DModel, "transformer"), (AutoencoderDC, "vae"))
                 ]
