@@ -128,3 +128,41 @@ def test_meta_init_needs_a_sharded_strategy():
     assert DistConfig(strategy="fsdp", meta_init=True).meta_init
     with pytest.raises(ValidationError, match=r"meta_init needs dist\.strategy fsdp or hsdp"):
         DistConfig(meta_init=True)
+
+
+def test_a_pi05_baseline_reads_its_checkpoint_per_rank(tmp_path):
+    """The pi0.5 baseline (student + expert from LeRobot's tiny pi0.5 checkpoint, bf16 and fp32 tensors) under
+    dist.meta_init on 2 processes starts from the single ordinary build's weights, and the two ranks read
+    the checkpoint's tensors between them exactly once."""
+    from latbot import registry
+    from latbot.sim.generate import generate
+
+    store = tmp_path / "store"
+    generate(registry.get("simulators", "metaworld").Config(), ["reach"], 2, store, image_size=64, seed=0,
+             progress=False)  # fmt: skip
+    checkpoint = REPO / "tests/fixtures/pi05_tiny"
+    sets = [f"data.sources=[{{store: {store}}}]", f"model.student.pretrained={checkpoint}",
+            f"model.action_expert.pretrained={checkpoint}", "train.steps=1", "train.checkpoint_every=1",
+            "train.global_batch_size=4", "train.micro_batch_size=2", "train.lr=1e-30", "train.min_lr=0",
+            "train.weight_decay=0", f"log.out_dir={tmp_path}", "log.progress=false", "log.tensorboard=false",
+            "data.num_workers=0"]  # fmt: skip
+    recipe = str(REPO / "recipes/tiny/baseline_pi05.yaml")
+
+    def train(name, processes, *more):
+        launcher = [*TORCHRUN, str(processes), "-m", "latbot"] if processes else [sys.executable, "-m", "latbot"]
+        args = [x for s in [*sets, f"log.run_name={name}", *more] for x in ("--set", s)]
+        done = subprocess.run([*launcher, "train", recipe, *args], cwd=REPO, env=ENV, capture_output=True, text=True,
+                              timeout=600)  # fmt: skip
+        assert done.returncode == 0, done.stderr[-3000:]
+        (tmp_path / f"{name}.stdout").write_text(done.stdout)
+        return load_file(tmp_path / name / "weights/model.safetensors")
+
+    want = train("ref", None)
+    train("plain", 2, "dist.strategy=fsdp")  # the ordinary fsdp path too (its empty latent queries stay frozen)
+    got = train("meta", 2, "dist.strategy=fsdp", "dist.meta_init=true")
+    assert sorted(got) == sorted(want)
+    for key, value in want.items():  # (the baseline's 0 latent queries are empty tensors)
+        diff = (got[key] - value).abs()
+        assert got[key].shape == value.shape and (diff.numel() == 0 or diff.max() <= 1e-29), key
+    (b0, n0, s0), (b1, n1, s1) = reads(tmp_path, "meta")[0], reads(tmp_path, "meta")[1]
+    assert n0 == n1 > 0 and s0 == s1 > 0 and b0 + b1 == s0 and max(b0, b1) < 0.6 * s0, (b0, b1, s0)

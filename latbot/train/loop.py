@@ -27,10 +27,12 @@ from latbot.train.schedule import lr_at
 
 def select_trainable(model: torch.nn.Module, trainable: list[str], frozen: list[str]) -> int:
     """requires_grad = (already trainable) ∧ (matches `trainable`) ∧ ¬(matches `frozen`); returns the count.
-    A recipe can freeze more than the model does, never unfreeze what the model froze on purpose."""
+    A recipe can freeze more than the model does, never unfreeze what the model froze on purpose. An empty
+    parameter (0 latent queries: the pi0.5 baseline) has nothing to learn and is frozen: FSDP2's gradient
+    reduce-scatter refuses empty tensors."""
     n = 0
     for name, p in model.named_parameters():
-        keep = p.requires_grad and any(fnmatch.fnmatch(name, g) for g in trainable)
+        keep = p.requires_grad and p.numel() > 0 and any(fnmatch.fnmatch(name, g) for g in trainable)
         keep = keep and not any(fnmatch.fnmatch(name, g) for g in frozen)
         p.requires_grad_(keep)
         n += p.numel() if keep else 0
