@@ -34,6 +34,7 @@ def _study(**update) -> Study:
         "seeds": [0, 1, 2],
         "eval_episodes": 10,
         "baseline": "base",
+        "primary": {"variant": "ours", "demos": 5},
         "variants": {
             "ours": {"lam": "x.yaml", "distill": "y.yaml", "finetune": "z.yaml"},
             "base": {"finetune": "z.yaml"},
@@ -54,7 +55,9 @@ def test_aggregation_pools_seeds_and_pairs_variants():
     assert ours["mean"] == pytest.approx(0.85) and base["mean"] == pytest.approx(0.15)  # tasks weigh the same
     assert ours["ci95"][0] <= ours["mean"] <= ours["ci95"][1]
     diff = r["paired_differences"]["ours/d5"]
-    assert diff["mean"] == pytest.approx(0.70) and diff["above_zero"] and diff["ci95"][0] > 0.4
+    assert diff["mean"] == pytest.approx(0.70) and diff["ci95"][0] > 0.4 and diff["primary"]
+    assert not diff["above_zero"] and diff["claim"] == "no claim: 3 seeds (< 5)"  # 3 seeds never make a claim
+    assert diff["p_sign_flip"] == pytest.approx(0.25)  # all 3 differences positive: 2 of the 8 sign flips
     cell = next(c for c in r["cells"] if c["variant"] == "ours" and c["seed"] == 0)
     assert cell["successes"] == 17 and cell["episodes"] == 20 and 0.6 < cell["ci95"][0] < 0.85 < cell["ci95"][1]
     assert r["probe_means"]["ours"]["z_mot_above_z_sce"] == 3
@@ -121,3 +124,94 @@ def test_smoke_study_runs_the_pipeline_then_resumes_by_skipping(tmp_path):
     assert second.returncode == 0, second.stderr[-2000:]
     assert second.stdout.count("up to date, skipped") >= 2 + 2 + 2 + 2  # stores, LAM + distill, finetunes, evals
     assert "training (" not in second.stdout
+
+
+def test_five_seeds_that_agree_make_a_claim_and_secondary_comparisons_are_holm_corrected():
+    study = _study(
+        seeds=[0, 1, 2, 3, 4],
+        demos=[5, 10],
+        primary={"variant": "ours", "demos": 10},
+        variants={
+            "ours": {"lam": "x.yaml", "distill": "y.yaml", "finetune": "z.yaml"},
+            "other": {"finetune": "z.yaml"},
+            "base": {"finetune": "z.yaml"},
+        },
+    )
+    evaluations = {}
+    for s in study.seeds:
+        for d in study.demos:
+            evaluations[f"ours/s{s}/d{d}"] = _evaluation(
+                {"a": [1] * (8 + s % 2) + [0] * (2 - s % 2), "b": [1] * 5 + [0] * 5}
+            )
+            evaluations[f"other/s{s}/d{d}"] = _evaluation(
+                {"a": [1] * 3 + [0] * 7, "b": [1] * (2 + s % 3) + [0] * (8 - s % 3)}
+            )
+            evaluations[f"base/s{s}/d{d}"] = _evaluation({"a": [1] * 3 + [0] * 7, "b": [1] * 2 + [0] * 8})
+    r = aggregate(study, evaluations, {})
+    pairs = r["paired_differences"]
+    primary = pairs["ours/d10"]
+    assert r["primary"] == "ours/d10" and primary["primary"] and "p_holm" not in primary
+    assert primary["claim"] == "above 0" and primary["above_zero"] and primary["ci95"][0] > 0
+    assert primary["p_sign_flip"] == pytest.approx(2 / 32)  # every seed positive: the smallest p 5 seeds allow
+    secondary = {k: v for k, v in pairs.items() if not v["primary"]}
+    assert set(secondary) == {"ours/d5", "other/d5", "other/d10"}
+    raw = sorted((v["p_sign_flip"], k) for k, v in secondary.items())
+    assert secondary[raw[0][1]]["p_holm"] == pytest.approx(min(1.0, 3 * raw[0][0]))  # the smallest p times m
+    assert all(v["p_holm"] >= v["p_sign_flip"] for v in secondary.values())
+    lo, hi = primary["ci95"]
+    from scipy import stats as sps
+
+    d = np.asarray(primary["per_seed"])
+    half = sps.t.ppf(0.975, 4) * d.std(ddof=1) / np.sqrt(5)
+    assert lo == pytest.approx(d.mean() - half) and hi == pytest.approx(d.mean() + half)  # a t-interval over seeds
+    assert "bootstrap_ci95" in primary  # the old interval, kept as a labelled secondary view
+
+
+def test_the_study_file_declares_its_primary_comparison():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=r"primary: declare the comparison"):
+        _study(primary=None)
+    with pytest.raises(ValidationError, match=r"primary.variant 'base' must be a variant other than the baseline"):
+        _study(primary={"variant": "base", "demos": 5})
+    with pytest.raises(ValidationError, match=r"primary.demos \(3\) is not one of demos"):
+        _study(primary={"variant": "ours", "demos": 3})
+    alone = _study(primary=None, variants={"base": {"finetune": "z.yaml"}})  # a pilot compares nothing
+    assert alone.primary is None
+
+
+def test_seed_level_statistics():
+    from latbot.study import stats
+
+    mean, _, hi = stats.t_interval([0.1, 0.2, 0.0])
+    assert mean == pytest.approx(0.1) and hi - mean == pytest.approx(4.302653 * 0.1 / np.sqrt(3), rel=1e-5)
+    assert stats.sign_flip_p([0.1, 0.2, 0.05]) == pytest.approx(0.25)
+    assert stats.sign_flip_p([0.1, -0.2, 0.05, 0.3, 0.2]) == pytest.approx(12 / 32)  # |sum| ≥ 0.45 in 12 of 32
+    assert stats.holm({"a": 0.01, "b": 0.04, "c": 0.03}) == pytest.approx({"a": 0.03, "b": 0.06, "c": 0.06})
+    assert stats.claim(0.1, 0.3, 3).startswith("no claim") and stats.claim(0.1, 0.3, 5) == "above 0"
+    assert stats.claim(-0.3, -0.1, 6) == "below 0" and stats.claim(-0.1, 0.2, 6) == "includes 0"
+
+
+def test_the_interval_check_finds_the_bootstrap_too_narrow_at_three_seeds():
+    from latbot.study import stats
+
+    design = stats.Design((0.3, 0.5, 0.6, 0.4, 0.7), 0.0, 0.4, 30, 3)
+    result = stats.coverage(design, reps=600, boot_draws=400, seed=1)
+    t, boot = result["t_interval"], result["hierarchical_bootstrap"]
+    assert t["coverage"] >= 0.93 and boot["coverage"] <= 0.90  # nominal 0.95 each
+    assert boot["above_zero"] > 2 * max(t["above_zero"], 0.01)  # the old interval calls a null "above 0" more
+    assert result["sign_flip_p<0.05"]["rejects"] == 0.0  # with 3 seeds p ≥ 0.25: it cannot
+
+
+def test_check_intervals_from_the_command_line():
+    from typer.testing import CliRunner
+
+    from latbot.cli import app
+
+    result = CliRunner().invoke(app, ["study", str(REPO / "recipes/studies/smoke.yaml"), "--check-intervals"])
+    assert result.exit_code == 0, result.output
+    assert "t_interval" in result.output and "hierarchical_bootstrap" in result.output
+    rows = [line.split() for line in result.output.splitlines() if "t_interval" in line]
+    assert {int(r[0]) for r in rows} == {1, 5, 10}  # the study's own seed count, and 5 and 10
+    missing = CliRunner().invoke(app, ["study", str(REPO / "recipes/studies/smoke.yaml")])
+    assert missing.exit_code == 2 and "--out is required" in missing.output

@@ -39,6 +39,7 @@ def _study_file(tmp_path: Path) -> Path:
         "eval_episodes": 1,
         "eval_max_steps": 20,
         "baseline": "pi05",
+        "primary": {"variant": "latbot", "demos": 2},
         "probe_samples": 8,
         "reconstruction_samples": 2,
         "variants": {

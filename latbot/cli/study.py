@@ -14,7 +14,14 @@ from latbot.cli._common import user_errors
 @user_errors
 def study(
     path: Path = typer.Argument(..., help="Study file (recipes/studies/*.yaml).", dir_okay=False),
-    out: Path = typer.Option(..., "--out", "-o", help="Directory for every artifact and the report."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Directory for every artifact and the report."),
+    check_intervals: bool = typer.Option(
+        False,
+        "--check-intervals",
+        help="Simulate studies of this design and print how often each interval of a paired difference covers "
+        "the truth (nominal 95%) and says 'above 0' when nothing differs; run nothing. With --out, the design's "
+        "rates and seed spread come from the study's report.",
+    ),
     workers: int | None = typer.Option(
         None, min=1, max=64, help="Steps run side by side without a launcher (default: the file's)."
     ),
@@ -41,6 +48,27 @@ def study(
     """Demonstrations → LAM → distillation → finetuning → closed-loop evaluation for every cell of the grid,
     then report.md / report.json / plots. Rerun the same command to resume; finished cells are skipped (with a
     launcher: only the jobs whose output is missing are submitted again)."""
+    if check_intervals:
+        from latbot.study import check_intervals as simulate
+
+        checked = simulate(path, out)
+        typer.echo(f"interval check: {checked['reps']} simulated studies per row; design from {checked['design_from']}")
+        typer.echo(
+            "seeds  interval                coverage (nominal 0.95)  'above 0' with no difference (nominal 0.025)"
+        )
+        for seeds, row in checked["by_seeds"].items():
+            for method in ("t_interval", "hierarchical_bootstrap"):
+                r = row[method]
+                typer.echo(f"{seeds:>5}  {method:<22}  {r['coverage']:>23.3f}  {r['above_zero']:>37.3f}")
+            flip = row["sign_flip_p<0.05"]
+            typer.echo(
+                f"{seeds:>5}  sign-flip p < 0.05: {flip['rejects']:.3f} (smallest possible p {flip['smallest_p']:.4f})"
+            )
+        return
+    if out is None:
+        from latbot.errors import LatBotError
+
+        raise LatBotError("--out is required (the study's directory), except with --check-intervals")
     if status:
         from latbot.study import status as study_status
 

@@ -75,6 +75,14 @@ class Variant(Section):
         return self
 
 
+class Primary(Section):
+    """The one comparison a study is run to make, fixed in the file before it runs (the file's commit is its
+    registration): `variant` against the study's baseline at `demos` demonstrations."""
+
+    variant: str = Field(description="The variant compared with the baseline.")
+    demos: int = Field(ge=1, description="The demonstration count of the comparison.")
+
+
 class Study(Section):
     name: str
     simulator: str = "metaworld"
@@ -96,6 +104,12 @@ class Study(Section):
         "report", description="Where the report goes under --out (studies sharing an --out share their runs)."
     )
     baseline: str = Field(description="The variant the others are compared with (paired differences).")
+    primary: Primary | None = Field(
+        None,
+        description="The primary comparison, declared before the study runs: {variant, demos} against the "
+        "baseline. Its interval and p-value are reported as they are; every other comparison is secondary, "
+        "with Holm-corrected p-values. Required when the study compares anything (a variant besides the baseline).",
+    )
     variants: dict[str, Variant] = Field(min_length=1)
     probe_samples: int = Field(128, ge=8, description="Clips for the held-out linear probes of Z_mot / Z_sce.")
     reconstruction_samples: int = Field(
@@ -133,6 +147,21 @@ class Study(Section):
             raise ValueError(f"heldout_episodes ({self.heldout_episodes}) is below the largest demo count")
         if self.baseline not in self.variants:
             raise ValueError(f"baseline '{self.baseline}' is not one of the variants {sorted(self.variants)}")
+        others = sorted(set(self.variants) - {self.baseline})
+        if self.primary is None:
+            if others:
+                raise ValueError(
+                    "primary: declare the comparison this study is run for, before it runs (e.g. primary: "
+                    f"{{variant: {others[0]}, demos: {self.demos[-1]}}}); the file's commit is its registration"
+                )
+            return self
+        if self.primary.variant not in others:
+            raise ValueError(
+                f"primary.variant '{self.primary.variant}' must be a variant other than the baseline: "
+                f"{others}"
+            )
+        if self.primary.demos not in self.demos:
+            raise ValueError(f"primary.demos ({self.primary.demos}) is not one of demos {self.demos}")
         return self
 
 
@@ -494,7 +523,7 @@ def run(path: str | Path, out: str | Path, workers: int | None = None, launcher:
         results = {}
         for step, jobs in plan(study, out).items():
             results[step] = _run_step(step, jobs, out, n, chosen)
-        report = write_report(study, out, results["evaluate"], results["probes"])
+        report = write_report(study, out, results["evaluate"], results["probes"], source=Path(path))
         pipeline.say(f"study {study.name}: {report / 'report.md'}")
         return report
 
@@ -514,3 +543,35 @@ def status(path: str | Path, out: str | Path) -> dict[str, dict[str, dict[str, s
 
         states[step] = launcher.status(out / JOBS_DIR / step, list(jobs), done)
     return states
+
+
+def check_intervals(path: str | Path, out: str | Path | None = None, reps: int = 1000) -> dict[str, Any]:
+    """`latbot study --check-intervals`: how often the report's intervals of a paired difference cover the truth,
+    in simulated studies with this study's design (tasks, evaluation episodes, seeds; and 5 and 10 seeds).
+    Success rates and the seed-to-seed spread come from the study's report under `out` when it exists (the
+    baseline's per-task rates; the spread of its per-seed rates on the logit scale), else 0.5 and 0.5. Both
+    arms get independent seed effects and no true difference, so "above 0" should happen 2.5% of the time."""
+    import json
+
+    import numpy as np
+
+    from latbot.study import stats
+
+    study = load_study(path)
+    rates, spread, source = [0.5] * len(study.heldout_tasks), 0.5, "defaults (no report under --out)"
+    report = Path(out) / study.report_dir / "report.json" if out is not None else None
+    if report is not None and report.is_file():
+        result = json.loads(report.read_text())
+        base = [r for r in result["pooled"].values() if r["variant"] == study.baseline]
+        if base:
+            tasks = np.array([[r["tasks"][t] for t in study.heldout_tasks] for r in base]).mean(axis=0)
+            rates = list(np.clip(tasks, 0.05, 0.95))
+            per_seed = np.clip(np.concatenate([r["per_seed"] for r in base]), 0.05, 0.95)
+            logits = np.log(per_seed / (1 - per_seed))
+            spread = float(max(0.1, logits.std(ddof=1))) if len(logits) > 1 else spread
+            source = f"{report} (the baseline's rates; seed spread {spread:.2f} on the logit scale)"
+    rows = {}
+    for seeds in sorted({len(study.seeds), 5, 10}):
+        design = stats.Design(tuple(rates), 0.0, spread, study.eval_episodes, seeds)
+        rows[seeds] = stats.coverage(design, reps=reps, boot_draws=500)
+    return {"design_from": source, "reps": reps, "nominal": stats.LEVEL, "by_seeds": rows}
