@@ -38,8 +38,9 @@ FILE_METHODS = {"read_text", "write_text", "read_bytes", "write_bytes", "mkdir",
 # Pretrained weights named in a plugin's Config are loaded in these files, the sanctioned file access of
 # model code: loading.py (the library that defines the architecture, `from_pretrained`, which checks a
 # local path exists first) and pi05/checkpoint.py (pi0.5's safetensors checkpoints, which the stages load
-# into the pi05 student and expert), and deferred.py (the per-rank reads of dist.meta_init). They may access files and import what reading weights needs
-# (LOADER_IMPORTS); every other forbidden import stays forbidden for them.
+# into the pi05 student and expert), and deferred.py (the per-rank reads of dist.meta_init). They may
+# access files and import what reading weights needs (LOADER_IMPORTS); every other forbidden import stays
+# forbidden for them.
 PRETRAINED_LOADERS = frozenset(
     {
         LATBOT / "models" / "loading.py",
