@@ -28,7 +28,15 @@ from latbot.data.clips import (
     ClipDataset,
     MixtureSampler,
 )
-from latbot.data.embodiments import Embodiment, EmbodimentError, command_to_unified, unified_mask, unified_to_command
+from latbot.data.embodiments import (
+    Embodiment,
+    EmbodimentError,
+    command_to_unified,
+    gripper_to_unified,
+    unified_mask,
+    unified_to_command,
+    unified_to_gripper,
+)
 from latbot.data.embodiments import get as get_embodiment
 from latbot.data.spaces import (
     ACTION_ARM,
@@ -99,6 +107,8 @@ __all__ = [  # noqa: RUF022  (grouped by plugin kind, as docs/plugins.md lists t
     "EmbodimentError",
     "command_to_unified",
     "unified_to_command",
+    "gripper_to_unified",
+    "unified_to_gripper",
     "unified_mask",
     "get_embodiment",
     "rotations",

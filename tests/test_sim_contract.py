@@ -180,10 +180,10 @@ def test_embodiment_contract_both_directions(name, toy_plugins):
     assert traj.states.shape == (5, STATE_DIM) and traj.actions.shape == (5, ACTION_DIM)
     assert not traj.states[:, ~emb.state_mask].any() and not traj.actions[:, ~emb.action_mask].any()
     np.testing.assert_allclose(emb.state_to_unified(states[2]), traj.states[2], atol=1e-7)
-    # unified → native inverts native → unified (gripper commands are ±1, rotations small)
+    # unified → native inverts native → unified (the gripper at its own open / closed values, rotations small)
     native = rng.uniform(-0.2, 0.2, (5, emb.native_action_dim))
     if emb.gripper != "none":
-        native[:, -1] = np.sign(rng.normal(size=5))
+        native[:, emb.gripper_index] = np.where(rng.normal(size=5) > 0, emb.gripper_closed, emb.gripper_open)
     back = emb.actions_to_native(emb.actions_to_unified(native))
     assert back.shape == (5, emb.native_action_dim)
     np.testing.assert_allclose(back, native, atol=1e-5)

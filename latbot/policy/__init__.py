@@ -6,8 +6,9 @@ An observation is what a robot or a simulator sees at one step::
      "state": (S,) float,                      # the robot's native proprioceptive state
      "instruction": str}                       # ("prompt" is accepted too, as openpi clients send it)
 
-`predict` returns the next H actions in the robot's native units (unnormalised; gripper as its ±1
-command), or in the unified 44-D space with `space="unified"`. Bad input raises `ObservationError`
+`predict` returns the next H actions in the robot's native units (unnormalised; the gripper in the
+robot's own convention: a ±1 command, or an open amount for `widowx` / `google_robot`), or in the
+unified 44-D space with `space="unified"`. Bad input raises `ObservationError`
 naming the key and what was expected. Used by `latbot eval sim` and `latbot serve`.
 """
 

@@ -6,7 +6,9 @@ data_path / video_path templates), per-frame parquet columns (`timestamp`, `fram
 `episode_index`, `index`, `task_index`, the action / state features), tasks (v2.1 meta/tasks.jsonl,
 v3.0 meta/tasks.parquet), and camera features of dtype "video" (mp4, AV1 or h264, decoded with PyAV or
 decord) or "image" (PNG bytes stored in the parquet). The source's action and state vectors are mapped
-into the unified spaces by `arms` (an `ArmLayout` per arm), usually from a preset (`latbot data presets`).
+into the unified spaces by `arms` (an `ArmLayout` per arm), usually from a preset (`latbot data presets`),
+or, with `use_embodiment: true`, by the registered embodiment `embodiment` itself (its native layout:
+the same object a policy answers through, so store and policy cannot disagree).
 Without `arms`, the state is placed from its feature names where they are unambiguous
 (`latbot.data.adapters.names`) and the action is taken as the 7-D end-effector delta (dx, dy, dz, droll,
 dpitch, dyaw, gripper 1 = closed); both are reported in `notes`, with every field that was not placed.
@@ -46,6 +48,11 @@ class LeRobotAdapter(DatasetAdapter):
         )
         camera_keys: list[str] | None = Field(None, description="Image/video features to keep (default: all).")
         embodiment: str | None = Field(None, description="Default: info.json's robot_type.")
+        use_embodiment: bool = Field(
+            False,
+            description="Map action and state through the registered embodiment `embodiment` (its native layout; "
+            "`latbot plugins list --kind embodiments`) instead of `arms`.",
+        )
         video_backend: Literal["pyav", "decord"] = "pyav"
 
     config: Config
@@ -127,10 +134,31 @@ class LeRobotAdapter(DatasetAdapter):
         return [ArmLayout(action_position=None, action_rotation=None, action_gripper=None, **fields)]
 
     # -- episodes -----------------------------------------------------------------------------------
+    def _embodiment(self, info: dict[str, Any]):
+        """The registered embodiment that maps the vectors (`use_embodiment`), else None."""
+        if not self.config.use_embodiment:
+            return None
+        from latbot.data import embodiments
+
+        name = self.config.embodiment or info.get("robot_type")
+        if self.config.arms is not None:
+            raise SourceError("lerobot: set either `arms` or `use_embodiment`, not both")
+        if self.config.action_key is None:
+            raise SourceError(f"lerobot: use_embodiment needs the action vector (action_key is null; '{name}')")
+        if not name or not embodiments.is_registered(name):
+            from latbot import registry
+
+            raise SourceError(
+                f"lerobot: use_embodiment: embodiment {name!r} is not registered "
+                f"(registered: {', '.join(registry.names('embodiments'))})"
+            )
+        return embodiments.get(name)
+
     def episodes(self, src: Path) -> Iterator[SourceEpisode]:
         info = self._info(src)
         version = info["codebase_version"]
-        arms = self.layouts(info)
+        emb = self._embodiment(info)
+        arms = emb if emb is not None else self.layouts(info)
         for ep in _episodes_v21(src) if version == "v2.1" else _episodes_v30(src):
             idx = int(ep["episode_index"])
             yield SourceEpisode(
@@ -173,7 +201,7 @@ class LeRobotAdapter(DatasetAdapter):
             raise SourceError(f"{where}: meta says {ep['length']} frames, the parquet has {length}")
         actions = _vector(table, self.config.action_key, where)
         states = _vector(table, self.config.state_key, where)
-        traj = unify(actions, states, arms, where)
+        traj = unify(actions, states, arms, where) if isinstance(arms, list) else _through(arms, states, actions, where)
         timestamps = _numbers(table, "timestamp", where, np.float64)
         if not np.isfinite(timestamps).all():
             raise SourceError(f"{where}: column 'timestamp' has a non-finite value")
@@ -229,6 +257,16 @@ class LeRobotAdapter(DatasetAdapter):
             return iter(decode_frames_decord(path, [round((offset + t) * fps) for t in timestamps]))
         start, stop = offset + timestamps[0], offset + timestamps[-1] + 0.5 / fps
         return decode_frames(path, start=start, stop=stop, expected=len(timestamps))
+
+
+def _through(emb, states: np.ndarray | None, actions: np.ndarray, where: str):
+    """The unified trajectory from a registered embodiment's own conversion (`use_embodiment`)."""
+    from latbot.data.embodiments import EmbodimentError
+
+    try:
+        return emb.trajectory(states, actions, where)
+    except EmbodimentError as e:
+        raise SourceError(str(e)) from e
 
 
 def _keys(key: str | list[str]) -> list[str]:

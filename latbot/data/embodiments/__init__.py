@@ -13,8 +13,12 @@ One object per robot holds everything LatBot needs to know about its native spac
 
 Because the writer and the policy call the same object, a policy trained on a store answers in exactly
 the units the store was written from. Conventions (docs/data.md): a single arm fills the RIGHT slot;
-the unified gripper is in [0, 1] (0 open, 1 closed); the built-in robots take a ±1 gripper command
-(+1 closes), see `command_to_unified` / `unified_to_command`.
+the unified gripper is in [0, 1] (0 open, 1 closed). Each robot keeps its own native gripper range,
+declared as `gripper_open` / `gripper_closed` (the native action values meaning fully open / fully
+closed, at `gripper_index`), which `latbot plugins check` drives the gripper through: the MetaWorld and
+LIBERO arms take a ±1 command (+1 closes, `command_to_unified` / `unified_to_command`); the Bridge V2
+WidowX and the RT-1 Google robot an open amount, 1 open … 0 closed (`gripper_to_unified` /
+`unified_to_gripper`).
 
 An embodiment is a plugin like any other: a class with a nested `Config` whose `type` is its registered
 name (it usually has no other field), registered in the entry-point group `latbot.embodiments`.
@@ -53,6 +57,19 @@ def unified_to_command(gripper: np.ndarray) -> np.ndarray:
     return np.where(gripper > 0.5, 1.0, -1.0)
 
 
+def gripper_to_unified(values: np.ndarray, open_value: float, closed_value: float) -> np.ndarray:
+    """A native gripper on a linear scale (`open_value` … `closed_value`, either polarity) → the unified
+    gripper in [0, 1] (0 open, 1 closed), clipped."""
+    values = np.asarray(values, np.float64)
+    return np.clip((values - open_value) / (closed_value - open_value), 0.0, 1.0)
+
+
+def unified_to_gripper(gripper: np.ndarray, open_value: float, closed_value: float) -> np.ndarray:
+    """The unified gripper (0 open … 1 closed) → the native linear scale (the inverse of
+    `gripper_to_unified` on [0, 1]; continuous, not thresholded)."""
+    return open_value + np.clip(np.asarray(gripper, np.float64), 0.0, 1.0) * (closed_value - open_value)
+
+
 class Embodiment:
     """Base of `embodiments` plugins. Subclasses set the class attributes and the three conversions."""
 
@@ -64,6 +81,17 @@ class Embodiment:
     action_mask: ClassVar[np.ndarray]  # (44,) bool
     state_mask: ClassVar[np.ndarray]  # (46,) bool
     gripper: ClassVar[str] = "none"  # the native gripper convention, in words (shown in docs and errors)
+    # The native action's gripper, when `gripper` is not "none": its index in the action vector and the
+    # values meaning fully open and fully closed (default: the ±1 command, +1 closes). `latbot plugins check`
+    # drives the gripper through exactly these two values and requires open → unified 0, closed → 1.
+    gripper_index: ClassVar[int] = -1
+    gripper_open: ClassVar[float] = -1.0
+    gripper_closed: ClassVar[float] = 1.0
+
+    @classmethod
+    def gripper_range(cls) -> tuple[float, float]:
+        """(lowest, highest) native action gripper value."""
+        return (min(cls.gripper_open, cls.gripper_closed), max(cls.gripper_open, cls.gripper_closed))
 
     def __init__(self, config: PluginConfig):
         self.config = config

@@ -240,7 +240,39 @@ def _embodiments(c: Checker, cls: type, tmp: Path) -> None:
     states = rng.uniform(-0.5, 0.5, (5, emb.native_state_dim))
     actions = rng.uniform(-0.2, 0.2, (5, emb.native_action_dim))
     if emb.gripper != "none":
-        actions[:, -1] = np.sign(rng.normal(size=5))
+
+        def gripper_range():
+            """The robot's own gripper range (`gripper_open`, `gripper_closed` at `gripper_index`), not an
+            assumed ±1 command: open must land on unified 0 and closed on unified 1."""
+            from latbot.data.spaces import GRIPPER_DIMS
+
+            index, lo, hi = emb.gripper_index, emb.gripper_open, emb.gripper_closed
+            expect(
+                isinstance(index, int) and -emb.native_action_dim <= index < emb.native_action_dim,
+                f"gripper_index {index!r} is not an index into the native action (A = {emb.native_action_dim})",
+            )
+            for what, value in (("gripper_open", lo), ("gripper_closed", hi)):
+                expect(
+                    isinstance(value, int | float) and np.isfinite(value), f"`{what}` must be a number, got {value!r}"
+                )
+            expect(lo != hi, f"gripper_open and gripper_closed are both {lo}")
+            dims = [d for d in GRIPPER_DIMS if emb.action_mask[d]]
+            expect(bool(dims), "the robot has a gripper but action_mask holds no unified gripper dimension (6 or 13)")
+            both = np.zeros((2, emb.native_action_dim))
+            both[:, index] = (lo, hi)
+            got = np.asarray(emb.actions_to_unified(both))[:, dims]
+            expect(
+                np.allclose(got[0], 0.0, atol=1e-6) and np.allclose(got[1], 1.0, atol=1e-6),
+                f"the declared native gripper range (open = {lo:g}, closed = {hi:g}, action[{index}]) maps to "
+                f"unified {got[0].tolist()} / {got[1].tolist()}, expected 0 (open) / 1 (closed): the declared range "
+                "or polarity is not the one the conversion uses",
+            )
+
+        c.rule("gripper_range", gripper_range, required=False)
+        index = emb.gripper_index
+        if isinstance(index, int) and -emb.native_action_dim <= index < emb.native_action_dim:
+            # the round trip below drives the gripper through the robot's own open / closed values
+            actions[:, index] = np.where(rng.normal(size=5) > 0, emb.gripper_closed, emb.gripper_open)
 
     def to_unified():
         traj = emb.trajectory(states, actions)
