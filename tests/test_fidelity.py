@@ -134,7 +134,7 @@ def _train_decoder_outputs(model):
     [
         # full: both streams, joint attention at every layer, so both groups feel both losses
         (True, True, {"image": {"z_sce": True, "z_mot": True}, "action": {"z_sce": True, "z_mot": True}}),
-        # decoupled only ("Ours-v1"): no action stream; both groups condition the image — Z_mot still learns
+        # decoupled only ("Ours-v1"): no action tokens; Z_mot's own stream reaches the image by joint attention
         (True, False, {"image": {"z_sce": True, "z_mot": True}, "action": {"z_sce": False, "z_mot": False}}),
         # unified decoder only: one group feeds both streams
         (False, True, {"image": {"z_sce": True, "z_mot": True}, "action": {"z_sce": True, "z_mot": True}}),
@@ -157,10 +157,14 @@ def test_the_full_model_conditions_each_stream_on_its_own_group():
     model.encode = lambda frames, instructions: (z_sce, z_mot)
     img, act = model.latents(None, ["x"])
     assert img is z_sce and act is z_mot
-    model = _lam(True, False)
+    model = _lam(True, False)  # DLA only: the same two pathways, without action tokens (Z_mot's own stream)
     model.encode = lambda frames, instructions: (z_sce, z_mot)
     img, act = model.latents(None, ["x"])
-    assert torch.equal(img, torch.cat([z_sce, z_mot], 1))
+    assert img is z_sce and act is z_mot
+    model = _lam(False, False)  # UniVLA-style: one group, image stream only
+    model.encode = lambda frames, instructions: (z_sce, z_mot)
+    img, act = model.latents(None, ["x"])
+    assert torch.equal(img, torch.cat([z_sce, z_mot], 1)) and act is None
 
 
 def test_without_decoupling_the_template_has_one_group_of_latent_tokens():

@@ -58,10 +58,12 @@ def test_tiny_recipes_and_ablations_build_and_step(store, recipe, streams):
     assert torch.isfinite(out["loss"])
     assert (out["action"].item() != 0) == ("action" in streams)
     z_sce, z_mot = model.latents(batch["frames"], list(batch["instruction"]))
-    if r.model.decoupled and r.model.unified_decoder:
+    if r.model.decoupled:  # full and DLA only: the two groups, each into its own pathway
         assert z_sce.shape == z_mot.shape == (2, 8, model.encoder.width) and not torch.equal(z_sce, z_mot)
-    else:  # one shared group, or both groups conditioning the image stream (no action stream)
+    elif r.model.unified_decoder:  # UAD only: one group of 16 feeds both streams alike
         assert z_sce.shape == (2, 16, model.encoder.width) and torch.equal(z_sce, z_mot)
+    else:  # UniVLA-style: one group, image stream only
+        assert z_sce.shape == (2, 16, model.encoder.width) and z_mot is None
 
 
 def test_mismatched_horizon_and_frames_are_build_time_errors():
@@ -199,3 +201,77 @@ def test_reconstruction_is_judged_on_the_moving_region_against_copying_the_first
     assert copy["psnr_db"] > 10 + copy["psnr_moving_db"] and copy["ssim_moving"] < 0.5
     assert copy["copy_psnr_moving_db"] == pytest.approx(copy["psnr_moving_db"])
     assert 0.05 < exact["moving_fraction"] < 0.2
+
+
+# -- Table 5's variants differ exactly in what the paper names: which tokens take which pathway, which losses --
+VARIANTS = {  # recipe → (decoupled latents, unified action decoder)
+    "lam.yaml": (True, True),
+    "lam_image_only.yaml": (True, False),  # "DLA only" (Ours-v1)
+    "lam_no_decoupled.yaml": (False, True),  # "UAD only" (Ours-v2)
+    "lam_univla_style.yaml": (False, False),
+}
+
+
+def _pathways(model) -> dict[str, str]:
+    """The decoder's entry points for each pathway: the image stream's latent projection, the motion
+    stream's, and the noisy actions' (the names differ between the DiT and SANA decoders)."""
+    scene = "scene_proj" if hasattr(model.decoder, "scene_proj") else "scene_adapter"
+    return {"scene": scene, "motion": "motion_proj", "actions": "action_in"}
+
+
+@pytest.mark.parametrize("decoder", ["dit", "sana"])
+@pytest.mark.parametrize("recipe", list(VARIANTS))
+def test_table5_variants_differ_in_information_flow(store, recipe, decoder):
+    from latbot import registry
+
+    decoupled, unified = VARIANTS[recipe]
+    r = load_recipe(REPO / "recipes/tiny" / recipe)
+    config = r.model
+    if decoder == "sana":
+        sana = registry.get("decoders", "sana").tiny_config().model_copy(update={"horizon": r.data.num_frames - 1})
+        config = config.model_copy(update={"decoder": sana})
+    torch.manual_seed(0)
+    model = LatentActionModel(config, r.data.num_frames)
+    batch = next(iter(DataLoader(ClipDataset(store, num_frames=4), batch_size=2)))
+    seen: dict[str, torch.Tensor] = {}
+
+    def record(key):
+        def hook(module, inputs, output) -> None:  # (returns None: the output stays the module's)
+            seen.setdefault(key, inputs[0].detach())
+
+        return hook
+
+    hooks = [getattr(model.decoder, attr).register_forward_hook(record(key)) for key, attr in _pathways(model).items()]
+    out = model(batch)
+    for h in hooks:
+        h.remove()
+    z_sce, z_mot = model.encode(batch["frames"], list(batch["instruction"]))
+    group = torch.cat([z_sce, z_mot], 1)
+    # which tokens enter which pathway
+    if decoupled:
+        assert torch.allclose(seen["scene"], z_sce) and torch.allclose(seen["motion"], z_mot)  # kept apart
+    else:
+        assert torch.allclose(seen["scene"], group)  # one group of Ns + Nm tokens
+        assert ("motion" in seen) == unified and (not unified or torch.allclose(seen["motion"], group))
+    assert ("actions" in seen) == unified  # noisy actions only with the unified action decoder
+    # which losses apply
+    assert (float(out["action"].detach()) != 0.0) == unified and float(out["image"].detach()) > 0
+    # the motion pathway is trained by the image loss alone in DLA only, and does not exist in UniVLA-style
+    with torch.no_grad():  # off the zero-initialised output layers, which block every gradient at step 0
+        for p in model.decoder.parameters():
+            if p.dim() > 1 and not p.abs().sum():
+                p.normal_(0, 0.02)
+    model.zero_grad()
+    model(batch)["image"].backward()
+    motion = model.decoder.motion_proj.weight.grad
+    assert (motion is not None and float(motion.abs().sum()) > 0) == (decoupled or unified)
+    # the encoder's answer: two descriptions and groups when decoupled, one otherwise
+    from latbot.models.template import ANSWER_MOTION, ANSWER_SINGLE
+
+    ids = model.encoder.sequence("open the drawer", 4)
+
+    def holds(part: str) -> bool:
+        sub = model.encoder._text(part)
+        return any(ids[i : i + len(sub)] == sub for i in range(len(ids)))
+
+    assert holds(ANSWER_MOTION) == decoupled and holds(ANSWER_SINGLE) == (not decoupled)

@@ -3,8 +3,10 @@
     Z_sce, Z_mot = encoder(V_t..V_{t+k}, ℓ)
     L = L_action + w_img · L_image      (flow matching on A_{t:t+k} and on V_{t+k} given V_t)
 
-Ablations of paper Table 5: `decoupled: false` feeds one group of Ns + Nm tokens to both streams;
-`unified_decoder: false` drops the action stream (image reconstruction only); both off = "UniVLA-style".
+Ablations of paper Table 5 (`latents` says exactly how each variant's tokens reach the decoder):
+`decoupled: false` makes one group of Ns + Nm tokens that feeds both streams alike; `unified_decoder:
+false` drops the action tokens, head and loss (image reconstruction only) but keeps Z_mot's own motion
+stream when the latents are decoupled; both off = "UniVLA-style" (one group, image stream only).
 `encode()` is the teacher API of the distillation stage. What the encoder and the decoder return is checked
 at every call (shapes and dtypes only: free, and fine on meta tensors), so a plugin that breaks its contract
 (latbot.models.encoders.base, latbot.models.decoders.base) stops the first step with one line naming it,
@@ -69,17 +71,23 @@ class LatentActionModel(nn.Module):
         )
 
     def latents(self, frames, instructions):
-        """The tokens each decoder stream is conditioned on: (image-stream tokens, action-stream tokens).
+        """The tokens of each decoder pathway: (image-stream conditioning, motion-stream tokens or None).
 
-        full model: Z_sce → image stream, Z_mot → action stream (paper Fig. 2). Otherwise every latent
-        token conditions every stream that exists: with one latent group (`decoupled: false`) the group
-        feeds both streams; without the action stream (`unified_decoder: false`) both groups condition the
-        image stream, so Z_mot is still trained (Table 5, "Ours-v1")."""
+        Table 5's four variants differ exactly in DLA (decoupled latents) and UAD (the unified decoder's
+        action stream):
+        - full (DLA + UAD): Z_sce conditions the image stream; Z_mot enters the motion / action stream
+          beside the noisy actions (paper Fig. 2); image and action losses.
+        - DLA only ("Ours-v1"): the same two pathways — Z_sce into the image stream, Z_mot into a motion
+          stream of its own, which reaches the frame only through the layer-wise joint attention — but no
+          action tokens, head or loss.
+        - UAD only ("Ours-v2"): one latent group (Ns + Nm tokens after one description) feeds both streams
+          alike; image and action losses.
+        - UniVLA-style: one group conditions the image stream; no motion stream, no action loss."""
         z_sce, z_mot = self.encode(frames, instructions)
-        if self.config.decoupled and self.config.unified_decoder:
+        if self.config.decoupled:
             return z_sce, z_mot
-        z = torch.cat([z_sce, z_mot], dim=1)  # (B, Ns + Nm, D)
-        return z, z
+        z = torch.cat([z_sce, z_mot], dim=1)  # (B, Ns + Nm, D): the one group
+        return z, (z if self.config.unified_decoder else None)
 
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
         """A LAM clip batch (latbot.data.clips) → {"loss", "image", "action"}."""

@@ -35,9 +35,12 @@ SAMPLE_SIGNATURE = (
 class Decoder(Protocol):
     """A unified decoder: latents → future frame V_{t+k} and the action sequence A_{t:t+k}.
 
-    B batch, Ns' / Nm' the tokens of each stream (with `decoupled: false` or `unified_decoder: false` both
-    streams get the same Ns + Nm tokens), D the encoder's width, H × W input frames, h × w the decoder's own
-    output resolution, K = data.num_frames − 1 actions per clip, 44 the unified action width.
+    B batch, Ns' / Nm' the tokens of each stream, D the encoder's width, H × W input frames, h × w the
+    decoder's own output resolution, K = data.num_frames − 1 actions per clip, 44 the unified action width.
+    What the LAM passes for Table 5's variants (latbot.models.lam.LatentActionModel.latents):
+    full: z_sce, z_mot, actions; DLA only: z_sce, z_mot, no actions (Z_mot keeps its own pathway, e.g. a
+    motion stream without action tokens); UAD only: the one group of Ns + Nm tokens as both z_sce and z_mot,
+    actions; UniVLA-style: the one group as z_sce, z_mot None, no actions.
     """
 
     config: PluginConfig
@@ -52,22 +55,23 @@ class Decoder(Protocol):
     def forward(
         self,
         z_sce: torch.Tensor,
-        z_mot: torch.Tensor,
+        z_mot: torch.Tensor | None,
         frame_t: torch.Tensor,
         frame_future: torch.Tensor,
         actions: torch.Tensor | None = None,
         action_mask: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Training losses. z_sce (B, Ns', D), z_mot (B, Nm', D); frame_t = V_t and frame_future = V_{t+k},
-        (B, 3, H, W) uint8 or float in [0, 1]; actions (B, K, 44) and action_mask (B, 44), or both None (the
-        image-only ablation). → {"image": scalar, "action": scalar}, only "image" when actions is None; the
-        action loss averages over the dims action_mask marks valid (an all-zero mask gives 0)."""
+        """Training losses. z_sce (B, Ns', D), z_mot (B, Nm', D) or None (no motion pathway); frame_t = V_t
+        and frame_future = V_{t+k}, (B, 3, H, W) uint8 or float in [0, 1]; actions (B, K, 44) and
+        action_mask (B, 44), or both None (the image-only ablations). → {"image": scalar, "action": scalar},
+        only "image" when actions is None; the action loss averages over the dims action_mask marks valid
+        (an all-zero mask gives 0)."""
         ...
 
     def sample(
         self,
         z_sce: torch.Tensor,
-        z_mot: torch.Tensor,
+        z_mot: torch.Tensor | None,
         frame_t: torch.Tensor,
         with_actions: bool = True,
         generator: torch.Generator | None = None,

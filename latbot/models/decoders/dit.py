@@ -77,6 +77,20 @@ class JointBlock(nn.Module):
         return self.image.post(img, out[:, :, :n], mi), self.action.post(act, out[:, :, n:], ma)
 
 
+def motion_stream(dec: nn.Module, x_act: torch.Tensor | None, z_mot: torch.Tensor | None) -> torch.Tensor | None:
+    """The tokens of the motion / action stream: the noisy actions (when there are actions to predict) then
+    Z_mot through `motion_proj` (when the latents are decoupled). Without actions but with Z_mot — the
+    decoupled, image-only variant (Table 5's "DLA only") — the stream holds Z_mot alone: it reaches the image
+    only through the joint attention, by its own weights, never mixed into the image stream's conditioning.
+    Neither (UniVLA-style): no stream."""
+    parts = []
+    if x_act is not None:
+        parts.append(dec.action_in(x_act) + dec.action_pos[:, : x_act.shape[1]])
+    if z_mot is not None:
+        parts.append(dec.motion_proj(z_mot))
+    return torch.cat(parts, 1) if parts else None
+
+
 class DiTDecoder(nn.Module):
     class Config(PluginConfig):
         type: Literal["dit"] = "dit"
@@ -135,16 +149,14 @@ class DiTDecoder(nn.Module):
         cond = self.time(timestep_embedding(t, c.width))  # (B, W)
         img = rearrange(torch.cat([x_img, context], 1), "b c (h p) (w q) -> b (h w) (p q c)", p=p, q=p)
         img = torch.cat([self.patch_in(img) + self.image_pos, self.scene_proj(z_sce)], 1)  # (B, P²+Ns, W)
-        act = None
-        if x_act is not None:
-            act = torch.cat([self.action_in(x_act) + self.action_pos[:, : x_act.shape[1]], self.motion_proj(z_mot)], 1)
+        act = motion_stream(self, x_act, z_mot)
         for block in self.blocks:
             img, act = block(img, act, cond)
         n = self.grid**2
         v_img = rearrange(
             self.patch_out(self.norm_out(img[:, :n])), "b (h w) (p q c) -> b c (h p) (w q)", h=self.grid, p=p, q=p
         )
-        v_act = self.action_out(self.norm_out(act[:, : x_act.shape[1]])) if act is not None else None
+        v_act = self.action_out(self.norm_out(act[:, : x_act.shape[1]])) if x_act is not None else None
         return v_img, v_act
 
     def forward(self, z_sce, z_mot, frame_t, frame_future, actions=None, action_mask=None) -> dict[str, torch.Tensor]:

@@ -25,7 +25,7 @@ from torch import nn
 
 from latbot.config import PluginConfig
 from latbot.models import flow
-from latbot.models.decoders.dit import StreamBlock, timestep_embedding
+from latbot.models.decoders.dit import StreamBlock, motion_stream, timestep_embedding
 from latbot.models.loading import ModelBuildError
 
 
@@ -112,9 +112,8 @@ class SanaDecoder(nn.Module):
         img = tr.patch_embed(x_lat) + self.context_embed(context).flatten(2).transpose(1, 2)  # (B, h·w, C)
         timestep, embedded = tr.time_embed(t * 1000.0, batch_size=b, hidden_dtype=img.dtype)
         caption = tr.caption_norm(tr.caption_projection(self.scene_adapter(z_sce)))  # (B, Ns, C)
-        act = None
-        if x_act is not None:
-            act = torch.cat([self.action_in(x_act) + self.action_pos[:, : x_act.shape[1]], self.motion_proj(z_mot)], 1)
+        act = motion_stream(self, x_act, z_mot)
+        if act is not None:
             cond = self.action_time(timestep_embedding(t, self.config.action_width))
         for block, joint in zip(tr.transformer_blocks, self.joint, strict=True):
             img = block(img, None, caption, None, timestep, h, w)
@@ -123,7 +122,7 @@ class SanaDecoder(nn.Module):
         img = tr.proj_out(tr.norm_out(img, embedded, tr.scale_shift_table))
         img = img.reshape(b, h, w, self.patch, self.patch, -1).permute(0, 5, 1, 3, 2, 4)
         v_lat = img.reshape(b, -1, h * self.patch, w * self.patch)
-        v_act = self.action_out(self.action_norm(act[:, : x_act.shape[1]])) if act is not None else None
+        v_act = self.action_out(self.action_norm(act[:, : x_act.shape[1]])) if x_act is not None else None
         return v_lat, v_act
 
     def forward(self, z_sce, z_mot, frame_t, frame_future, actions=None, action_mask=None) -> dict[str, torch.Tensor]:

@@ -22,7 +22,7 @@ Rules by kind (docs/plugins.md, "The contracts per kind"):
   fails under its own name and the rules that need it are skipped);
 - encoders: `fields` (num_scene_tokens, num_motion_tokens), `width`, `forward` (uint8 and float frames),
   `backward`, `repeated_blocks`, `state_dict`;
-- decoders: `forward`, `image_only`, `backward`, `action_mask`, `sample` (required: the exact call that
+- decoders: `forward`, `image_only`, `univla_style`, `backward`, `action_mask`, `sample` (required: the exact call that
   `latbot viz` and the diagnostics make, see `latbot.models.decoders.base`), `repeated_blocks`, `state_dict`;
 - students: `fields`, `properties` (width, num_layers, latent_width), `forward`, `backward`, `hidden_states`,
   `repeated_blocks`, `state_dict`;

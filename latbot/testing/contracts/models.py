@@ -257,6 +257,17 @@ def _decoders(c: Checker, cls: type, tmp: Path) -> None:
 
     c.rule("image_only", image_only, required=False)
 
+    def univla_style():
+        out = dec(z_sce, None, f[:, 0], f[:, 1], None, None)
+        expect(
+            isinstance(out, dict) and set(out) == {"image"},
+            'forward(z_sce, None, ..., None, None) (UniVLA-style: one latent group, no motion pathway) must return '
+            f'only "image", got {sorted(out)}',
+        )
+        _finite_scalar(out, "image")
+
+    c.rule("univla_style", univla_style, required=False)
+
     def backward():
         (losses["image"] + losses["action"]).backward()
         for name, z in (("z_sce", z_sce), ("z_mot", z_mot)):

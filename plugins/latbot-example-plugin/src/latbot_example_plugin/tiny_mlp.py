@@ -41,11 +41,14 @@ class TinyMlpDecoder(nn.Module):
         return []
 
     def predict(self, z_sce: torch.Tensor, z_mot: torch.Tensor, frame_t: torch.Tensor):
-        """z (B, N, D), frame_t (B, 3, H, W) → future frame (B, 3, H, W), actions (B, K, A)."""
+        """z (B, N, D) (z_mot None: no motion pathway), frame_t (B, 3, H, W) → future frame (B, 3, H, W),
+        actions (B, K, A) or None."""
         g = self.config.residual_grid
         frame_t = _unit(frame_t)
         residual = self.image_head(z_sce.mean(1)).view(-1, 3, g, g)
         frame = frame_t + F.interpolate(residual, size=frame_t.shape[-2:], mode="bilinear", align_corners=False)
+        if z_mot is None:  # UniVLA-style: one latent group, no motion pathway
+            return frame, None
         actions = self.action_head(z_mot.mean(1)).view(-1, self.config.horizon, self.config.action_dim)
         return frame, actions
 
