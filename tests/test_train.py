@@ -234,6 +234,11 @@ def test_exported_lam_loads_back_for_encoding(store, tmp_path):
     assert report["samples"] == 24 and report["effective_rank"]["z_mot"] >= 1
     assert set(report["action_mse"]) == {"right_pos", "right_gripper"}  # the store's embodiment fills these
     assert np.isfinite([report["psnr_db"], *report["probe_r2"].values()]).all()
+    stream = report["action_stream_r2"]  # the action stream against the constant and persistence references
+    assert (
+        stream["draws"] == 8 and np.isfinite([stream[k] for k in ("one_sample", "mean_of_samples", "copy_first")]).all()
+    )
+    assert stream["constant"] <= 0.0 + 1e-9  # zeros: at best the mean
     shutil.rmtree(run / "checkpoints")
     again = subprocess.run(
         [sys.executable, "-m", "latbot", "train", str(REPO / "recipes/tiny/lam.yaml"), "--resume", str(run)],

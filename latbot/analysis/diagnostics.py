@@ -90,6 +90,38 @@ def action_mse_per_slice(pred: torch.Tensor, target: torch.Tensor, mask: torch.T
     return out
 
 
+def r2(pred: np.ndarray, target: np.ndarray) -> float:
+    """R² of predictions (N, Y) against targets (N, Y): 1 − SS_res / SS_tot around the targets' mean per
+    column; 0 is the mean predictor, below 0 worse than it."""
+    ss_res = ((target - pred) ** 2).sum()
+    ss_tot = ((target - target.mean(0)) ** 2).sum()
+    return float(1 - ss_res / max(ss_tot, 1e-12))
+
+
+def action_stream_r2(samples: np.ndarray, target: np.ndarray, valid: np.ndarray) -> dict[str, float]:
+    """How well the LAM's action stream predicts the clips' true actions, in the LAM's normalised units, on
+    the dims every sampled clip fills. samples (S, N, K, A): S draws of the generated actions per clip;
+    target (N, K, A); valid (A,) bool. Reported next to two baselines:
+    - `one_sample`: a single draw, what `sample` returns. A generative model's draw carries the conditional
+      spread: even a perfect model scores 1 − 2·Var(a|z)/Var(a), below 0 once the latents leave more than
+      half of the variance unexplained — so a draw is not a point prediction;
+    - `mean_of_samples`: the mean of the S draws, an estimate of E[a | z] (the point prediction);
+    - `constant`: the normalised mean action (zeros), the predictor R² compares against;
+    - `copy_first`: every step of the chunk set to the clip's own first true action (persistence: uses
+      ground truth the decoder never sees, an easy reference, not a baseline to beat)."""
+    y = target[..., valid].reshape(len(target), -1)
+    one = samples[0][..., valid].reshape(len(target), -1)
+    mean = samples.mean(0)[..., valid].reshape(len(target), -1)
+    copy = np.repeat(target[:, :1], target.shape[1], axis=1)[..., valid].reshape(len(target), -1)
+    return {
+        "one_sample": r2(one, y),
+        "mean_of_samples": r2(mean, y),
+        "constant": r2(np.zeros_like(y), y),
+        "copy_first": r2(copy, y),
+        "draws": int(samples.shape[0]),
+    }
+
+
 def linear_probe(
     features: np.ndarray, targets: np.ndarray, train_fraction: float = 0.7, ridge: float = 1e-2, seed: int = 0
 ) -> float:
@@ -154,6 +186,9 @@ def lam_clips(lam_run, store):
     return lam, ClipDataset(store, num_frames=lam.num_frames, frame_stride=stride, action_stats=stats)
 
 
+ACTION_DRAWS = 8  # draws of the action stream per clip in diagnose_checkpoint (their mean estimates E[a | z])
+
+
 def diagnose_checkpoint(run_dir, store, samples: int = 64, seed: int = 0) -> dict:
     """Latent diagnostics of a trained LAM (a `latbot train` run directory) on clips of an episode store:
     effective rank and per-token variance of Z_sce / Z_mot, PSNR of generated future frames, action MSE
@@ -163,7 +198,7 @@ def diagnose_checkpoint(run_dir, store, samples: int = 64, seed: int = 0) -> dic
 
     model, dataset = lam_clips(run_dir, store)
     picks = np.random.default_rng(seed).permutation(len(dataset))[:samples]
-    z_sce, z_mot, targets, psnrs, mses, masks, quality = [], [], [], [], [], [], []
+    z_sce, z_mot, targets, psnrs, mses, masks, quality, draws = [], [], [], [], [], [], [], []
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for batch in DataLoader(Subset(dataset, picks.tolist()), batch_size=16):
@@ -176,11 +211,26 @@ def diagnose_checkpoint(run_dir, store, samples: int = 64, seed: int = 0) -> dic
             quality.append(reconstruction_quality(frame, truth, first))
             if actions is not None:
                 mses.append(action_mse_per_slice(actions, batch[K_ACTIONS], batch[K_ACTION_MASK].float()))
+            if model.config.unified_decoder:  # the action stream: several draws per clip (action_stream_r2)
+                zs, zm = model.latents(batch[K_FRAMES], list(batch[K_INSTRUCTION]))
+                frame_t = batch[K_FRAMES][:, 0]
+                draws.append(
+                    np.stack(
+                        [
+                            model.decoder.sample(zs, zm, frame_t, with_actions=True, generator=generator)[1].numpy()
+                            for _ in range(ACTION_DRAWS)
+                        ]
+                    )
+                )
             targets.append(batch[K_ACTIONS].flatten(1).numpy())
             masks.append(batch[K_ACTION_MASK].numpy())
     z_sce, z_mot = torch.cat(z_sce), torch.cat(z_mot)
     y = np.concatenate(targets)
     valid = np.concatenate(masks).all(0)  # dims every sampled embodiment fills
+    stream = None
+    if draws:
+        truth = y.reshape(len(y), -1, valid.shape[0])
+        stream = action_stream_r2(np.concatenate(draws, axis=1), truth, valid)
     y = y.reshape(len(y), -1, valid.shape[0])[:, :, valid].reshape(len(y), -1)
     random = np.random.default_rng(seed).normal(size=(len(y), z_mot.shape[-1]))
     return {
@@ -193,6 +243,7 @@ def diagnose_checkpoint(run_dir, store, samples: int = 64, seed: int = 0) -> dic
         "psnr_db": float(np.mean(psnrs)),
         "reconstruction": {k: float(np.nanmean([q[k] for q in quality])) for k in quality[0]},
         "action_mse": {k: float(np.mean([m[k] for m in mses])) for k in (mses[0] if mses else {})},
+        "action_stream_r2": stream,
         "probe_r2": {
             "z_mot": linear_probe(z_mot.mean(1).numpy(), y),
             "z_sce": linear_probe(z_sce.mean(1).numpy(), y),

@@ -245,6 +245,23 @@ def _markdown(r: dict, preset) -> str:
             f"| {name} | {d['effective_rank']['z_sce']:.2f} | {d['effective_rank']['z_mot']:.2f} | "
             f"{pr['z_mot']:.3f} | {pr['z_sce']:.3f} | {pr['random']:.3f} | {d['psnr_db']:.2f} |"
         )
+    streams = {name: d.get("action_stream_r2") for name, d in r["latent_diagnostics"].items()}
+    if any(streams.values()):
+        lines += [
+            "",
+            "The LAM's action stream on the same clips (R² of the generated actions against the true ones; 0 = the "
+            "mean action): one draw, the mean of 8 draws (the point prediction, E[a | z]), the constant "
+            "(normalised mean) and persistence of the clip's first true action (a reference using ground truth):",
+            "",
+            "| store | one draw | mean of 8 draws | constant | copy first action |",
+            "|---|---|---|---|---|",
+        ]
+        for name, a in streams.items():
+            if a:
+                lines.append(
+                    f"| {name} | {a['one_sample']:.3f} | {a['mean_of_samples']:.3f} | {a['constant']:.3f} | "
+                    f"{a['copy_first']:.3f} |"
+                )
     g = r["grounding"]["mean_lowest_spatial_entropy_nats"]
     lines += [
         "",
