@@ -181,7 +181,7 @@ def test_the_study_file_declares_its_primary_comparison():
 
 
 def test_seed_level_statistics():
-    from latbot.study import stats
+    from latbot.analysis import stats
 
     mean, _, hi = stats.t_interval([0.1, 0.2, 0.0])
     assert mean == pytest.approx(0.1) and hi - mean == pytest.approx(4.302653 * 0.1 / np.sqrt(3), rel=1e-5)
@@ -193,7 +193,7 @@ def test_seed_level_statistics():
 
 
 def test_the_interval_check_finds_the_bootstrap_too_narrow_at_three_seeds():
-    from latbot.study import stats
+    from latbot.analysis import stats
 
     design = stats.Design((0.3, 0.5, 0.6, 0.4, 0.7), 0.0, 0.4, 30, 3)
     result = stats.coverage(design, reps=600, boot_draws=400, seed=1)

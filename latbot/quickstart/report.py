@@ -144,6 +144,7 @@ def write_report(out: Path, preset_name: str, preset, stores, lam, distill, ft, 
         name: float(np.mean([low["entropy"] for low in g[label]["lowest"]]))
         for label, name in (("A", "baseline"), ("B", "distilled"))
     }
+    ground_k = g.get("comparison")  # the 10% lowest-entropy heads per sample, with intervals over samples
     curves = training_curves(
         {"lam": lam, "distill": distill, "ft_distilled": ft["distilled"], "ft_baseline": ft["baseline"]},
         rdir / "training_curves.png",
@@ -162,7 +163,11 @@ def write_report(out: Path, preset_name: str, preset, stores, lam, distill, ft, 
         "lam_action_normalization": method,
         "lam_reconstruction": recon,
         "latent_diagnostics": diag,
-        "grounding": {"mean_lowest_spatial_entropy_nats": ground, "images": "grounding/sample_*.png"},
+        "grounding": {
+            "mean_lowest_spatial_entropy_nats": ground,
+            "k_lowest_heads": ground_k,
+            "images": "grounding/sample_*.png",
+        },
         "training_curves": curves,
         "stage_times": times,
         "total_seconds_of_stages": total,
@@ -280,7 +285,9 @@ def _markdown(r: dict, preset) -> str:
         "",
         "The last instruction token's attention to the image at every layer and head of the finetuned "
         "policies' VLMs; lowest spatial entropy per sample (lower = more concentrated): baseline "
-        f"{g['baseline']:.3f} nats, distilled {g['distilled']:.3f} nats. A = baseline, B = distilled:",
+        f"{g['baseline']:.3f} nats, distilled {g['distilled']:.3f} nats. "
+        + _k_lowest_text(r["grounding"].get("k_lowest_heads"))
+        + " A = baseline, B = distilled:",
         "",
         "![grounding](grounding/sample_0000.png)",
         "",
@@ -306,3 +313,20 @@ def _markdown(r: dict, preset) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _k_lowest_text(c: dict | None) -> str:
+    """The grounding A/B by the mean entropy of each sample's 10% lowest-entropy heads, with intervals."""
+    if not c or not c.get("samples"):
+        return ""
+
+    def fmt(x: dict) -> str:
+        lo, hi = x["ci95"]
+        return f"{x['mean']:.3f} [{lo:.3f}, {hi:.3f}]" if lo == lo else f"{x['mean']:.3f}"
+
+    d = c["B_minus_A"]
+    return (
+        f"Over the 10% lowest-entropy heads of each sample (95% t-intervals over {c['samples']} samples): "
+        f"baseline {fmt(c['A'])}, distilled {fmt(c['B'])}, difference {fmt(d)} (sign-flip p = "
+        f"{d['p_sign_flip']:.3f})."
+    )

@@ -157,8 +157,7 @@ class Study(Section):
             return self
         if self.primary.variant not in others:
             raise ValueError(
-                f"primary.variant '{self.primary.variant}' must be a variant other than the baseline: "
-                f"{others}"
+                f"primary.variant '{self.primary.variant}' must be a variant other than the baseline: {others}"
             )
         if self.primary.demos not in self.demos:
             raise ValueError(f"primary.demos ({self.primary.demos}) is not one of demos {self.demos}")
@@ -555,7 +554,7 @@ def check_intervals(path: str | Path, out: str | Path | None = None, reps: int =
 
     import numpy as np
 
-    from latbot.study import stats
+    from latbot.analysis import stats
 
     study = load_study(path)
     rates, spread, source = [0.5] * len(study.heldout_tasks), 0.5, "defaults (no report under --out)"

@@ -10,7 +10,7 @@ Intervals, stated in the report:
   a 95% t-interval over those differences and the exact sign-flip permutation p-value (two-sided; its
   smallest possible value is 2 / 2^seeds). The study file's `primary` comparison is reported as it is; every
   other difference is secondary, its p-value Holm-corrected over the secondary ones. "Above 0" / "below 0"
-  is said only from at least 5 seeds (latbot/study/stats.py: MIN_SEEDS);
+  is said only from at least 5 seeds (latbot/analysis/stats.py: MIN_SEEDS);
 - secondary view, labelled: the hierarchical bootstrap (resample seeds with replacement, then each seed's
   episodes within each task; the two arms of a resampled seed together). With 3 seeds it covers the truth
   only ~86% of the time at a nominal 95% (`latbot study --check-intervals`).
@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 BOOTSTRAP = 2000
-MIN_SEEDS_TEXT = "5"  # latbot.study.stats.MIN_SEEDS, as the report says it
+MIN_SEEDS_TEXT = "5"  # latbot.analysis.stats.MIN_SEEDS, as the report says it
 
 
 def _outcomes(evaluation: dict[str, Any]) -> dict[str, np.ndarray]:
@@ -59,8 +59,8 @@ def _bootstrap(per_seed: list[dict[str, np.ndarray]], rng: np.random.Generator, 
 
 
 def aggregate(study, evaluations: dict[str, dict], probes: dict[str, dict], seed: int = 0) -> dict[str, Any]:
+    from latbot.analysis import stats
     from latbot.sim.base import wilson_interval
-    from latbot.study import stats
 
     rng = np.random.default_rng(seed)
     cells, pooled, paired = [], {}, {}
