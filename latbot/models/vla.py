@@ -93,9 +93,9 @@ class VisionLanguageAction(nn.Module):
         if not cache and self.prefix_cache:
             s = state * state_mask
 
-            def velocity(x, t):
+            def velocity(x, t, hidden=False):
                 fresh, fresh_mask = self.context(frames, instructions, state, state_mask)
-                return self.expert.velocity(x, t, fresh, fresh_mask, s)
+                return self.expert.velocity(x, t, fresh, fresh_mask, s, hidden=hidden)
 
             out = self.expert.sample(s, layers, mask, action_mask, generator, velocity=velocity)
         else:

@@ -13,9 +13,16 @@ Actions: the unified 44-D chunk packed into `action_dim` slots (pi0.5: 32) — t
 dimensions first, in order, zeros after (openpi pads LIBERO's 7-D actions to 32 the same way). Flow
 matching as pi0.5 (t ~ Beta(1.5, 1)·0.999 + 0.001, x_t = t·ε + (1 − t)·a, u = ε − a, 10 Euler steps from
 t = 1); the loss is the MSE of v − u over the valid dimensions and steps (openpi averages over all 32,
-padding included: LatBot masks as every action loss does). The gripper is a regressed flow dimension, as in
-pi0.5 (no BCE head); `sample` reports it as (x + 1) / 2 of its normalised value, so the policy's 0.5
-threshold is the middle of the gripper's [q01, q99] range.
+padding included: LatBot masks as every action loss does).
+
+The gripper (`gripper_loss`): "flow" — pi0.5's published objective: a regressed flow dimension like any other
+(no BCE head); `sample` reports it as (x + 1) / 2 of its normalised value, so the policy's 0.5 threshold is
+the middle of the gripper's [q01, q99] range. "bce" — the paper's (§3.3): L = L_ee + w·L_gripper, L_ee the
+flow MSE on every valid dimension but the grippers, L_gripper the binary cross-entropy of a gripper head
+(Linear width → 2: left, right logits per step, on the final hidden state of each action token) against
+closed = (the unified gripper value > 0.5; 0 open, 1 closed, whatever the embodiment's own convention),
+on the valid gripper dimensions; `sample` reports sigmoid(logits) of the last Euler step, which the policy
+thresholds at 0.5, and the gripper slots of the flow are left untrained.
 
 State (`state`): "discrete" — pi0.5's default: the normalised state as 256-bin text in the prompt (the
 student writes it; this module ignores the state); "continuous" — a state token (Linear 46 → width)
@@ -72,6 +79,12 @@ class Pi05ActionExpert(nn.Module):
         time_beta: float | None = Field(None, gt=0, description="Beta(α, β) of the training flow time (pi0.5: 1.0).")
         min_period: float | None = Field(None, gt=0, description="Time embedding (pi0.5: 4e-3).")
         max_period: float | None = Field(None, gt=0, description="Time embedding (pi0.5: 4.0).")
+        gripper_loss: Literal["flow", "bce"] = Field(
+            "flow",
+            description="flow: the gripper is a regressed flow dimension (pi0.5's published objective); bce: "
+            "the paper's L_ee + w·L_gripper, a gripper head with binary cross-entropy on open/closed.",
+        )
+        gripper_weight: float = Field(1.0, ge=0, description="w, the weight of L_gripper (gripper_loss: bce).")
 
         @model_validator(mode="after")
         def _defaults(self):
@@ -102,6 +115,7 @@ class Pi05ActionExpert(nn.Module):
         self.time_mlp_in = nn.Linear(w, w)
         self.time_mlp_out = nn.Linear(w, w)
         self.state_proj = nn.Linear(STATE_DIM, w) if c.state == "continuous" else None
+        self.gripper_head = nn.Linear(w, len(GRIPPER_DIMS)) if c.gripper_loss == "bce" else None
         self.register_buffer("ee_mask", ee_dims(), persistent=False)
         for module in self.modules():  # Gemma's initialisation (std 0.02); adaRMS projections stay zero
             if isinstance(module, nn.Linear):
@@ -145,6 +159,15 @@ class Pi05ActionExpert(nn.Module):
         return gemma.PrefixCache(keys, values, ctx_mask.bool())
 
     # -- the unified space ↔ pi0.5's packed action slots ----------------------------------------------------
+    def flow_dims(self, action_mask: torch.Tensor | None, b: int, device) -> torch.Tensor | None:
+        """The unified dims the flow carries: the valid ones; with the gripper head, all but the grippers
+        (they are the head's: their slots are not in the flow's input or output, and come back as 0)."""
+        if self.gripper_head is None:
+            return action_mask
+        if action_mask is None:
+            action_mask = torch.ones(b, ACTION_DIM, dtype=torch.bool, device=device)
+        return action_mask.bool() & ~_gripper_mask(action_mask.device)
+
     def _order(self, action_mask: torch.Tensor | None, b: int, device) -> tuple[torch.Tensor, torch.Tensor]:
         """→ (indices (B, P) of the unified dims in the packed slots, filled (B, P) bool)."""
         if action_mask is None:
@@ -176,9 +199,9 @@ class Pi05ActionExpert(nn.Module):
         return out.scatter_add(2, idx[:, None].expand(-1, x.shape[1], -1), src)
 
     # -- the network ----------------------------------------------------------------------------------
-    def velocity(self, x_t, t, cache, ctx_mask, state=None) -> torch.Tensor:
+    def velocity(self, x_t, t, cache, ctx_mask, state=None, hidden: bool = False):
         """x_t (B, H, P), t (B,), the prefix cache and its valid mask (B, M), state (B, 46) for
-        "continuous" → v (B, H, P)."""
+        "continuous" → v (B, H, P); with `hidden`, (v, the action tokens' final hidden states (B, H, W))."""
         c = self.config
         cond = self.time_mlp_in(gemma.sincos(t, c.width, c.min_period, c.max_period).to(self.time_mlp_in.weight.dtype))
         cond = F.silu(self.time_mlp_out(F.silu(cond)))
@@ -200,7 +223,9 @@ class Pi05ActionExpert(nn.Module):
             c_i = cond.to(layer.input_layernorm.dense.weight.dtype)
             x, _, _ = layer(x, mask, cos, sin, c_i, past=(cache.keys[i].to(x.dtype), cache.values[i].to(x.dtype)))
         x, _ = self.norm(x, cond.to(self.norm.dense.weight.dtype))
-        return self.action_out_proj(x[:, -self.horizon :].to(self.action_out_proj.weight.dtype))
+        h = x[:, -self.horizon :].to(self.action_out_proj.weight.dtype)
+        v = self.action_out_proj(h)
+        return (v, h) if hidden else v
 
     def loss(self, actions, gripper, action_mask, pad, state, layers, ctx_mask) -> dict[str, torch.Tensor]:
         """actions (B, H, 44) normalised; action_mask (B, 44); pad (B, H) True past the episode's end;
@@ -208,21 +233,28 @@ class Pi05ActionExpert(nn.Module):
         stand-in). `gripper` is unused: the gripper dims of `actions` are regressed."""
         cache = _cache(self, layers, ctx_mask)
         c = self.config
-        a = self.pack(actions, action_mask)
+        flow_dims = self.flow_dims(action_mask, actions.shape[0], actions.device)
+        a = self.pack(actions, flow_dims)
         t = flow.sample_time_beta(a.shape[0], c.time_alpha, c.time_beta, a.device)
         x_t, u = flow.noisy(a, torch.randn_like(a), t)
-        v = self.velocity(x_t, t, cache, ctx_mask, state)
+        v, h = self.velocity(x_t, t, cache, ctx_mask, state, hidden=True)
         err = (v.float() - u.float()) ** 2  # (B, H, P)
         steps = (~pad.bool()).float()[:, :, None]
-        dims = {
-            "loss": action_mask.bool(),
-            "ee": action_mask.bool() & self.ee_mask,
-            "gripper": action_mask.bool() & _gripper_mask(action_mask.device),
-        }
+        grippers = action_mask.bool() & _gripper_mask(action_mask.device)
+        dims = {"loss": action_mask.bool(), "ee": action_mask.bool() & self.ee_mask, "gripper": grippers}
+        if self.gripper_head is not None:  # the flow covers every valid dim but the grippers: L_ee
+            dims = {"ee": flow_dims}
         out = {}
         for name, m in dims.items():
-            w = self.pack(m.float()[:, None, :].expand(-1, a.shape[1], -1), action_mask) * steps
+            w = self.pack(m.float()[:, None, :].expand(-1, a.shape[1], -1), flow_dims) * steps
             out[name] = (err * w).sum() / w.sum().clamp(min=1)
+        if self.gripper_head is not None:  # L_gripper: BCE of the head's logits against closed (> 0.5)
+            logits = self.gripper_head(h).float()  # (B, H, 2)
+            closed = (gripper.float() > 0.5).float()
+            gmask = action_mask[:, GRIPPER_DIMS].float()[:, None, :] * steps  # (B, H, 2)
+            bce = F.binary_cross_entropy_with_logits(logits, closed, reduction="none")
+            out["gripper"] = (bce * gmask).sum() / gmask.sum().clamp(min=1)
+            out["loss"] = out["ee"] + c.gripper_weight * out["gripper"]
         return out
 
     @torch.no_grad()
@@ -230,18 +262,39 @@ class Pi05ActionExpert(nn.Module):
         """Euler from noise (t = 1) to data → actions (B, H, 44) normalised, and the gripper (B, H, 2) as
         the position of the regressed gripper value in its normalised range, (x + 1) / 2 clipped to [0, 1]:
         above 0.5 ⇔ above the middle of [q01, q99], the closed/open threshold the policy applies.
-        `velocity(x, t)` replaces the cached-prefix velocity (the uncached check)."""
+        `velocity(x, t, hidden=False)` replaces the cached-prefix velocity (the uncached check)."""
         shape = (state.shape[0], self.horizon, self.config.action_dim)
         noise = torch.randn(shape, generator=generator, device="cpu")
-        actions = self.unpack(self.denoise(noise, layers, ctx_mask, state, velocity), action_mask)
+        last: dict[str, torch.Tensor] = {}
+        flow_dims = self.flow_dims(action_mask, shape[0], ctx_mask.device)
+        actions = self.unpack(self.denoise(noise, layers, ctx_mask, state, velocity, last), flow_dims)
+        if self.gripper_head is not None:  # closed-probabilities from the head at the last Euler step
+            return actions, torch.sigmoid(self.gripper_head(last["hidden"]).float())
         return actions, ((actions[..., GRIPPER_DIMS].float() + 1) / 2).clamp(0, 1)
 
     @torch.no_grad()
-    def denoise(self, noise, layers, ctx_mask, state=None, velocity=None) -> torch.Tensor:
-        """noise (B, H, P) → the packed chunk (B, H, P) after `num_steps` Euler steps (pi0.5's loop)."""
+    def denoise(self, noise, layers, ctx_mask, state=None, velocity=None, last: dict | None = None) -> torch.Tensor:
+        """noise (B, H, P) → the packed chunk (B, H, P) after `num_steps` Euler steps (pi0.5's loop). With a
+        gripper head, `last["hidden"]` receives the action tokens' hidden states of the last step."""
         cache = _cache(self, layers, ctx_mask)
         x = noise.to(ctx_mask.device, self.action_in_proj.weight.dtype)
-        v = velocity or (lambda x, t: self.velocity(x, t, cache, ctx_mask, state))
+
+        def cached(x, t, hidden=False):
+            return self.velocity(x, t, cache, ctx_mask, state, hidden=hidden)
+
+        step = velocity or cached  # an outside velocity(x, t, hidden=False): the VLA's uncached check
+        if self.gripper_head is not None:
+
+            def v(x, t):
+                out, h = step(x, t, hidden=True)
+                if last is not None:
+                    last["hidden"] = h
+                return out
+        else:
+
+            def v(x, t):
+                return step(x, t)
+
         (x,) = flow.integrate(lambda x, t: (v(x, t),), (x,), self.config.num_steps)
         return x
 

@@ -37,7 +37,7 @@ DROPPED: dict[str, str] = {
 # what each component owns in LatBot but no pi0.5 checkpoint holds (initialised fresh, reported)
 LATBOT_ONLY: dict[str, tuple[str, ...]] = {
     "student": ("scene_queries", "motion_queries", "latent_proj."),
-    "expert": ("state_proj.",),
+    "expert": ("state_proj.", "gripper_head."),
 }
 
 # the pi0.5 components a manifest lists, by LatBot prefix

@@ -261,7 +261,7 @@ def _decoders(c: Checker, cls: type, tmp: Path) -> None:
         out = dec(z_sce, None, f[:, 0], f[:, 1], None, None)
         expect(
             isinstance(out, dict) and set(out) == {"image"},
-            'forward(z_sce, None, ..., None, None) (UniVLA-style: one latent group, no motion pathway) must return '
+            "forward(z_sce, None, ..., None, None) (UniVLA-style: one latent group, no motion pathway) must return "
             f'only "image", got {sorted(out)}',
         )
         _finite_scalar(out, "image")
