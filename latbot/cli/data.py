@@ -34,7 +34,12 @@ def convert(
     image_size: int = typer.Option(224, help="Square training resolution; frames are resized once, here."),
     resize: str = typer.Option("pad", help="Non-square sources: pad (letterbox), crop (centre) or stretch."),
     cameras: list[str] = typer.Option([], "--camera", help="Cameras to keep (repeatable; default: all)."),
-    codec: str = typer.Option("lz4", help="Frame compression: lz4 (fast), zstd (smaller for renders) or none."),
+    codec: str = typer.Option(
+        "lz4",  # latbot.data.store.DEFAULT_CODEC (not imported here: the CLI starts without numpy)
+        help="Frame codec (docs/data.md, 'Choosing a codec'): lz4 (default: as fast as none on camera frames, "
+        "smaller on renders), zstd, none; per-frame images: png, qoi, webp-lossless, jpegxl-lossless (lossless), "
+        "jpeg95, jpeg90 or any jpeg<Q> (lossy).",
+    ),
     config: Path | None = typer.Option(None, help="YAML file with the adapter's options (its Config)."),
     overrides: list[str] = typer.Option([], "--set", "-s", help="Adapter option KEY=VALUE (YAML value)."),
     limit: int | None = typer.Option(None, help="Convert at most this many episodes."),

@@ -56,6 +56,14 @@ K_LATENTS = "teacher_latents"  # (Ns + Nm, D) precomputed teacher latents (latbo
 EPISODE_CACHE = 64  # episodes whose low-dimensional arrays a dataset keeps in memory, per process
 
 
+def frames_chw(frames: np.ndarray) -> torch.Tensor:
+    """(T, H, W, 3) uint8 frames as the (T, 3, H, W) tensor the models take: a permuted view, no per-sample copy.
+    The one copy is the batch's: default_collate's `torch.stack`, into a contiguous batch in DataLoader workers
+    (shared memory), a channels-last-strided one in the main process. A single sample's frames are not
+    contiguous (`.contiguous()` where a caller needs `.view`)."""
+    return torch.from_numpy(frames).permute(0, 3, 1, 2)
+
+
 class _StoreDataset(Dataset):
     """Holds only the store path and an index; the store is opened on first use in each process."""
 
@@ -172,7 +180,7 @@ class ClipDataset(_StoreDataset):
         action_mask, state_mask = rec.masks()
         subtask = rec.subtask_at(t)
         return {
-            K_FRAMES: torch.from_numpy(np.ascontiguousarray(frames.transpose(0, 3, 1, 2))),
+            K_FRAMES: frames_chw(frames),
             K_ACTIONS: torch.from_numpy(actions.astype(np.float32)),
             K_STATES: torch.from_numpy(states.astype(np.float32)),
             K_ACTION_MASK: torch.from_numpy(action_mask),
@@ -220,7 +228,7 @@ class ChunkDataset(_StoreDataset):
         action_mask, state_mask = rec.masks()
         subtask = rec.subtask_at(t)
         sample = {
-            K_FRAMES: torch.from_numpy(np.ascontiguousarray(frames.transpose(0, 3, 1, 2))),
+            K_FRAMES: frames_chw(frames),
             K_ACTIONS: torch.from_numpy(actions.astype(np.float32)),
             K_STATE: torch.from_numpy(state.astype(np.float32)),
             K_ACTION_MASK: torch.from_numpy(action_mask),

@@ -9,7 +9,16 @@ from typing import Any
 
 from latbot.config import PluginConfig
 from latbot.data.location import LocationError, StoreDir
-from latbot.data.store import LOCK_NAMES, LOG_NAME, MAX_IMAGE_SIDE, EpisodeStore, StoreError
+from latbot.data.store import (
+    DEFAULT_CHUNK_FRAMES,
+    DEFAULT_CODEC,
+    LOCK_NAMES,
+    LOG_NAME,
+    MAX_IMAGE_SIDE,
+    EpisodeStore,
+    StoreError,
+    check_codec,
+)
 
 
 @dataclass
@@ -58,8 +67,8 @@ def convert(
     image_size: int = 224,
     resize_mode: str = "pad",
     cameras: list[str] | None = None,
-    codec: str = "lz4",
-    chunk_frames: int = 8,
+    codec: str = DEFAULT_CODEC,
+    chunk_frames: int = DEFAULT_CHUNK_FRAMES,
     shard_frames: int = 256,
     limit: int | None = None,
     skip_bad: bool = False,
@@ -93,6 +102,7 @@ def convert(
     _check_int("--limit", limit, 1, 10**9, optional=True)
     _check_int("chunk_frames", chunk_frames, 1, 65536)
     _check_int("shard_frames", shard_frames, chunk_frames, 65536)
+    check_codec(codec, chunk_frames)
     try:
         if store_dir.exists() and not store_dir.is_dir():
             raise StoreError(f"--out {out}: exists and is not a directory; choose another --out")

@@ -7,6 +7,8 @@ directly, for the layouts `EpisodeStore.create` writes (Zarr v3, C order, one di
     sharded (frames, vectors)   codecs = [sharding_indexed{chunk_shape, codecs = [bytes, blosc|zstd?, crc32c?],
                                           index_codecs = [bytes(little), crc32c], index_location = end}]
     unsharded (older vectors)   codecs = [bytes(little), blosc|zstd?, crc32c?]
+    image codecs (frames)       the same, with codecs = [latbot.image{format}, crc32c?] and one frame per chunk
+                                (latbot.data.imagecodec: PNG, QOI, WebP, JPEG XL, JPEG, decoded into the output)
 
 A shard file's index (offset, nbytes per inner chunk, a crc32c after it) is read once per file and kept
 with an open descriptor of that very file, so a shard a writer replaces later (write + rename) is still
@@ -27,12 +29,18 @@ import itertools
 import os
 from collections import OrderedDict
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+IMAGE_CODEC = "latbot.image"  # latbot.data.imagecodec.NAME (not imported here: it imports zarr)
+_IMAGE_FORMATS = ("png", "qoi", "webp", "jpegxl", "jpeg")
 EMPTY = 2**64 - 1  # a shard index entry of an inner chunk that was never written
+BLOSC_HEADER = 16  # c-blosc 1's header: version, versionlz, flags, typesize, nbytes, blocksize, cbytes
+BLOSC_MEMCPYED = 0x02  # flags: the data follows the header uncompressed
+MAX_RUN_CHUNKS = 256  # uncompressed chunks back to back in a file: read by one preadv (IOV_MAX is 1024)
 MAX_OPEN_FILES = 64  # open block files kept per array (least recently used are closed)
 CACHE_CHUNK_BYTES = 4 << 20  # decoded chunks at most this big are kept (vectors, not frames) ...
 CACHE_CHUNKS = 16  # ... this many per array
@@ -63,12 +71,13 @@ class Layout:
     sharded: bool
     separator: str  # chunk key encoding: "default" → "c/0/0", v2 → "0.0"
     prefix: str
+    image: str | None = None  # an image format (latbot.image codec: one frame per chunk), else None
 
     @property
     def row_shape(self) -> tuple[int, ...]:
         return self.shape[1:]
 
-    @property
+    @cached_property
     def chunk_nbytes(self) -> int:
         return self.chunk_rows * int(np.prod(self.row_shape, dtype=np.int64)) * self.dtype.itemsize
 
@@ -108,6 +117,12 @@ def layout(meta: dict[str, Any]) -> Layout | None:
         if outer[1:] != list(shape[1:]) or inner[1:] != list(shape[1:]) or outer[0] % inner[0]:
             return None
         names = [c["name"] for c in codecs]
+        if names and names[0] == IMAGE_CODEC:  # one image per chunk (latbot.data.imagecodec)
+            fmt = (codecs[0].get("configuration") or {}).get("format")
+            image_ok = dtype == np.uint8 and len(shape) == 4 and shape[-1] == 3 and inner[0] == 1
+            if not image_ok or fmt not in _IMAGE_FORMATS or names[1:] not in ([], ["crc32c"]):
+                return None
+            return Layout(shape, dtype, 1, outer[0], None, names[1:] == ["crc32c"], sharded, sep, prefix, fmt)
         if not names or names[0] != "bytes" or _endian(codecs[0]) not in ("little", None):
             return None
         crc = names[-1] == "crc32c"
@@ -158,6 +173,7 @@ class ArrayReader:
         self._blocks: OrderedDict[int, _Block] = OrderedDict()
         self._decoded: OrderedDict[int, np.ndarray] = OrderedDict()
         self._cache = lay.chunk_nbytes <= CACHE_CHUNK_BYTES
+        self._blosc = type(lay.compressor).__name__ == "Blosc"
 
     def __del__(self) -> None:
         self.close()
@@ -189,17 +205,53 @@ class ArrayReader:
         if rows[0] < 0 or rows[-1] >= lay.shape[0]:
             raise IndexError(f"rows {rows[0]}..{rows[-1]} outside [0, {lay.shape[0]})")
         cr = lay.chunk_rows
+        if cr == 1 and lay.sharded and lay.compressor is None and lay.image is None and len(rows) > 1:
+            self._take_frames(rows, out)
+            return out
         chunks = rows // cr
         cuts = np.flatnonzero(chunks[1:] != chunks[:-1]) + 1
         bounds = np.concatenate([[0], cuts, [len(rows)]]).tolist()
+        whole: list[tuple[int, np.ndarray]] = []
         for i0, i1 in itertools.pairwise(bounds):
             c = int(chunks[i0])
             local = rows[i0:i1] - c * cr
             if i1 - i0 == cr and local[0] == 0 and local[-1] == cr - 1 and c not in self._decoded:
-                self._decode(c, out[i0:i1])  # a whole chunk, in order: decode straight into the output
+                whole.append((c, out[i0:i1]))  # a whole chunk, in order: decoded straight into the output
             else:
                 out[i0:i1] = self._chunk(c)[local]
+        if lay.compressor is None and lay.image is None and len(whole) > 1:
+            self._read_runs(whole)
+        else:
+            for c, dst in whole:
+                self._decode(c, dst)
         return out
+
+    def _take_frames(self, rows: np.ndarray, out: np.ndarray) -> None:
+        """Uncompressed one-row chunks of a sharded array (frames at `chunk_frames=1`): each shard's index
+        entries for `rows` are checked at once, and chunks back to back in the file are read by one `preadv`
+        per run. Anything wrong goes through `_read_runs`, which names the chunk."""
+        lay = self.layout
+        want = lay.chunk_nbytes + 4 * lay.crc
+        blocks, local = np.divmod(rows, lay.file_rows)
+        cuts = (np.flatnonzero(blocks[1:] != blocks[:-1]) + 1).tolist()
+        base = memoryview(out.reshape(-1).view(np.uint8))
+        for i0, i1 in itertools.pairwise([0, *cuts, len(rows)]):
+            block = self._block(int(blocks[i0]))
+            entries = block.index[local[i0:i1]]
+            offsets, sizes = entries[:, 0], entries[:, 1]
+            last = block.size - (block.index.nbytes + 4) - want  # the highest offset a chunk may start at
+            if last < 0 or (sizes != want).any() or (offsets > np.uint64(last)).any():
+                self._read_runs([(int(r), out[i0 + k : i0 + k + 1]) for k, r in enumerate(rows[i0:i1].tolist())])
+                continue
+            breaks = (np.flatnonzero(offsets[1:] != offsets[:-1] + np.uint64(want)) + 1).tolist()
+            chunk_ids = rows[i0:i1].tolist()
+            n = lay.chunk_nbytes
+            for r0, r1 in itertools.pairwise([0, *breaks, i1 - i0]):
+                for s0 in range(r0, r1, MAX_RUN_CHUNKS):
+                    s1 = min(r1, s0 + MAX_RUN_CHUNKS)
+                    a, b = (i0 + s0) * n, (i0 + s1) * n  # these rows of `out`, as bytes
+                    views = [base[p : p + n] for p in range(a, b, n)] if lay.crc else [base[a:b]]
+                    self._read_run(block, int(offsets[s0]), chunk_ids[s0:s1], views)
 
     def _chunk(self, c: int) -> np.ndarray:
         """Chunk `c` decoded into a fresh array (kept in a small cache when it is small)."""
@@ -216,22 +268,64 @@ class ArrayReader:
                 self._decoded.popitem(last=False)
         return buf
 
-    def _decode(self, c: int, dst: np.ndarray) -> None:
-        """Chunk `c`'s bytes → `dst` (C-contiguous, exactly one chunk)."""
+    def _locate(self, c: int) -> tuple[_Block, int, int]:
+        """Chunk `c`'s block file, offset and size there (checked against the file)."""
         lay = self.layout
         block_no, local = divmod(c * lay.chunk_rows, lay.file_rows)
         block = self._block(block_no)
-        if block.index is not None:
-            offset, nbytes = (int(v) for v in block.index[local // lay.chunk_rows])
-            if offset == EMPTY and nbytes == EMPTY:
-                raise BlockCorrupt(f"chunk {c} is missing from its shard's index")
-            if offset + nbytes > block.size - (block.index.nbytes + 4):
-                raise BlockCorrupt(f"chunk {c} lies outside its shard file ({offset}+{nbytes} > {block.size})")
-        else:
-            offset, nbytes = 0, block.size
+        if block.index is None:
+            return block, 0, block.size
+        offset, nbytes = (int(v) for v in block.index[local // lay.chunk_rows])
+        if offset == EMPTY and nbytes == EMPTY:
+            raise BlockCorrupt(f"chunk {c} is missing from its shard's index")
+        if offset + nbytes > block.size - (block.index.nbytes + 4):
+            raise BlockCorrupt(f"chunk {c} lies outside its shard file ({offset}+{nbytes} > {block.size})")
+        return block, offset, nbytes
+
+    def _read_runs(self, whole: list[tuple[int, np.ndarray]]) -> None:
+        """Uncompressed whole chunks → their outputs; chunks lying back to back in one file (a clip of
+        one-frame chunks, as written) are read by one `preadv` each run, checksums checked per chunk."""
+        lay = self.layout
+        want = lay.chunk_nbytes + 4 * lay.crc
+        chunks: list[int] = []
+        views: list[memoryview] = []
+        start = end = -1
+        block = None
+        for c, dst in whole:
+            b, offset, nbytes = self._locate(c)
+            if nbytes != want:
+                raise BlockCorrupt(f"chunk {c} holds {nbytes} bytes, expected {want}")
+            if chunks and (b is not block or offset != end or len(chunks) == MAX_RUN_CHUNKS):
+                self._read_run(block, start, chunks, views)
+                chunks, views = [], []
+            if not chunks:
+                block, start = b, offset
+            chunks.append(c)
+            views.append(memoryview(dst.reshape(-1).view(np.uint8)))
+            end = offset + nbytes
+        self._read_run(block, start, chunks, views)
+
+    def _read_run(self, block: _Block, offset: int, chunks: list[int], views: list[memoryview]) -> None:
+        """Chunks lying back to back in `block` from `offset` → `views` (one per chunk, or without checksums
+        any split of the same bytes) by one `preadv`; each chunk's crc32c checked."""
+        lay = self.layout
+        tails = [bytearray(4) for _ in chunks] if lay.crc else []
+        iov = [v for pair in zip(views, tails, strict=True) for v in pair] if lay.crc else views
+        nbytes = len(chunks) * (lay.chunk_nbytes + 4 * lay.crc)
+        got = os.preadv(block.fd, iov, offset)
+        if got != nbytes:
+            raise BlockCorrupt(f"chunks {chunks[0]}..{chunks[-1]}: read {got} of {nbytes} bytes")
+        if self.verify:
+            for c, view, tail in zip(chunks, views, tails, strict=True):
+                _check_crc(view, tail, c)
+
+    def _decode(self, c: int, dst: np.ndarray) -> None:
+        """Chunk `c`'s bytes → `dst` (C-contiguous, exactly one chunk)."""
+        lay = self.layout
+        block, offset, nbytes = self._locate(c)
         want = lay.chunk_nbytes
         view = memoryview(dst.reshape(-1).view(np.uint8))
-        if lay.compressor is None:
+        if lay.compressor is None and lay.image is None:
             if nbytes != want + 4 * lay.crc:
                 raise BlockCorrupt(f"chunk {c} holds {nbytes} bytes, expected {want + 4 * lay.crc}")
             tail = bytearray(4 * lay.crc)
@@ -241,6 +335,8 @@ class ArrayReader:
             if self.verify:
                 _check_crc(view, tail, c)
             return
+        if self._blosc and nbytes == want + BLOSC_HEADER + 4 * lay.crc and self._memcpyed(block, offset, c, view):
+            return
         raw = os.pread(block.fd, nbytes, offset)
         if len(raw) != nbytes or nbytes < 4 * lay.crc:
             raise BlockCorrupt(f"chunk {c}: read {len(raw)} of {nbytes} bytes")
@@ -248,11 +344,38 @@ class ArrayReader:
         if self.verify:
             _check_crc(payload, memoryview(raw)[nbytes - 4 :], c)
         try:
+            if lay.image is not None:
+                from latbot.data.imagecodec import decode_into
+
+                decode_into(payload, lay.image, dst[0])
+                return
             _decompress(lay.compressor, payload, dst, want)
         except BlockCorrupt:
             raise
         except Exception as e:  # the codec's own error on bytes that do not decode
             raise BlockCorrupt(f"chunk {c} does not decode ({type(e).__name__}: {e})") from e
+
+    def _memcpyed(self, block: _Block, offset: int, c: int, view: memoryview) -> bool:
+        """A blosc chunk its compressor stored as is (incompressible frames: camera images): header, bytes and
+        checksum read by one `preadv` straight into the output, no copy. False when the header says the chunk
+        is compressed after all (it merely has that size): the caller decodes it."""
+        lay = self.layout
+        head, tail = bytearray(BLOSC_HEADER), bytearray(4 * lay.crc)
+        nbytes = BLOSC_HEADER + len(view) + len(tail)
+        got = os.preadv(block.fd, [head, view, tail] if lay.crc else [head, view], offset)
+        if got != nbytes:
+            raise BlockCorrupt(f"chunk {c}: read {got} of {nbytes} bytes")
+        decoded, cbytes = int.from_bytes(head[4:8], "little"), int.from_bytes(head[12:16], "little")
+        if not head[2] & BLOSC_MEMCPYED or decoded != len(view) or cbytes != nbytes - len(tail):
+            return False
+        if self.verify:
+            import google_crc32c
+
+            if google_crc32c.extend(google_crc32c.value(bytes(head)), np.frombuffer(view, np.uint8)) != int.from_bytes(
+                tail, "little"
+            ):
+                raise BlockCorrupt(f"chunk {c}: crc32c checksum mismatch (the bytes on disk are damaged)")
+        return True
 
     def _block(self, block_no: int) -> _Block:
         block = self._blocks.get(block_no)

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from latbot.data.clips import K_EPISODE, K_FRAMES, K_INSTRUCTION, K_LATENTS, K_STEP, K_SUBTASK
+from latbot.data.clips import K_EPISODE, K_FRAMES, K_INSTRUCTION, K_LATENTS, K_STEP, K_SUBTASK, frames_chw
 from latbot.errors import LatBotError
 
 SHARD = 256  # samples per shard file (the unit of work, of resumption and of verification)
@@ -278,7 +278,7 @@ class CachedLatentDataset(Dataset):
         frame = part.store.read(episode, np.array([t]), part.cameras[:1])[f"frames/{part.cameras[0]}"]
         subtask = rec.subtask_at(t)
         return {
-            K_FRAMES: torch.from_numpy(np.ascontiguousarray(frame.transpose(0, 3, 1, 2))),
+            K_FRAMES: frames_chw(frame),
             K_LATENTS: torch.from_numpy(np.array(self._latents[i], np.float32)),
             K_INSTRUCTION: rec.instruction,
             K_SUBTASK: subtask or "",  # "": the episode has no subtask here (distillation decides what to do)

@@ -5,8 +5,9 @@ On disk (a directory)::
     zarr.json              the Zarr group; attrs["latbot"] = format version, cameras, image size, codec,
                            normalisation stats
     frames/<camera>/       uint8 (N, H, W, 3): decoded frames at training resolution, chunked along time
-                           (`chunk_frames` per chunk) and sharded (`shard_frames` per file), compressed
-                           (zstd or blosc-lz4) with a crc32c checksum per chunk
+                           (`chunk_frames` per chunk, default 1) and sharded (`shard_frames` per file), compressed
+                           (blosc-lz4, zstd, none; or one image per chunk: png, qoi, webp/jpegxl lossless, jpeg<Q>,
+                           latbot.data.imagecodec) with a crc32c checksum per chunk
     actions/  states/      float32 (N, 44) / (N, 46): the unified spaces (latbot.data.spaces)
     native_actions/ ...    float32 (N, A): the source's own action/state vectors, when it has them
     frame_motion/          float32 (N, 9): step t+1's action frame → step t's (moving cameras, e.g. EgoDex)
@@ -56,7 +57,12 @@ STORE_FORMAT_VERSION = 1
 LOG_NAME = "episodes.jsonl"
 LOCK_NAME = ".writer.lock"
 LOCK_NAMES = (LOCK_NAME, OWNERSHIP_LOCK_NAME)  # lock files: not the store's data; a folder holding only them is empty
-CODECS = ("zstd", "lz4", "none")
+BYTE_CODECS = ("zstd", "lz4", "none")  # whole chunks of frames, compressed as bytes
+# one image per chunk (chunk_frames=1), imagecodecs (latbot.data.imagecodec); jpeg<Q> takes any Q in [1, 100]
+IMAGE_CODECS = ("png", "qoi", "webp-lossless", "jpegxl-lossless", "jpeg95", "jpeg90")
+CODECS = BYTE_CODECS + IMAGE_CODECS
+DEFAULT_CODEC = "lz4"  # docs/data.md, "Choosing a codec" (tools/bench/bench_codecs.py)
+DEFAULT_CHUNK_FRAMES = 1  # one frame per chunk: clips, strided clips and single frames read only their frames
 STAT_SAMPLE_ROWS = 2_000_000  # quantiles from at most this many rows (a deterministic subsample)
 MAX_IMAGE_SIDE = 4096  # pixels; the recipes' data.image_size has the same bound
 # A store at a URL commits its log by rewriting it whole (one PUT), so commits are grouped: when the episodes
@@ -167,9 +173,9 @@ class EpisodeStore:
         *,
         cameras: list[str],
         image_size: tuple[int, int],
-        chunk_frames: int = 8,
+        chunk_frames: int = DEFAULT_CHUNK_FRAMES,
         shard_frames: int = 256,
-        codec: str = "lz4",
+        codec: str = DEFAULT_CODEC,
         source_format: str = "",
         source: str | None = None,
     ) -> EpisodeStore:
@@ -181,8 +187,7 @@ class EpisodeStore:
         path = d.location
         if _reach(d, d.exists, "zarr.json"):
             raise StoreError(f"{path}: a store exists here already; open it with mode='a' to append")
-        if codec not in CODECS:
-            raise StoreError(f"codec must be one of {CODECS}, got {codec!r}")
+        check_codec(codec, chunk_frames)
         if not cameras or len(set(cameras)) != len(cameras):
             raise StoreError(f"cameras must be a non-empty list of distinct names, got {cameras}")
         bad = [c for c in cameras if not (isinstance(c, str) and re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_-]*", c))]
@@ -228,7 +233,7 @@ class EpisodeStore:
                 dtype="uint8",
                 chunks=(chunk_frames, h, w, 3),
                 shards=(shard_frames, h, w, 3),
-                compressors=_compressors(codec),
+                **_frame_codecs(codec),
                 fill_value=0,
                 config={"write_empty_chunks": True},
             )
@@ -253,6 +258,7 @@ class EpisodeStore:
     def _open(cls, path: Path | str, mode: str, check: bool = True) -> EpisodeStore:
         import zarr
 
+        _register_codecs()
         d = StoreDir(path)
         path = d.location
         if d.is_url:
@@ -679,6 +685,40 @@ def _all_empty(group: Any, attrs: dict[str, Any]) -> bool:
         return all(group[n].shape[0] == 0 for n in names)
     except Exception:
         return False
+
+
+def check_codec(codec: str, chunk_frames: int) -> None:
+    """A `StoreError` (one line) unless `codec` is a store codec this installation can write with these chunks."""
+    from latbot.data import imagecodec
+
+    if not isinstance(codec, str) or (codec not in BYTE_CODECS and imagecodec.store_config(codec) is None):
+        raise StoreError(f"codec must be one of {', '.join(CODECS)} (or jpeg<Q>, Q in 1..100), got {codec!r}")
+    if codec in BYTE_CODECS:
+        return
+    if chunk_frames != 1:
+        raise StoreError(f"codec {codec} stores one image per chunk: it needs chunk_frames=1, got {chunk_frames}")
+    if not imagecodec.available(codec):
+        raise StoreError(f"codec {codec}: this imagecodecs build cannot encode it (pip install -U imagecodecs)")
+
+
+def _register_codecs() -> None:
+    """zarr-python must know the image codec before it parses a frame array's metadata."""
+    from latbot.data import imagecodec
+
+    imagecodec.register()
+
+
+def _frame_codecs(codec: str) -> dict[str, Any]:
+    """`zarr.create_array` keywords for a frame array: a byte codec's compressors, or an image codec as the
+    serializer (array → bytes), each chunk followed by its crc32c."""
+    from zarr.codecs import Crc32cCodec
+
+    from latbot.data.imagecodec import ImageCodec
+
+    if codec in BYTE_CODECS:
+        return {"compressors": _compressors(codec)}
+    _register_codecs()
+    return {"serializer": ImageCodec.from_store_codec(codec), "compressors": [Crc32cCodec()]}
 
 
 def _compressors(codec: str) -> list[Any]:
