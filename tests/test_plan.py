@@ -10,6 +10,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from latbot.errors import TrainingError
 from latbot.recipes import load_recipe
 from latbot.train.plan import check_batch, dry_run, meta_model, plan
 from tests.conftest import REPO
@@ -247,3 +248,92 @@ def test_the_plan_states_host_memory_per_rank_for_both_builds():
     assert host["used"] == "ordinary"
     meta = load_recipe(REPO / "recipes/tiny/lam.yaml", ["dist.strategy=fsdp", "dist.meta_init=true"])
     assert plan(meta, 1, 80.0)["host_memory_per_rank_bytes"]["used"] == "meta_init"
+
+
+def _sources(tmp_path, *entries) -> list[str]:
+    """`--set` of data.sources: (name, store) pairs; a store under tmp_path that is not made does not exist."""
+    items = ", ".join(f"{{name: {n}, store: {tmp_path / s}}}" for n, s in entries)
+    return [f"data.sources=[{items}]"]
+
+
+def test_the_disk_plan_is_frames_times_cameras_times_the_codecs_bytes_per_frame(tmp_path):
+    """Per source: frames (given, from its store when it exists, or Table 6's known sizes) × cameras × the
+    measured bytes per frame of the codec at the recipe's image size; a codec or a size changes the total in
+    the table's ratio; sources of unknown size are named, not counted."""
+    from latbot.train.plan import CODEC_TABLE, SOURCE_SIZES, disk_plan
+    from tests.test_clips import make_store
+
+    make_store(tmp_path / "made")  # 4 episodes × 20 steps, one camera
+    sets = _sources(tmp_path, ("fractal", "fractal"), ("mine", "mine"), ("made", "made"), ("kuka", "kuka"))
+    recipe = load_recipe(REPO / "recipes/tiny/lam.yaml", [*sets, "data.image_size=224"])
+    disk = disk_plan(recipe, "lz4", frames={"mine": 1000})
+    per = CODEC_TABLE["bytes_per_frame"]["lz4"]
+    assert CODEC_TABLE["image_size"] == 224 and disk["bytes_per_frame"] == per
+    rows = {r["name"]: r for r in disk["sources"]}
+    assert rows["fractal"]["frames"] == SOURCE_SIZES["fractal"]["frames"] == 3_786_400
+    assert rows["mine"]["frames"] == 1000 and rows["mine"]["frames_from"] == "--frames"
+    assert rows["made"]["frames"] == 80 and rows["made"]["frames_from"].startswith("store ")
+    assert rows["kuka"]["frames"] is None and rows["kuka"]["store_bytes"] is None
+    assert all(r["cameras"] == 1 for r in rows.values())
+    total = disk["total"]
+    assert total["frames"] == 3_786_400 + 1000 + 80
+    assert total["store_bytes"] == (3_786_400 + 1000 + 80) * per
+    assert total["sources_counted"] == 3 and total["sources_unknown"] == ["kuka"]
+    # another codec: the same frames at its own measured bytes
+    zstd = disk_plan(recipe, "zstd", frames={"mine": 1000})["total"]["store_bytes"]
+    assert zstd / total["store_bytes"] == pytest.approx(CODEC_TABLE["bytes_per_frame"]["zstd"] / per, rel=1e-12)
+    assert zstd < total["store_bytes"]
+    # twice the side: four times the pixels
+    big = load_recipe(REPO / "recipes/tiny/lam.yaml", [*sets, "data.image_size=448"])
+    assert disk_plan(big, "lz4", frames={"mine": 1000})["total"]["store_bytes"] == pytest.approx(
+        4 * total["store_bytes"], rel=1e-12
+    )
+    # a swapped table is used as is; its source is stated
+    table = {"image_size": 224, "bytes_per_frame": {"lz4": 100.0}, "source": "my bench"}
+    swapped = disk_plan(recipe, "lz4", frames={"mine": 1000}, table=table)
+    assert swapped["total"]["store_bytes"] == (3_786_400 + 1000 + 80) * 100.0
+    assert "my bench" in swapped["bytes_per_frame_source"]
+    # EgoDex: the source copy's own size is known and reported next to the store's
+    ego = disk_plan(load_recipe(REPO / "recipes/tiny/lam.yaml", _sources(tmp_path, ("egodex", "egodex"))))
+    assert ego["sources"][0]["source_bytes"] == SOURCE_SIZES["egodex"]["bytes"] == ego["total"]["source_bytes"]
+    with pytest.raises(TrainingError, match="--codec webp"):
+        disk_plan(recipe, "webp")
+    with pytest.raises(TrainingError, match="--frames nope"):
+        disk_plan(recipe, "lz4", frames={"nope": 5})
+
+
+def test_the_real_size_lam_recipe_plans_its_disk_from_the_table6_mixture():
+    """lam_internvl: all 29 Table 6 sources; the known ones (fractal, language_table, EgoDex) at 448² lz4."""
+    from latbot.train.plan import CODEC_TABLE, SOURCE_SIZES, disk_plan
+
+    disk = disk_plan(load_recipe(REPO / "recipes/lam_internvl.yaml"))
+    assert len(disk["sources"]) == 29 and disk["image_size"] == 448
+    known = sum(SOURCE_SIZES[n]["frames"] for n in ("fractal", "language_table", "egodex"))
+    assert disk["total"]["frames"] == known and disk["total"]["sources_counted"] == 3
+    assert disk["total"]["store_bytes"] == pytest.approx(known * CODEC_TABLE["bytes_per_frame"]["lz4"] * 4, rel=1e-12)
+
+
+def test_plan_command_prints_and_returns_the_disk(tmp_path):
+    from latbot.cli import app
+
+    path = str(REPO / "recipes/tiny/lam.yaml")
+    sets = ["--set", _sources(tmp_path, ("fractal", "fractal"), ("mine", "mine"))[0]]
+    args = ["plan", path, *sets, "--gpus", "1", "--codec", "zstd", "--frames", "mine=500"]
+    out = CliRunner().invoke(app, [*args, "--json"])
+    assert out.exit_code == 0, out.output
+    disk = json.loads(out.output)["disk"]
+    assert disk["codec"] == "zstd" and disk["total"]["frames"] == 3_786_400 + 500
+    assert disk["total"]["store_bytes"] == (3_786_400 + 500) * disk["bytes_per_frame"]
+    table = CliRunner().invoke(app, args)
+    assert table.exit_code == 0, table.output
+    assert "disk: episode stores at 64² with codec zstd" in table.output and "bench_loader.json" in table.output
+    assert "TOTAL (2 of 2 sources)" in table.output
+    bad = CliRunner().invoke(app, ["plan", path, *sets, "--gpus", "1", "--frames", "mine"])
+    assert bad.exit_code == 2 and "--frames mine: expected NAME=N" in bad.output
+    own = tmp_path / "codecs.json"
+    own.write_text(json.dumps({"image_size": 64, "bytes_per_frame": {"zstd": 10}, "source": "bench_codecs.json"}))
+    swapped = json.loads(CliRunner().invoke(app, [*args, "--codec-table", str(own), "--json"]).output)["disk"]
+    assert (
+        swapped["total"]["store_bytes"] == (3_786_400 + 500) * 10
+        and "bench_codecs.json" in swapped["bytes_per_frame_source"]
+    )

@@ -32,12 +32,19 @@ def plan(
     teacher_recipe: Path | None = typer.Option(
         None, "--teacher-recipe", help="Distillation: the teacher's LAM recipe, when its run does not exist yet."
     ),
+    codec: str = typer.Option("lz4", "--codec", help="Disk: the store codec the sources will be converted with."),
+    frames: list[str] = typer.Option(
+        [], "--frames", help="Disk: NAME=N, frames of a source whose size is not known otherwise (repeatable)."
+    ),
+    codec_table: Path | None = typer.Option(
+        None, "--codec-table", help='Disk: JSON {"image_size", "bytes_per_frame": {codec: bytes}, "source"}.'
+    ),
 ) -> None:
     """Build the real-size model on the meta device, run one forward + backward of one micro-batch of the
     recipe's shapes (no weights, no data), and print memory per GPU, FLOPs and time for the cluster."""
     from latbot.errors import TrainingError
     from latbot.recipes import load_recipe
-    from latbot.train.plan import check_batch, plan
+    from latbot.train.plan import check_batch, load_codec_table, plan
 
     if (nodes is None) != (gpus_per_node is None):
         raise TrainingError("give --nodes and --gpus-per-node together (or --gpus alone)")
@@ -45,7 +52,15 @@ def plan(
         gpus = nodes * gpus_per_node
     recipe = load_recipe(path, overrides)
     check_batch(recipe, gpus)  # fail in a line before the dry run
-    report = plan(recipe, gpus, gpu_memory, gpu.upper(), mfu, nodes=nodes or 1, teacher_recipe=teacher_recipe)
+    sizes = {}
+    for item in frames:
+        name, _, n = item.partition("=")
+        if not n.strip().isdigit():
+            raise TrainingError(f"--frames {item}: expected NAME=N (N frames, an integer)")
+        sizes[name.strip()] = int(n)
+    table = load_codec_table(codec_table) if codec_table is not None else None
+    report = plan(recipe, gpus, gpu_memory, gpu.upper(), mfu, nodes=nodes or 1, teacher_recipe=teacher_recipe,
+                  codec=codec, frames=sizes, codec_table=table)  # fmt: skip
     if as_json:
         typer.echo(json.dumps(report, indent=2))
         return
@@ -93,6 +108,41 @@ def plan(
     )
     if nodes is not None:
         _strategies(report["strategies"], nodes, gpus_per_node)
+    _disk(report["disk"])
+
+
+def _size(n: float | None) -> str:
+    if n is None:
+        return "?"
+    for unit, scale in (("TiB", 1024**4), ("GiB", 1024**3), ("MiB", 1024**2)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n / 1024:.1f} KiB"
+
+
+def _disk(disk: dict) -> None:
+    rows, total = disk["sources"], disk["total"]
+    if not rows:
+        typer.echo("disk: the recipe names no data sources")
+        return
+    typer.echo(
+        f"disk: episode stores at {disk['image_size']}² with codec {disk['codec']}, "
+        f"{disk['bytes_per_frame']:,.0f} B per camera image ({disk['bytes_per_frame_source']})"
+    )
+    typer.echo(f"  {'source':<30} {'frames':>12} {'cams':>4} {'store':>10} {'source copy':>12}")
+    for r in rows:
+        n = f"{r['frames']:,}" if r["frames"] is not None else "?"
+        typer.echo(f"  {r['name']:<30} {n:>12} {r['cameras']:>4} {_size(r['store_bytes']):>10} "
+                   f"{_size(r['source_bytes']):>12}")  # fmt: skip
+    label = f"TOTAL ({total['sources_counted']} of {len(rows)} sources)"
+    typer.echo(f"  {label:<30} {total['frames']:>12,} {'':>4} {_size(total['store_bytes']):>10} "
+               f"{_size(total['source_bytes'] or None):>12}")  # fmt: skip
+    if total["sources_unknown"]:
+        typer.echo(
+            f"  frames unknown for {len(total['sources_unknown'])} source(s) (not counted): give --frames NAME=N, "
+            "or convert them and plan again (an existing store is counted); sizes from: "
+            + "; ".join(sorted({r["frames_from"] for r in rows if r["frames_from"]}))
+        )
 
 
 def _strategies(strategies: dict, nodes: int, gpus_per_node: int) -> None:

@@ -319,15 +319,20 @@ def plan(
     run: DryRun | None = None,
     nodes: int = 1,
     teacher_recipe=None,
+    codec: str = "lz4",
+    frames: dict[str, int] | None = None,
+    codec_table: dict | None = None,
 ):
     """Per-GPU memory under FSDP2 (sharded over `gpus`, or over `dist.shard_size` for an hsdp recipe),
     FLOPs, step time and total days at `mfu`; on several `nodes` (`gpus` in all, an equal number per node)
-    also FSDP vs HSDP side by side (`strategies`)."""
+    also FSDP vs HSDP side by side (`strategies`); the disk of the data sources' episode stores with
+    `codec` (`disk_plan`)."""
     if gpu not in GPUS:
         raise TrainingError(f"--gpu {gpu}: unknown GPU (known: {', '.join(GPUS)})")
     if gpus % nodes:
         raise TrainingError(f"{gpus} GPUs do not split evenly over {nodes} nodes")
     accum = check_batch(recipe, gpus)
+    disk = disk_plan(recipe, codec, frames, codec_table)  # its one-line errors before the dry run
     run = run or dry_run(recipe)
     tc = recipe.train
     checkpointing = tc.activation_checkpointing
@@ -391,6 +396,7 @@ def plan(
             frozen,
             gpu_memory_gb,
         ),
+        "disk": disk,
         "dry_run": asdict(run),
     }
 
@@ -554,4 +560,147 @@ def teacher_cost(recipe, gpus: int = 1, micro_batch: int | None = None, lam_reci
         "per_step_forward_flops": forward / b * recipe.train.global_batch_size,
         "memory_per_gpu_bytes": memory,
         "sharded_over": gpus,
+    }
+
+
+# -- disk: the episode stores of the recipe's data mixture ------------------------------------------------
+# Bytes one camera image takes in an episode store, per store codec, measured at `image_size`² on synthetic
+# camera-like frames (smooth scene + sensor noise: lossless compression ratios of real cameras, ≈1–1.5×).
+# The one table `disk_plan` reads: replace it (or pass another with `latbot plan --codec-table FILE.json`,
+# the same keys) when a codec benchmark measures more codecs.
+CODEC_TABLE: dict = {
+    "image_size": 224,
+    "bytes_per_frame": {"lz4": 150_535.0, "zstd": 135_623.5, "none": 150_532.6},
+    "source": "tools/bench/results/bench_loader.json: bytes of the store's frames/ directory / 640 frames "
+    "(4 episodes × 160 steps, 1 camera, 224², chunk_frames 8; cases store_<codec>_c8)",
+}
+
+# Frames of the Table 6 sources where a public record of the copy the preset reads gives them (episodes,
+# frames, the copy's own bytes); every other source's frames come from its store when it exists, or from
+# `latbot plan --frames NAME=N`.
+SOURCE_SIZES: dict[str, dict] = {
+    "fractal": {
+        "episodes": 87_212,
+        "frames": 3_786_400,
+        "from": "huggingface.co/datasets/IPEC-COMMUNITY/fractal20220817_data_lerobot meta/info.json",
+    },
+    "language_table": {
+        "episodes": 442_226,
+        "frames": 7_045_476,
+        "from": "huggingface.co/datasets/IPEC-COMMUNITY/language_table_lerobot meta/info.json",
+    },
+    "egodex": {
+        "episodes": 338_000,
+        "frames": 90_000_000,
+        "bytes": 2.0e12,
+        "from": "EgoDex (arXiv 2505.11709, apple/ml-egodex): 829 h, 338k episodes, 90M frames, ~2.0 TB",
+    },
+}
+
+
+def load_codec_table(path) -> dict:
+    """A codec table from a JSON file: {"image_size": S, "bytes_per_frame": {codec: bytes}, "source": "..."}."""
+    import json
+    from pathlib import Path
+
+    try:
+        table = json.loads(Path(path).read_text(encoding="utf-8"))
+        size, per = int(table["image_size"]), {str(k): float(v) for k, v in table["bytes_per_frame"].items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise TrainingError(
+            f'--codec-table {path}: expected JSON {{"image_size": S, "bytes_per_frame": {{codec: bytes}}, '
+            f'"source": ...}} ({type(e).__name__}: {e})'
+        ) from None
+    return {"image_size": size, "bytes_per_frame": per, "source": str(table.get("source", path))}
+
+
+def bytes_per_frame(codec: str, image_size: int, table: dict | None = None) -> float:
+    """Bytes of one stored camera image at `image_size`² with `codec`: the table's measured bytes at its own
+    size, scaled by the pixel count (lossless codecs on camera frames scale with the pixels)."""
+    table = table or CODEC_TABLE
+    per = table["bytes_per_frame"]
+    if codec not in per:
+        raise TrainingError(f"--codec {codec}: the codec table has no measurement for it (it has {', '.join(per)})")
+    return per[codec] * (image_size / table["image_size"]) ** 2
+
+
+def _store_frames(store) -> tuple[int, int] | None:
+    """(frames, cameras) of a source's existing store (or shard set), None when it is not there."""
+    from latbot.data.mixture import resolve_stores
+    from latbot.data.store import EpisodeStore
+
+    try:
+        stores = [EpisodeStore.open(s) for s in resolve_stores(store)]
+    except Exception:  # not converted yet (or unreadable): the plan falls back to the known sizes
+        return None
+    if not stores:
+        return None
+    return sum(s.num_frames for s in stores), len(stores[0].cameras)
+
+
+def _preset_cameras(name: str | None) -> int | None:
+    from latbot.data.presets import load_preset, preset_names
+
+    if name is None or name not in preset_names():
+        return None
+    keys = load_preset(name).adapter.get("camera_keys")
+    return len(keys) if keys else 1
+
+
+def disk_plan(recipe, codec: str = "lz4", frames: dict[str, int] | None = None, table: dict | None = None) -> dict:
+    """Disk of the episode stores of `recipe`'s data sources before converting: per source frames × cameras ×
+    `bytes_per_frame(codec, data.image_size)`, next to the source copy's own bytes where known.
+
+    Frames per source: `frames[name]` when given, else its store's when the store exists, else
+    `SOURCE_SIZES`; cameras: the store's, else the preset's camera keys, else `data.cameras`, else 1."""
+    from pathlib import Path
+
+    frames = frames or {}
+    table = table or CODEC_TABLE
+    size = recipe.data.image_size
+    per_frame = bytes_per_frame(codec, size, table)
+    names = [s.name or Path(str(s.store)).name for s in recipe.data.sources]
+    unknown_given = sorted(set(frames) - set(names))
+    if unknown_given:
+        raise TrainingError(f"--frames {unknown_given[0]}=...: no such source in the recipe (sources: {names})")
+    rows = []
+    for name, source in zip(names, recipe.data.sources, strict=True):
+        known = SOURCE_SIZES.get(name, {})
+        found = None if name in frames else _store_frames(source.store)
+        cams = (found[1] if found else None) or _preset_cameras(source.name)
+        cams = cams or (len(recipe.data.cameras) if recipe.data.cameras else 1)
+        if name in frames:
+            n, where = int(frames[name]), "--frames"
+        elif found is not None:
+            n, where = found[0], f"store {source.store}"
+        elif "frames" in known:
+            n, where = known["frames"], known["from"]
+        else:
+            n, where = None, None
+        rows.append({
+            "name": name,
+            "store": str(source.store),
+            "cameras": cams,
+            "frames": n,
+            "frames_from": where,
+            "store_bytes": None if n is None else n * cams * per_frame,
+            "source_bytes": known.get("bytes"),
+            "source_bytes_from": known["from"] if "bytes" in known else None,
+        })  # fmt: skip
+    counted = [r for r in rows if r["frames"] is not None]
+    return {
+        "codec": codec,
+        "image_size": size,
+        "bytes_per_frame": per_frame,
+        "bytes_per_frame_source": f"{table['bytes_per_frame'][codec]:,.0f} B at {table['image_size']}² "
+        f"× ({size}/{table['image_size']})²; {table['source']}",
+        "sources": rows,
+        "total": {
+            "frames": sum(r["frames"] for r in counted),
+            "images": sum(r["frames"] * r["cameras"] for r in counted),  # frames × cameras
+            "store_bytes": sum(r["store_bytes"] for r in counted),
+            "source_bytes": sum(r["source_bytes"] for r in counted if r["source_bytes"] is not None),
+            "sources_counted": len(counted),
+            "sources_unknown": [r["name"] for r in rows if r["frames"] is None],
+        },
     }

@@ -25,6 +25,7 @@ from latbot.config import PluginConfig
 from latbot.models.template import ANSWER_END, ANSWER_MOTION, ANSWER_SCENE, ANSWER_SINGLE, QUESTION
 
 SCENE_SLOT, MOTION_SLOT, IMAGE_SLOT = -1, -2, -3  # sentinels in id lists before embedding
+MEMO_SIZE = 256  # instructions (and batches of sequences) whose tokens and masks an encoder keeps
 
 
 class VLMEncoderConfig(PluginConfig):
@@ -104,7 +105,16 @@ class VLMLatentEncoder(nn.Module):
 
     # -- sequence ---------------------------------------------------------------------------------------
     def _text(self, text: str) -> list[int]:
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        """Token ids of `text` (no special tokens), tokenised once per tokenizer: a policy asks with the same
+        instruction at every step."""
+        cache = self.__dict__.setdefault("_text_ids", {})  # a plain attribute, not module state
+        key = (id(self.tokenizer), text)
+        ids = cache.get(key)
+        if ids is None:
+            if len(cache) >= MEMO_SIZE:
+                cache.clear()
+            ids = cache[key] = tuple(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return list(ids)
 
     def frame_tokens(self, index: int) -> list[int]:
         """Token ids of one frame, with IMAGE_SLOT where the vision features go."""
@@ -168,7 +178,57 @@ class VLMLatentEncoder(nn.Module):
         if len(instructions) != b:
             raise ValueError(f"got {len(instructions)} instructions for a batch of {b}")
         seqs = seqs or [self.sequence(text, t) for text in instructions]
-        n = max(map(len, seqs))
+        table = self.vlm.get_input_embeddings()
+        layout = self._layout(seqs, instructions, t, table.weight.dtype)
+        image_mask, scene, motion, n_image = layout["image_mask"], layout["scene"], layout["motion"], layout["n_image"]
+        device = self.scene_queries.device
+        ids, mask = layout["ids"].to(device), layout["mask"].to(device)
+        embeds = table(ids)  # (B, N, D)
+        pixels = self.prepare_images(frames.flatten(0, 1)).to(embeds.dtype)  # (B·T, 3, S, S)
+        feats = self.image_features(pixels)
+        if n_image != feats.shape[0] * feats.shape[1]:
+            raise ValueError(f"{n_image} image positions for {tuple(feats.shape[:2])} image features")
+        feats = feats.reshape(-1, feats.shape[-1]).to(embeds.dtype)
+        embeds = embeds.masked_scatter(image_mask[..., None].to(device), feats)
+        if layout["any_scene"]:
+            queries = self.scene_queries.expand(b, -1, -1).to(embeds.dtype)
+            embeds = embeds.masked_scatter(scene[..., None].to(device), queries)
+        if layout["any_motion"]:
+            queries = self.motion_queries.expand(b, -1, -1).to(embeds.dtype)
+            embeds = embeds.masked_scatter(motion[..., None].to(device), queries)
+        attention, padded = mask, layout["padded"]
+        if self.prefix_lm:
+            attention = layout["prefix_lm"].to(device=device, dtype=embeds.dtype)  # built on the CPU
+            padded = True  # the 4-D mask always carries information
+        return {
+            "inputs_embeds": embeds,
+            "valid": mask,  # (B, N) 1 = a real token, 0 = padding
+            "attention_mask": attention,  # the language model's: `valid`, or with `prefix_lm` (B, 1, N, N) additive
+            "padded": padded,  # False: every row is full length, the mask holds no information
+            "scene_mask": scene.to(device),
+            "motion_mask": motion.to(device),
+            "image_mask": image_mask.to(device),
+            "scene_index": layout["scene_index"].to(device),  # (B, Ns) positions, in order
+            "motion_index": layout["motion_index"].to(device),  # (B, Nm)
+        }
+
+    def _layout(self, seqs: list[list[int]], instructions: list[str], num_frames: int, dtype: torch.dtype) -> dict:
+        """The CPU side of `embed` for a batch of token sequences: ids, padding and slot masks, positions and
+        (prefix-LM) the additive attention mask, built once per batch of sequences and reused (read only)
+        when the same instructions come again, as they do at every step of a policy."""
+        cache = self.__dict__.setdefault("_layouts", {})
+        key = (id(self.tokenizer), tuple(map(tuple, seqs)), tuple(instructions), num_frames, dtype)
+        layout = cache.get(key)
+        if layout is None:
+            with torch.inference_mode(False):  # kept for later calls, which may record gradients
+                layout = self._build_layout(seqs, instructions, num_frames, dtype)
+            if len(cache) >= MEMO_SIZE:
+                cache.clear()
+            cache[key] = layout
+        return layout
+
+    def _build_layout(self, seqs: list[list[int]], instructions: list[str], num_frames: int, dtype) -> dict:
+        b, n = len(seqs), max(map(len, seqs))
         pad = self.tokenizer.pad_token_id or 0
         ids = torch.full((b, n), pad, dtype=torch.long)
         slots = torch.zeros((b, n), dtype=torch.long)
@@ -181,40 +241,41 @@ class VLMLatentEncoder(nn.Module):
         # every decision about positions is taken here on the CPU copies, never by reading device tensors back:
         # the same code then runs on the meta device (`latbot plan`: real-size shapes without weights)
         image_mask, scene, motion = slots == IMAGE_SLOT, slots == SCENE_SLOT, slots == MOTION_SLOT
-        n_image, any_scene, any_motion = int(image_mask.sum()), bool(scene.any()), bool(motion.any())
-        padded = not bool(mask.all())
-        device = self.scene_queries.device
-        valid_cpu = mask
-        ids, mask = torch.where(slots < 0, pad, ids).to(device), mask.to(device)
-        embeds = self.vlm.get_input_embeddings()(ids)  # (B, N, D)
-        pixels = self.prepare_images(frames.flatten(0, 1)).to(embeds.dtype)  # (B·T, 3, S, S)
-        feats = self.vlm.get_image_features(pixel_values=pixels, return_dict=True).pooler_output
-        if n_image != feats.shape[0] * feats.shape[1]:
-            raise ValueError(f"{n_image} image positions for {tuple(feats.shape[:2])} image features")
-        feats = feats.reshape(-1, feats.shape[-1]).to(embeds.dtype)
-        embeds = embeds.masked_scatter(image_mask[..., None].to(device), feats)
-        if any_scene:
-            queries = self.scene_queries.expand(b, -1, -1).to(embeds.dtype)
-            embeds = embeds.masked_scatter(scene[..., None].to(device), queries)
-        if any_motion:
-            queries = self.motion_queries.expand(b, -1, -1).to(embeds.dtype)
-            embeds = embeds.masked_scatter(motion[..., None].to(device), queries)
-        attention = mask
-        if self.prefix_lm:
-            prompts = [len(self.prompt_tokens(text, t)) for text in instructions]
-            attention = prefix_lm_mask(valid_cpu, torch.tensor(prompts), embeds.dtype).to(device)  # built on the CPU
-            padded = True  # the 4-D mask always carries information
-        return {
-            "inputs_embeds": embeds,
-            "valid": mask,  # (B, N) 1 = a real token, 0 = padding
-            "attention_mask": attention,  # the language model's: `valid`, or with `prefix_lm` (B, 1, N, N) additive
-            "padded": padded,  # False: every row is full length, the mask holds no information
-            "scene_mask": scene.to(device),
-            "motion_mask": motion.to(device),
-            "image_mask": image_mask.to(device),
-            "scene_index": scene.nonzero()[:, 1].view(b, -1).to(device),  # (B, Ns) positions, in order
-            "motion_index": motion.nonzero()[:, 1].view(b, -1).to(device),  # (B, Nm)
+        layout = {
+            "ids": torch.where(slots < 0, pad, ids),
+            "mask": mask,
+            "slots": slots,
+            "image_mask": image_mask,
+            "scene": scene,
+            "motion": motion,
+            "n_image": int(image_mask.sum()),
+            "any_scene": bool(scene.any()),
+            "any_motion": bool(motion.any()),
+            "padded": not bool(mask.all()),
+            "scene_index": scene.nonzero()[:, 1].view(b, -1),
+            "motion_index": motion.nonzero()[:, 1].view(b, -1),
+            "dtype": dtype,
+            "prefix_lm": None,
         }
+        if self.prefix_lm:
+            prompts = [len(self.prompt_tokens(text, num_frames)) for text in instructions]
+            layout["prefix_lm"] = prefix_lm_mask(mask, torch.tensor(prompts), dtype)
+        return layout
+
+    def image_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Normalised images (B·T, 3, S, S) → the projected vision features (B·T, tokens per frame, D)."""
+        return self.vlm.get_image_features(pixel_values=pixels, return_dict=True).pooler_output
+
+    def language_model(self, inputs: dict, hidden_states: bool = False) -> tuple[torch.Tensor, tuple | None]:
+        """The language model over `embed`'s inputs → (last hidden state (B, N, D), the L + 1 hidden states
+        when `hidden_states`)."""
+        out = self.vlm.language_model(
+            inputs_embeds=inputs["inputs_embeds"],
+            attention_mask=inputs["attention_mask"] if inputs["padded"] else None,
+            output_hidden_states=hidden_states,
+            use_cache=False,  # a KV cache is for generation; with activation checkpointing it would grow twice
+        )
+        return out.last_hidden_state, out.hidden_states if hidden_states else None
 
     def image_attention(self, frames: torch.Tensor, instructions: list[str]) -> torch.Tensor:
         """Grounding analysis (paper supp. 7): frames (B, 3, H, W) → (B, L, heads, n_image_tokens)."""

@@ -133,6 +133,16 @@ class ExpertBlock(nn.Module):
         return self.cross_attn.keys_values(self.ctx_norm(ctx))
 
 
+MERGED_BYTES_KEPT = 64 * 1024**2  # `sample` keeps merged q, k, v weights between calls up to this size
+
+
+def _projection(linear: nn.Linear, *more: nn.Linear) -> tuple[torch.Tensor, torch.Tensor]:
+    """(bias, weightᵀ) of one linear layer, or of several stacked along their outputs (one matrix product)."""
+    if not more:
+        return linear.bias, linear.weight.t()
+    return torch.cat([linear.bias, *(m.bias for m in more)]), torch.cat([linear.weight, *(m.weight for m in more)]).t()
+
+
 class FlowActionExpert(nn.Module):
     class Config(PluginConfig):
         type: Literal["flow"] = "flow"
@@ -235,64 +245,132 @@ class FlowActionExpert(nn.Module):
     def sample(self, state, layers, ctx_mask, action_mask=None, generator: torch.Generator | None = None):
         """Euler integration from noise (t = 1) to data (t = 0) → actions (B, H, 44) normalised,
         gripper probabilities (B, H, 2) from the last step. What the steps share is computed once
-        (`context`: cross-attention keys and values; every norm's modulation at every step in one
-        projection); each step then runs `_step`, `forward`'s network over the expert's own tokens in
-        functional ops (tests/test_flow_expert.py checks it against `forward`'s loop)."""
+        (`context`: cross-attention keys and values; `_projections`: every norm's modulation at every step in
+        one projection, merged weights); each step then runs `_step`, `forward`'s network over the expert's
+        own tokens in functional ops on (B·N, W) rows (tests/test_fastread.py checks it against `forward`'s
+        loop)."""
         b = state.shape[0]
         x = torch.randn((b, self.horizon, ACTION_DIM), generator=generator, device="cpu").to(state.device, state.dtype)
         steps = self.config.num_steps
         dt = 1.0 / steps
         times = torch.tensor([1.0 - k * dt for k in range(steps)], dtype=torch.float32)  # as flow.integrate
         cache = self.context(layers, ctx_mask)
-        mods = self._modulations(times.to(x.device, x.dtype))
+        if bool(cache.valid.all()):  # no padding in the context (one sample): attention needs no mask
+            cache.valid = None
+        pre = self._projections(times.to(x.device, x.dtype), b)
         mask = None if action_mask is None else action_mask[:, None, :].to(x.dtype)
         state_token = self.state_in(state)[:, None] + self.pos[:1]  # (B, 1, W): the same at every step
-        qkv = [
-            (
-                torch.cat([b.self_attn.q.weight, b.self_attn.kv.weight]),
-                torch.cat([b.self_attn.q.bias, b.self_attn.kv.bias]),
-            )
-            for b in self.blocks
-        ]
-        h = x
+        eps = x.new_full((1, 1), 1e-6)  # the adaRMS norms' ε
+        out = None
         for k in range(steps):  # flow.integrate's Euler loop
-            h = self._step(x if mask is None else x * mask, state_token, cache, mods[k], qkv)
-            x = x - dt * F.linear(h, self.velocity.weight, self.velocity.bias)
-        return x, torch.sigmoid(F.linear(h, self.gripper.weight, self.gripper.bias).float())
+            out = self._step(x if mask is None else x * mask, state_token, cache, pre, k, eps)  # (B·H, 46)
+            x = x.add(out[:, :ACTION_DIM].view(b, self.horizon, ACTION_DIM), alpha=-dt)
+        return x, torch.sigmoid(out[:, ACTION_DIM:].view(b, self.horizon, -1).float())
 
-    def _modulations(self, times: torch.Tensor) -> list[list[torch.Tensor]]:
-        """Per Euler step, per adaRMS norm (3 per block, then the final one): 1 + scale, shift and gate,
-        (1, 1, W) each (the flow time is the same for the whole batch), from one batched projection."""
+    def _modulations(self, times: torch.Tensor) -> torch.Tensor:
+        """Every adaRMS norm's (1 + scale, shift, gate) at every Euler step, (S, norms, 3, W) (norms: 3 per
+        block, then the final one; the flow time is the same for the whole batch), from one projection."""
         cond = self.time_mlp(sincos(times, self.config.width).to(times.dtype))  # (S, W)
         norms = [n for blk in self.blocks for n in (blk.norm1, blk.norm2, blk.norm3)] + [self.final_norm]
         weight = torch.cat([n.mod.weight for n in norms])
         bias = torch.cat([n.mod.bias for n in norms])
-        w = self.config.width
-        m = F.linear(cond, weight, bias).view(len(times), len(norms), 3, 1, 1, w)  # (S, norms, 3, 1, 1, W)
-        m = torch.cat([m[:, :, :1] + 1, m[:, :, 1:]], 2).view(len(times), 3 * len(norms), 1, 1, w)
-        return [list(step.unbind(0)) for step in m.unbind(0)]
+        m = F.linear(cond, weight, bias).view(len(times), len(norms), 3, self.config.width)
+        return torch.cat([m[:, :, :1] + 1, m[:, :, 1:]], 2)
 
-    def _step(self, x_t, state_token, cache: FlowContext, mods: list, qkv: list) -> torch.Tensor:
-        """One Euler step of `forward` with the cached keys/values and this step's modulations → the final
-        normed hidden states of the action tokens (B, H, W)."""
+    def _projections(self, times: torch.Tensor, batch: int) -> dict:
+        """What every Euler step reads besides the tokens, gathered once so that the steps look nothing up:
+        per step the (1 + scale, shift, gate) of every adaRMS norm (3 per block, then the final one), (W,)
+        each; per block its projections as (bias, weightᵀ), the self-attention's q, k, v as one; the velocity
+        and gripper heads as one; the action embedding's bias plus the action tokens' positions, (B·H, W).
+        They depend on the weights and the flow times only: kept from one prediction to the next until a
+        parameter they come from changes (another tensor, or an in-place update: its version counter)."""
+        sources = self._projection_sources()
+        try:
+            key = (times.tolist(), times.dtype, times.device, [(id(t), t.data_ptr(), t._version) for t in sources])
+        except (RuntimeError, NotImplementedError):  # a tensor without storage (meta, sharded): no reuse
+            key = None
+        memo = self.__dict__.get("_projection_memo")  # a plain attribute, not module state
+        if key is None or memo is None or memo[0] != key:
+            with torch.inference_mode(False), torch.no_grad():  # kept: normal tensors, whatever the caller's mode
+                memo = (key, self._compute_projections(times))
+            self.__dict__["_projection_memo"] = memo
+        pre = dict(memo[1])
+        if pre["blocks"] is None:  # a large expert: its merged q, k, v weights are not kept between calls
+            pre["blocks"] = self._block_projections()
+        embed_bias, embed_weight = pre["embed"]
+        pre["embed"] = (embed_bias.repeat(batch, 1), embed_weight)
+        return pre
+
+    def _projection_sources(self) -> list[torch.Tensor]:
+        """The parameters `_compute_projections` copies from (the others it only views)."""
+        out = [p for layer in (self.time_mlp[0], self.time_mlp[2]) for p in (layer.weight, layer.bias)]
+        for blk in self.blocks:
+            sa = blk.self_attn
+            for norm in (blk.norm1, blk.norm2, blk.norm3):
+                out += [norm.mod.weight, norm.mod.bias]
+            out += [sa.q.weight, sa.q.bias, sa.kv.weight, sa.kv.bias]
+        out += [self.final_norm.mod.weight, self.final_norm.mod.bias, self.action_in.bias, self.pos]
+        return [*out, self.velocity.weight, self.velocity.bias, self.gripper.weight, self.gripper.bias]
+
+    def _compute_projections(self, times: torch.Tensor) -> dict:
+        mods = self._modulations(times)  # (S, norms, 3, W)
+        steps = [list(m.unbind(0)) for m in mods.flatten(1, 2).unbind(0)]  # per step: 3 × norms tensors (W,)
+        qkv_bytes = sum(3 * b.self_attn.q.weight.numel() * b.self_attn.q.weight.element_size() for b in self.blocks)
+        return {
+            "mods": steps,
+            "blocks": self._block_projections() if qkv_bytes <= MERGED_BYTES_KEPT else None,
+            "heads": _projection(self.velocity, self.gripper),
+            "embed": (self.action_in.bias + self.pos[1:], self.action_in.weight.t()),
+        }
+
+    def _block_projections(self) -> list[tuple]:
+        """Per block: self-attention q, k, v (merged), out; cross-attention q, out; MLP up, down."""
+        blocks = []
+        for blk in self.blocks:
+            sa, ca = blk.self_attn, blk.cross_attn
+            blocks.append((
+                _projection(sa.q, sa.kv), _projection(sa.out), _projection(ca.q), _projection(ca.out),
+                _projection(blk.mlp[0]), _projection(blk.mlp[2]),
+            ))  # fmt: skip
+        return blocks
+
+    def _step(self, x_t, state_token, cache: FlowContext, pre: dict, k: int, eps: torch.Tensor) -> torch.Tensor:
+        """One Euler step k of `forward` with the cached keys/values and the step's modulations
+        (`_projections`), on (B·N, W) token rows → the velocity and gripper logits of the action tokens,
+        (B·H, 44 + 2). adaRMS: x · rsqrt(‖x‖²/W + ε) · (1 + scale) + shift."""
         w, heads = self.config.width, self.config.heads
-        tokens = torch.cat([state_token, F.linear(x_t, self.action_in.weight, self.action_in.bias) + self.pos[1:]], 1)
-        b, n, _ = tokens.shape
-        key_mask = cache.valid[:, None, None, :]
-
-        def norm(x, j):  # adaRMS j: rms(x) · (1 + scale) + shift
-            return torch.addcmul(mods[3 * j + 1], F.rms_norm(x, (w,), eps=1e-6), mods[3 * j])
-
-        for i, blk in enumerate(self.blocks):
-            g1, g2, g3 = (mods[3 * (3 * i + j) + 2] for j in range(3))
-            q, k, v = F.linear(norm(tokens, 3 * i), *qkv[i]).view(b, n, 3, heads, -1).permute(2, 0, 3, 1, 4)
-            y = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, w)
-            tokens = torch.addcmul(tokens, g1, F.linear(y, blk.self_attn.out.weight, blk.self_attn.out.bias))
-            ca = blk.cross_attn
-            q = F.linear(norm(tokens, 3 * i + 1), ca.q.weight, ca.q.bias).view(b, n, heads, -1).transpose(1, 2)
-            y = F.scaled_dot_product_attention(q, cache.keys[i], cache.values[i], attn_mask=key_mask)
-            tokens = torch.addcmul(tokens, g2, F.linear(y.transpose(1, 2).reshape(b, n, w), ca.out.weight, ca.out.bias))
-            up, down = blk.mlp[0], blk.mlp[2]
-            h = F.gelu(F.linear(norm(tokens, 3 * i + 2), up.weight, up.bias), approximate="tanh")
-            tokens = torch.addcmul(tokens, g3, F.linear(h, down.weight, down.bias))
-        return norm(tokens[:, 1:], 3 * len(self.blocks))
+        b, h = x_t.shape[:2]
+        n, inv_w = h + 1, 1.0 / w
+        mods = pre["mods"][k]  # norm j: mods[3j] = 1 + scale, mods[3j + 1] = shift, mods[3j + 2] = gate
+        addmm, addcmul, norm2, sdpa = (
+            torch.addmm,
+            torch.addcmul,
+            torch.linalg.vector_norm,
+            F.scaled_dot_product_attention,
+        )
+        tokens = torch.cat(
+            [state_token, addmm(pre["embed"][0], x_t.reshape(b * h, -1), pre["embed"][1]).view(b, h, w)], 1
+        )
+        tokens = tokens.view(b * n, w)
+        key_mask = None if cache.valid is None else cache.valid[:, None, None, :]
+        for i, (qkv, out, cq, cout, up, down) in enumerate(pre["blocks"]):
+            j = 9 * i
+            r = norm2(tokens, dim=-1, keepdim=True)
+            x = addcmul(mods[j + 1], tokens * addcmul(eps, r, r, value=inv_w).rsqrt_(), mods[j])
+            q, kk, v = addmm(qkv[0], x, qkv[1]).view(b, n, 3, heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+            y = sdpa(q, kk, v).transpose(1, 2).reshape(b * n, w)
+            tokens = addcmul(tokens, mods[j + 2], addmm(out[0], y, out[1]))
+            r = norm2(tokens, dim=-1, keepdim=True)
+            x = addcmul(mods[j + 4], tokens * addcmul(eps, r, r, value=inv_w).rsqrt_(), mods[j + 3])
+            q = addmm(cq[0], x, cq[1]).view(b, n, heads, -1).transpose(1, 2)
+            y = sdpa(q, cache.keys[i], cache.values[i], attn_mask=key_mask).transpose(1, 2).reshape(b * n, w)
+            tokens = addcmul(tokens, mods[j + 5], addmm(cout[0], y, cout[1]))
+            r = norm2(tokens, dim=-1, keepdim=True)
+            x = addcmul(mods[j + 7], tokens * addcmul(eps, r, r, value=inv_w).rsqrt_(), mods[j + 6])
+            y = F.gelu(addmm(up[0], x, up[1]), approximate="tanh")
+            tokens = addcmul(tokens, mods[j + 8], addmm(down[0], y, down[1]))
+        last = tokens.view(b, n, w)[:, 1:].reshape(b * h, w)
+        r = norm2(last, dim=-1, keepdim=True)
+        j = 9 * len(pre["blocks"])
+        x = addcmul(mods[j + 1], last * addcmul(eps, r, r, value=inv_w).rsqrt_(), mods[j])
+        return addmm(pre["heads"][0], x, pre["heads"][1])

@@ -223,19 +223,13 @@ class VLMStudent:
             seqs.append(ids)
             labels.append(lab)
         inputs = self.embed(frames, instructions, seqs)
-        out = self.vlm.language_model(
-            inputs_embeds=inputs["inputs_embeds"],
-            attention_mask=inputs["attention_mask"] if inputs["padded"] else None,
-            output_hidden_states=hidden_states,
-            use_cache=False,  # no KV cache in training (with activation checkpointing it would grow twice)
-        )
-        hidden = out.last_hidden_state
+        hidden, layers = self.language_model(inputs, hidden_states)  # no KV cache (VLMLatentEncoder.language_model)
         z = torch.cat(self.latent_states(hidden, inputs), 1)  # (B, Ns + Nm, D)
         result = {"latents": self.latent_proj(z)}
         if subtasks is not None:
             result["lm_loss"] = self._lm_loss(hidden, labels)
         if hidden_states:
-            result["layers"] = out.hidden_states
+            result["layers"] = layers
             result["attention_mask"] = inputs["valid"]  # (B, N) padding mask of the context, for the expert
         return result
 
