@@ -238,14 +238,24 @@ def test_the_plan_counts_the_online_teacher_of_a_distillation():
 
 
 def test_the_plan_states_host_memory_per_rank_for_both_builds():
-    """Start-up host memory: the whole fp32 model on every rank, or (dist.meta_init) on process 0 only, the
-    other ranks holding one tensor in transit."""
+    """Start-up host memory: the whole fp32 model on every rank, or (dist.meta_init) on process 0 only what no
+    pretrained checkpoint provides — each rank reads its own rows of those — plus one tensor in transit."""
     recipe = load_recipe(REPO / "recipes/tiny/lam.yaml")
     report = plan(recipe, 1, 80.0)
     host, run = report["host_memory_per_rank_bytes"], report["dry_run"]
-    assert host["ordinary_every_rank"] == host["meta_init_process_0"] == 4 * run["params_total"]
-    assert 0 < host["meta_init_other_ranks"] == 4 * run["largest_tensor_params"] < host["ordinary_every_rank"]
+    transit = 4 * run["largest_tensor_params"]
+    assert host["pretrained_params"] == 0  # random initialisation only: process 0 builds everything
+    assert host["ordinary_every_rank"] == 4 * run["params_total"] == host["meta_init_process_0"] - transit
+    assert 0 < host["meta_init_other_ranks"] == transit < host["ordinary_every_rank"]
     assert host["used"] == "ordinary"
+    # a pretrained InternVL (the encoder's vision tower, projector and language model): read per rank
+    pretrained = load_recipe(REPO / "recipes/tiny/lam.yaml", ["model.encoder.pretrained=OpenGVLab/any"])
+    h = plan(pretrained, 1, 80.0)["host_memory_per_rank_bytes"]
+    from latbot.models.lam import LatentActionModel
+
+    vlm = sum(p.numel() for p in LatentActionModel(recipe.model, recipe.data.num_frames).encoder.vlm.parameters())
+    assert h["pretrained_params"] == vlm > 0
+    assert h["meta_init_process_0"] == 4 * (run["params_total"] - vlm) + transit
     meta = load_recipe(REPO / "recipes/tiny/lam.yaml", ["dist.strategy=fsdp", "dist.meta_init=true"])
     assert plan(meta, 1, 80.0)["host_memory_per_rank_bytes"]["used"] == "meta_init"
 
@@ -323,17 +333,17 @@ def test_plan_command_prints_and_returns_the_disk(tmp_path):
     assert out.exit_code == 0, out.output
     disk = json.loads(out.output)["disk"]
     assert disk["codec"] == "zstd" and disk["total"]["frames"] == 3_786_400 + 500
-    assert disk["total"]["store_bytes"] == (3_786_400 + 500) * disk["bytes_per_frame"]
+    assert disk["total"]["store_bytes"] == pytest.approx((3_786_400 + 500) * disk["bytes_per_frame"], rel=1e-12)
     table = CliRunner().invoke(app, args)
     assert table.exit_code == 0, table.output
-    assert "disk: episode stores at 64² with codec zstd" in table.output and "bench_loader.json" in table.output
+    assert "disk: episode stores at 64² with codec zstd" in table.output and "bench_codecs" in table.output
     assert "TOTAL (2 of 2 sources)" in table.output
     bad = CliRunner().invoke(app, ["plan", path, *sets, "--gpus", "1", "--frames", "mine"])
     assert bad.exit_code == 2 and "--frames mine: expected NAME=N" in bad.output
     own = tmp_path / "codecs.json"
-    own.write_text(json.dumps({"image_size": 64, "bytes_per_frame": {"zstd": 10}, "source": "bench_codecs.json"}))
+    own.write_text(json.dumps({"image_size": 64, "bytes_per_frame": {"zstd": 10}, "source": "my_codecs.json"}))
     swapped = json.loads(CliRunner().invoke(app, [*args, "--codec-table", str(own), "--json"]).output)["disk"]
     assert (
         swapped["total"]["store_bytes"] == (3_786_400 + 500) * 10
-        and "bench_codecs.json" in swapped["bytes_per_frame_source"]
+        and "my_codecs.json" in swapped["bytes_per_frame_source"]
     )

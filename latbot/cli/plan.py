@@ -93,7 +93,8 @@ def plan(
     gib = lambda n: f"{n / 1024**3:.1f} GiB"  # noqa: E731
     typer.echo(
         f"host memory per rank at start-up: {gib(host['ordinary_every_rank'])} on every rank; with dist.meta_init "
-        f"{gib(host['meta_init_process_0'])} on process 0 and {gib(host['meta_init_other_ranks'])} on the others "
+        f"{gib(host['meta_init_process_0'])} on process 0 and {gib(host['meta_init_other_ranks'])} on the others, "
+        f"{host['pretrained_params'] / 1e9:.2f}B pretrained parameters read by every rank, its own rows "
         f"({host['used']} here)"
     )
     if frozen is not None and "not_counted" in frozen:

@@ -108,6 +108,7 @@ class DryRun:
     block_input_bytes: int  # what checkpointing keeps per block instead (the inputs), summed
     largest_block_saved: int  # one block's activations, rebuilt at a time in the backward pass
     largest_tensor_params: int = 0  # the largest single parameter (what a sharded load holds in transit)
+    pretrained_params: int = 0  # parameters a pretrained checkpoint provides (dist.meta_init: read per rank)
 
 
 @contextmanager
@@ -213,6 +214,7 @@ def dry_run(recipe, micro_batch: int | None = None, latent_width: int | None = N
         root_unit_params=sum(p.numel() for p in model.parameters() if id(p) not in in_blocks),
         largest_block_params=max(block_sizes, default=0),
         largest_tensor_params=max((p.numel() for p in model.parameters()), default=0),
+        pretrained_params=pretrained_params(recipe, stage, model),
         forward_flops=forward,
         backward_flops=backward,
         block_forward_flops=state["block_flops"],
@@ -221,6 +223,26 @@ def dry_run(recipe, micro_batch: int | None = None, latent_width: int | None = N
         block_input_bytes=sum(inputs.values()),
         largest_block_saved=max(per_block, default=0),
     )
+
+
+def pretrained_params(recipe, stage, model) -> int:
+    """Parameters that come from a pretrained checkpoint: the backbone parts (`stage.components`: a VLM's
+    vision tower / projector / language model, a decoder's transformer / VAE) of every model slot whose config
+    names `pretrained`. pi0.5 parts are not counted: they are built whole before their checkpoint is read."""
+    try:
+        parts = stage.components(model)
+    except Exception:  # a plugin stage without components: nothing known to be pretrained
+        return 0
+    total = 0
+    for name, part in parts.items():
+        slot, _, piece = name.partition(".")
+        config = getattr(recipe.model, slot, None)
+        # pi0.5 parts are built (randomly initialised) whole before their checkpoint is read: process 0 holds them
+        built_first = type(part).__module__.startswith("latbot.models.pi05")
+        if getattr(config, "pretrained", None) and piece != "other" and not built_first:
+            params = part.parameters() if hasattr(part, "parameters") else part
+            total += sum(p.numel() for p in params)
+    return total
 
 
 # -- the plan --------------------------------------------------------------------------------------------
@@ -403,15 +425,18 @@ def plan(
 
 def host_memory(recipe, run: DryRun) -> dict[str, float]:
     """Host (CPU) memory per rank while the model is built and loaded, before its shards move to the GPU:
-    the ordinary path builds the whole fp32 model on every rank; `dist.meta_init` builds it on process 0
-    only and the other ranks hold one tensor in transit (their shards go straight to their GPU). Weights
-    read by `from_pretrained` are loaded into that model, so the file's own size comes on top only while a
-    tensor is read."""
+    the ordinary path builds the whole fp32 model on every rank. `dist.meta_init` builds on process 0 only
+    what no pretrained checkpoint provides (LatBot's own parameters, a parent run's weights), and every rank
+    reads its own rows of the pretrained tensors from their files, one tensor at a time; so process 0 holds
+    that part plus one tensor in transit, the other ranks one tensor in transit (their shards go straight
+    to their GPU)."""
     full = 4 * run.params_total
+    transit = 4 * run.largest_tensor_params
     return {
         "ordinary_every_rank": full,
-        "meta_init_process_0": full,
-        "meta_init_other_ranks": 4 * run.largest_tensor_params,
+        "meta_init_process_0": 4 * (run.params_total - run.pretrained_params) + transit,
+        "meta_init_other_ranks": transit,
+        "pretrained_params": run.pretrained_params,
         "used": "meta_init" if getattr(recipe.dist, "meta_init", False) else "ordinary",
     }
 
@@ -568,11 +593,21 @@ def teacher_cost(recipe, gpus: int = 1, micro_batch: int | None = None, lam_reci
 # camera-like frames (smooth scene + sensor noise: lossless compression ratios of real cameras, ≈1–1.5×).
 # The one table `disk_plan` reads: replace it (or pass another with `latbot plan --codec-table FILE.json`,
 # the same keys) when a codec benchmark measures more codecs.
-CODEC_TABLE: dict = {
+CODEC_TABLE: dict = {  # tools/bench/results/bench_codecs_table.json, as tools/bench/bench_codecs.py measured it
     "image_size": 224,
-    "bytes_per_frame": {"lz4": 150_535.0, "zstd": 135_623.5, "none": 150_532.6},
-    "source": "tools/bench/results/bench_loader.json: bytes of the store's frames/ directory / 640 frames "
-    "(4 episodes × 160 steps, 1 camera, 224², chunk_frames 8; cases store_<codec>_c8)",
+    "bytes_per_frame": {
+        "none": 150_550.2,
+        "lz4": 150_566.0,
+        "zstd": 139_132.9,
+        "png": 100_607.0,
+        "qoi": 116_604.9,
+        "webp-lossless": 82_268.0,
+        "jpegxl-lossless": 80_146.3,
+        "jpeg95": 30_521.8,
+        "jpeg90": 20_759.2,
+    },
+    "source": "tools/bench/bench_codecs.py: frames/ bytes / 512 frames of 224² natural-looking frames (sensor noise "
+    "σ=2), chunk_frames 1 (tools/bench/results/bench_codecs_table.json)",
 }
 
 # Frames of the Table 6 sources where a public record of the copy the preset reads gives them (episodes,
