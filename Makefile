@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml plugins/latbot-example-plugin/pyproject.toml
 	bash tools/install_system_deps.sh
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,sim,libero]' -e plugins/latbot-example-plugin
+	$(BIN)/python -m pip install --quiet -e '.[dev,sim,libero,maniskill]' -e plugins/latbot-example-plugin
 	# openpi's own client, for the server tests: its metadata pins numpy<2, its code runs on numpy 2
 	# (msgpack + websockets are in the dev extra), so it is installed without its dependency pins.
 	$(BIN)/python -m pip install --quiet --no-deps 'openpi-client==0.1.2'

@@ -60,7 +60,9 @@ def eval_sim(
     sim: str = typer.Option("metaworld", help=SIM_HELP),
     policy: str = typer.Option(..., help="'scripted', 'random' or a policy checkpoint directory."),
     tasks: list[str] = typer.Option(..., "--tasks", help=TASKS_HELP),
-    episodes: int = typer.Option(10, min=1, help="Episodes per task."),
+    episodes: int | None = typer.Option(
+        None, min=1, help="Episodes per task (default: the simulator's protocol, e.g. SIMPLER's 24; otherwise 10)."
+    ),
     seed: int | None = typer.Option(None, help="First evaluation seed (default: away from generation seeds)."),
     image_size: int = typer.Option(128),
     execute_steps: int = typer.Option(4, min=1, help="Actions of each chunk executed before re-planning."),
@@ -100,6 +102,10 @@ def eval_sim(
         "time_min": time_min, "gpus_per_job": gpus_per_job, "cpus_per_job": cpus_per_job, "mem_gb": mem_gb,
         "parallelism": parallelism,
     }  # fmt: skip
+    if episodes is None:
+        from latbot import registry
+
+        episodes = getattr(registry.get("simulators", sim), "default_episodes", 10)
     run = evaluate if out is None else functools.partial(evaluate_into, out)
     report = run(
         _sim_config(sim, overrides),
@@ -122,6 +128,7 @@ def eval_sim(
             f"{t['task']:<28} {t['successes']:>3}/{t['episodes']:<3} = {t['success_rate']:.2f}  "
             f"[{t['ci95'][0]:.2f}, {t['ci95'][1]:.2f}]  len {t['mean_length'] or 0:.0f}"
             + (f"  ({t['errors']} crashed, counted as failures)" if t["errors"] else "")
+            + _metrics_text(t)
         )
         for e in report["episodes"]:
             if e["task"] == t["task"] and e["error"] is not None:
@@ -131,9 +138,15 @@ def eval_sim(
         f"{'overall':<28} {o['successes']:>3}/{o['episodes']:<3} = {o['success_rate']:.2f}  "
         f"[{o['ci95'][0]:.2f}, {o['ci95'][1]:.2f}]  {report['seconds_per_episode']:.2f} s/episode"
         + (f"  ({o['errors']} crashed, counted as failures)" if o["errors"] else "")
+        + _metrics_text(o)
     )
     if out is not None:
         typer.echo(f"report written to {out / 'report.json'}")
+
+
+def _metrics_text(summary: dict) -> str:
+    """The further outcomes' rates a simulator reports (SIMPLER: `success_at_any_step 0.42`), if any."""
+    return "".join(f"  {name} {rate:.2f}" for name, rate in (summary.get("metrics") or {}).items())
 
 
 def _launch_options(kind: str | None, given: dict) -> dict:

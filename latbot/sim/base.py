@@ -68,6 +68,9 @@ class SimEpisode(Protocol):
         """Apply one native action (A,); returns whether the task is solved now."""
         ...
 
+    # Optional: `metrics` -> {name: bool}, further outcomes of the episode read when it ends (SIMPLER: success
+    # at the end and at any step); the report gives their rates per task and overall.
+
     def close(self) -> None: ...
 
 
@@ -103,6 +106,7 @@ class Simulator:
     embodiment: ClassVar[str]  # the registered `embodiments` plugin of the simulated robot
     cameras: ClassVar[tuple[str, ...]]  # every camera `observe` can render
     default_camera: ClassVar[str]  # recorded by gen-sim and filmed by eval --video-dir unless told otherwise
+    default_episodes: ClassVar[int] = 10  # `latbot eval sim` episodes per task unless --episodes (SIMPLER: 24)
 
     def __init__(self, config: PluginConfig):
         self.config = config
@@ -182,6 +186,7 @@ class EpisodeResult:
     steps: int
     error: str | None = None
     video: str | None = None
+    metrics: dict[str, bool] | None = None  # the episode's own further outcomes (`SimEpisode.metrics`, e.g. SIMPLER's)
 
 
 @dataclass
@@ -203,4 +208,15 @@ class TaskResult:
             "success_rate": wins / len(ok) if ok else None,
             "ci95": [low, high],
             "mean_length": float(np.mean([e.steps for e in ok])) if ok else None,
+            **({"metrics": metric_rates(ok)} if any(e.metrics for e in ok) else {}),
         }
+
+
+def metric_rates(episodes: list[EpisodeResult]) -> dict[str, float]:
+    """The rate of each further outcome (`EpisodeResult.metrics`) over the episodes that report it."""
+    names = list(dict.fromkeys(name for e in episodes for name in (e.metrics or {})))
+    rates = {}
+    for name in names:
+        values = [bool(e.metrics[name]) for e in episodes if e.metrics and name in e.metrics]
+        rates[name] = sum(values) / len(values)
+    return rates

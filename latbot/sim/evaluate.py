@@ -32,7 +32,7 @@ import numpy as np
 
 from latbot.cluster.launcher import Launcher
 from latbot.config import PluginConfig
-from latbot.sim.base import EpisodeResult, Policy, SimulatorError, TaskResult, wilson_interval
+from latbot.sim.base import EpisodeResult, Policy, SimulatorError, TaskResult, metric_rates, wilson_interval
 
 EVAL_SEED_BASE = 1_000_000
 TASK_SEED_STRIDE = 10_007  # episode i of the t-th task: seed + t * TASK_SEED_STRIDE + i
@@ -404,13 +404,16 @@ def read_part(part: dict[str, Any]) -> dict[str, Any] | None:
         return None
     if len(episodes) != len(identity["episodes"]):
         return None
-    fields = {"task", "seed", "success", "steps", "error", "video"}
+    fields = {"task", "seed", "success", "steps", "error", "video"}  # and optionally "metrics"
     for e, (task, s) in zip(episodes, identity["episodes"], strict=True):
-        if not isinstance(e, dict) or set(e) != fields or e["task"] != task or e["seed"] != s:
+        if not isinstance(e, dict) or set(e) - {"metrics"} != fields or e["task"] != task or e["seed"] != s:
             return None
         if not isinstance(e["success"], bool) or not isinstance(e["steps"], int) or isinstance(e["steps"], bool):
             return None
         if not all(e[k] is None or isinstance(e[k], str) for k in ("error", "video")):
+            return None
+        m = e.get("metrics")
+        if m is not None and not (isinstance(m, dict) and all(isinstance(v, bool) for v in m.values())):
             return None
         if e["error"] is not None and not part["allow_crashes"]:
             return None  # crashes are findings to reproduce (the policy or simulator may have been fixed since)
@@ -429,6 +432,7 @@ def _report(simulator, embodiment, policy, episodes, execute_steps, seed, result
     """The JSON-able report; crashed episodes are in it as failures with their `error`."""
     all_eps = [e for r in results for e in r.episodes]
     wins = sum(e.success for e in all_eps)  # a crashed episode never succeeded
+    finished = [e for e in all_eps if e.error is None]
     return {
         "simulator": simulator,
         "embodiment": embodiment,
@@ -443,6 +447,7 @@ def _report(simulator, embodiment, policy, episodes, execute_steps, seed, result
             "success_rate": wins / len(all_eps),
             "ci95": list(wilson_interval(wins, len(all_eps))),
             "errors": sum(e.error is not None for e in all_eps),
+            **({"metrics": metric_rates(finished)} if any(e.metrics for e in finished) else {}),
         },
         "seconds_per_episode": None,
         "episodes": [vars(e) for e in all_eps],
@@ -572,6 +577,8 @@ def run_episode(
                 steps += 1
                 if solved or steps >= env.max_steps:
                     break
+        metrics = getattr(env, "metrics", None)  # optional further outcomes (latbot/sim/base.py)
+        metrics = {str(k): bool(v) for k, v in metrics.items()} if metrics else None
         video = None
         if video_dir and frames:
             from latbot.data.video import encode_video
@@ -579,7 +586,7 @@ def run_episode(
             Path(video_dir).mkdir(parents=True, exist_ok=True)
             video = str(Path(video_dir) / f"{task}_seed{seed}_{'success' if solved else 'fail'}.mp4")
             encode_video(video, np.stack(frames), fps=20, codec="libx264", gop=12)
-        return EpisodeResult(task, seed, solved, steps, video=video)
+        return EpisodeResult(task, seed, solved, steps, video=video, metrics=metrics)
     except Exception as e:  # a simulator or policy crash is this episode's result, the run goes on
         from latbot import registry
 
