@@ -107,7 +107,11 @@ def test_every_artifact_and_report_section_exists_with_finite_numbers(runs):
     for policy in ("distilled", "baseline"):
         overall = report["success"][policy]["overall"]
         assert overall["episodes"] == 1 and 0.0 <= overall["success_rate"] <= 1.0
+    spans = report["stage_times"]  # wall-clock spans: the side-by-side finetunes overlap, the LAM precedes them
+    assert all(t["end"] >= t["start"] >= 0 for t in spans.values() if "start" in t)
+    assert report["wall_seconds_before_report"] < report["total_seconds_of_stages"]
     md = (out / "report/report.md").read_text()
+    assert "**wall time, before this report**" in md
     for heading in ("Success on the held-out tasks", "LAM reconstructions", "Latent diagnostics", "Grounding",
                     "Training curves", "Time per stage"):  # fmt: skip
         assert f"## {heading}" in md

@@ -137,25 +137,31 @@ def run(out: str | Path = "quickstart", preset: str = "tiny", seed: int = 0, par
         times_path = out / "stage_times.json"
         times: dict[str, Any] = json.loads(times_path.read_text()) if times_path.exists() else {}
 
-        def record(stage: str, seconds: float) -> None:
+        t_start = time.perf_counter()
+
+        def record(stage: str, seconds: float, began: float) -> None:
+            """A stage's time and its span [start, end] in seconds since this run began (wall clock)."""
             if seconds > 1.0 or stage not in times:  # a skipped stage keeps the time it took when it ran
-                times[stage] = {"seconds": round(seconds, 1)}
+                start = round(began - t_start, 1)
+                times[stage] = {"seconds": round(seconds, 1), "start": start, "end": round(start + seconds, 1)}
             times_path.write_text(json.dumps(times, indent=2) + "\n")
 
         def timed(stage: str, fn: Callable[[], Any]) -> Any:
             t0 = time.perf_counter()
             result = fn()
-            record(stage, time.perf_counter() - t0)
+            record(stage, time.perf_counter() - t0, t0)
             return result
 
         def pair(jobs: dict[str, tuple[Callable, tuple]]) -> dict[str, Any]:
             """Two independent stages at once, one per core (`parallel`), or one after the other."""
+            t0 = time.perf_counter()
             results = pipeline.side_by_side(jobs, workers=2 if parallel else 1)
+            offset = 0.0
             for stage, (_, seconds) in results.items():
-                record(stage, seconds)
+                record(stage, seconds, t0 + offset)  # side by side: both start at once; else in turn
+                offset += 0.0 if parallel else seconds
             return {stage: result for stage, (result, _) in results.items()}
 
-        t_start = time.perf_counter()
         stores = pair(
             {
                 "stores/pretrain": (store_stage, (out, "pretrain", p.pretrain_tasks, p.pretrain_episodes, p, seed)),
@@ -191,7 +197,18 @@ def run(out: str | Path = "quickstart", preset: str = "tiny", seed: int = 0, par
 
         report_dir = timed(
             "report",
-            lambda: write_report(out, preset, p, {"pretrain": pre, "heldout": held}, lam, distill, ft, evals, times),
+            lambda: write_report(
+                out,
+                preset,
+                p,
+                {"pretrain": pre, "heldout": held},
+                lam,
+                distill,
+                ft,
+                evals,
+                times,
+                wall=time.perf_counter() - t_start,
+            ),
         )
         pipeline.say(f"done in {time.perf_counter() - t_start:.0f} s: {report_dir / 'report.md'}")
         return report_dir

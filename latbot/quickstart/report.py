@@ -119,7 +119,9 @@ def training_curves(runs: dict[str, Path], path: Path) -> dict[str, dict[str, fl
     return finals
 
 
-def write_report(out: Path, preset_name: str, preset, stores, lam, distill, ft, evals, times) -> Path:
+def write_report(
+    out: Path, preset_name: str, preset, stores, lam, distill, ft, evals, times, wall: float | None = None
+) -> Path:
     import shutil
 
     from latbot.analysis.diagnostics import diagnose_checkpoint
@@ -171,6 +173,7 @@ def write_report(out: Path, preset_name: str, preset, stores, lam, distill, ft, 
         "training_curves": curves,
         "stage_times": times,
         "total_seconds_of_stages": total,
+        "wall_seconds_before_report": None if wall is None else round(wall, 1),
     }
     (rdir / "report.json").write_text(json.dumps(report, indent=2, allow_nan=True) + "\n")
     (rdir / "report.md").write_text(_markdown(report, preset))
@@ -300,11 +303,24 @@ def _markdown(r: dict, preset) -> str:
     ]
     for name, c in r["training_curves"].items():
         lines.append(f"| {name} | {c['first_loss']:.4f} | {c['final_loss']:.4f} | {c['steps']} |")
-    lines += ["", "## Time per stage", "", "| stage | seconds |", "|---|---|"]
-    for name, t in r["stage_times"].items():
-        lines.append(f"| {name} | {t['seconds']:.1f} |")
+    wall = r.get("wall_seconds_before_report")
     lines += [
-        f"| **total** | {r['total_seconds_of_stages']:.1f} |",
+        "",
+        "## Time per stage",
+        "",
+        "Spans in seconds since this run began (wall clock); stages that ran side by side, one per core, "
+        "overlap, so the wall time is below the sum of the stage times. A stage skipped on a rerun keeps the "
+        "time and span of the run that made it.",
+        "",
+        "| stage | seconds | span |",
+        "|---|---|---|",
+    ]
+    for name, t in r["stage_times"].items():
+        span = f"{t['start']:.0f}–{t['end']:.0f}" if "start" in t else "—"
+        lines.append(f"| {name} | {t['seconds']:.1f} | {span} |")
+    lines += [
+        f"| **wall time, before this report** | **{wall:.1f}** | |" if wall is not None else "",
+        f"| sum of the stage times | {r['total_seconds_of_stages']:.1f} | |",
         "",
         "## Look at it",
         "",
