@@ -235,3 +235,21 @@ def test_one_frame_chunks_read_in_runs_still_detect_damage(tmp_path, codec):
     shard.write_bytes(good[: -(16 * 8 + 4)] + raw + google_crc32c.value(raw).to_bytes(4, "little"))
     with EpisodeStore.open(path) as s, pytest.raises(StoreError, match="outside its shard"):
         s.read_steps("frames/cam", 0, slice(8, 16))
+
+
+def test_png_survives_a_library_that_exports_an_older_zlib():
+    """decord exports an old zlib; imagecodecs' PNG extension loaded after it bound to that zlib and every PNG
+    failed ("bad parameters to zlib"). The codec loads it with RTLD_DEEPBIND (its own zlib first)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import numpy as np, decord\n"
+        "from latbot.data import imagecodec\n"
+        "a = np.random.default_rng(0).integers(0, 255, (16, 16, 3), dtype=np.uint8)\n"
+        "out = np.empty_like(a)\n"
+        "imagecodec.decode_into(imagecodec.encode(a, 'png'), 'png', out)\n"
+        "assert (out == a).all()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -70,6 +70,7 @@ def available(codec: str) -> bool:
         import imagecodecs
     except ImportError:
         return False
+    _bind_png_to_its_own_zlib()
     return bool(getattr(getattr(imagecodecs, _AVAILABLE[config["format"]], None), "available", False))
 
 
@@ -83,7 +84,27 @@ def _imagecodecs() -> Any:
         import imagecodecs
     except ImportError as e:  # a declared dependency; a broken environment says so
         raise RuntimeError("image codecs need the `imagecodecs` package: pip install imagecodecs") from e
+    _bind_png_to_its_own_zlib()
     return imagecodecs
+
+
+def _bind_png_to_its_own_zlib() -> None:
+    """Load imagecodecs' PNG extension with RTLD_DEEPBIND, once: it then resolves zlib's symbols in its own
+    dependencies first. Loaded plainly after a library that exports an older zlib (decord does), its
+    libpng calls that zlib and every PNG fails with "bad parameters to zlib"."""
+    import os
+    import sys
+
+    if "imagecodecs._png" in sys.modules or not hasattr(os, "RTLD_DEEPBIND"):
+        return
+    flags = sys.getdlopenflags()
+    sys.setdlopenflags(os.RTLD_NOW | os.RTLD_DEEPBIND)
+    try:
+        import imagecodecs._png  # noqa: F401
+    except ImportError:
+        pass  # a build without PNG: `available("png")` says so
+    finally:
+        sys.setdlopenflags(flags)
 
 
 def encode(image: np.ndarray, fmt: str, quality: int | None = None) -> bytes:
