@@ -181,14 +181,29 @@ def test_plugins_check_passes_for_the_simpler_robots_and_the_old_ones():
         assert f"ok    embodiments/{name} (latbot): " in result.stdout
 
 
-class PlusMinusOneWidowX(WidowXEmbodiment):
+class _ConvertsAsTheRealOne:
+    """Declares a gripper range of its own but converts actions as the real embodiment (its parent) does: a
+    plugin whose declaration and conversion disagree."""
+
+    def _real(self):
+        real = type(self).__mro__[2]  # the registered embodiment this test class derives from
+        return real(real.Config())
+
+    def actions_to_unified(self, actions):
+        return self._real().actions_to_unified(actions)
+
+    def actions_to_native(self, actions):
+        return self._real().actions_to_native(actions)
+
+
+class PlusMinusOneWidowX(_ConvertsAsTheRealOne, WidowXEmbodiment):
     """Declares the ±1 command the check used to assume, but converts Bridge's 1 open … 0 closed."""
 
     gripper_open: ClassVar[float] = -1.0
     gripper_closed: ClassVar[float] = 1.0
 
 
-class FlippedGoogleRobot(GoogleRobotEmbodiment):
+class FlippedGoogleRobot(_ConvertsAsTheRealOne, GoogleRobotEmbodiment):
     """Declares the right range with the wrong polarity (0 open, 1 closed)."""
 
     gripper_open: ClassVar[float] = 0.0

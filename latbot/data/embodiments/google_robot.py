@@ -28,7 +28,8 @@ import numpy as np
 
 from latbot.config import PluginConfig
 from latbot.data import rotations as rot
-from latbot.data.embodiments import Embodiment, gripper_to_unified, unified_mask, unified_to_gripper
+from latbot.data.embodiments import unified_mask
+from latbot.data.embodiments.oxe import OxeEndEffectorArm
 from latbot.data.spaces import (
     ACTION_DIM,
     ACTION_GRIPPER,
@@ -45,19 +46,17 @@ FPS = 3.0  # RT-1 control rate (Octo/OpenVLA `control_frequency`)
 GRIPPER_OPEN, GRIPPER_CLOSED = 1.0, 0.0  # the standardized action; the state's `gripper_closed` is 0 open, 1 closed
 
 
-class GoogleRobotEmbodiment(Embodiment):
+class GoogleRobotEmbodiment(OxeEndEffectorArm):
     class Config(PluginConfig):
         type: Literal["google_robot"] = "google_robot"
 
     native_state_dim = 8
-    native_action_dim = 7
     action_mask = unified_mask(ACTION_DIM, ACTION_POS[R], ACTION_ROT[R], ACTION_GRIPPER[R])
     state_mask = unified_mask(STATE_DIM, STATE_POS[R], STATE_QUAT[R], STATE_GRIPPER[R])
     gripper = (
         "action[6] absolute open amount, 1 = open, 0 = closed (raw RT-1 gripper_closedness_action is relative, "
         "+1 close / -1 open); state[7] gripper_closed, 1 = closed"
     )
-    gripper_index = 6
     gripper_open = GRIPPER_OPEN
     gripper_closed = GRIPPER_CLOSED
 
@@ -68,19 +67,6 @@ class GoogleRobotEmbodiment(Embodiment):
         out[:, STATE_QUAT[R]] = rot.canonical_quat(states[:, 3:7])
         out[:, STATE_GRIPPER[R]] = np.clip(states[:, 7], 0.0, 1.0)
         return out
-
-    def actions_to_unified(self, actions: np.ndarray) -> np.ndarray:
-        actions = np.asarray(actions, np.float64)
-        out = np.zeros((len(actions), ACTION_DIM), np.float32)
-        out[:, ACTION_POS[R]] = actions[:, :3]
-        out[:, ACTION_ROT[R]] = actions[:, 3:6]
-        out[:, ACTION_GRIPPER[R]] = gripper_to_unified(actions[:, 6], GRIPPER_OPEN, GRIPPER_CLOSED)
-        return out
-
-    def actions_to_native(self, actions: np.ndarray) -> np.ndarray:
-        actions = np.asarray(actions)
-        grip = unified_to_gripper(actions[:, ACTION_GRIPPER[R]], GRIPPER_OPEN, GRIPPER_CLOSED)[:, None]
-        return np.concatenate([actions[:, ACTION_POS[R]], actions[:, ACTION_ROT[R]], grip], 1).astype(np.float32)
 
 
 def relative_to_absolute_gripper(closedness: np.ndarray) -> np.ndarray:

@@ -27,7 +27,8 @@ import numpy as np
 
 from latbot.config import PluginConfig
 from latbot.data import rotations as rot
-from latbot.data.embodiments import Embodiment, gripper_to_unified, unified_mask, unified_to_gripper
+from latbot.data.embodiments import unified_mask
+from latbot.data.embodiments.oxe import OxeEndEffectorArm
 from latbot.data.spaces import ACTION_DIM, ACTION_GRIPPER, ACTION_POS, ACTION_ROT, STATE_DIM, STATE_POS, STATE_QUAT
 
 R = "right"
@@ -37,16 +38,14 @@ GRIPPER_OPEN, GRIPPER_CLOSED = 1.0, 0.0
 DEFAULT_ROTATION = np.array([[0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [-1.0, 0.0, 0.0]])
 
 
-class WidowXEmbodiment(Embodiment):
+class WidowXEmbodiment(OxeEndEffectorArm):
     class Config(PluginConfig):
         type: Literal["widowx"] = "widowx"
 
     native_state_dim = 8
-    native_action_dim = 7
     action_mask = unified_mask(ACTION_DIM, ACTION_POS[R], ACTION_ROT[R], ACTION_GRIPPER[R])
     state_mask = unified_mask(STATE_DIM, STATE_POS[R], STATE_QUAT[R])
     gripper = "action[6] open amount in [0, 1], 1 = open, 0 = closed; state[7] not mapped (polarity undocumented)"
-    gripper_index = 6
     gripper_open = GRIPPER_OPEN
     gripper_closed = GRIPPER_CLOSED
 
@@ -56,16 +55,3 @@ class WidowXEmbodiment(Embodiment):
         out[:, STATE_POS[R]] = states[:, :3]
         out[:, STATE_QUAT[R]] = rot.matrix_to_quat(rot.euler_to_matrix(states[:, 3:6]))
         return out
-
-    def actions_to_unified(self, actions: np.ndarray) -> np.ndarray:
-        actions = np.asarray(actions, np.float64)
-        out = np.zeros((len(actions), ACTION_DIM), np.float32)
-        out[:, ACTION_POS[R]] = actions[:, :3]
-        out[:, ACTION_ROT[R]] = actions[:, 3:6]
-        out[:, ACTION_GRIPPER[R]] = gripper_to_unified(actions[:, 6], GRIPPER_OPEN, GRIPPER_CLOSED)
-        return out
-
-    def actions_to_native(self, actions: np.ndarray) -> np.ndarray:
-        actions = np.asarray(actions)
-        grip = unified_to_gripper(actions[:, ACTION_GRIPPER[R]], GRIPPER_OPEN, GRIPPER_CLOSED)[:, None]
-        return np.concatenate([actions[:, ACTION_POS[R]], actions[:, ACTION_ROT[R]], grip], 1).astype(np.float32)

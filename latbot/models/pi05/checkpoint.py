@@ -531,21 +531,32 @@ def load_pi05(path: str | Path, *, student=None, expert=None) -> dict[str, Any]:
     for component, module in (("student", student), ("expert", expert)):
         if module is None:
             continue
-        own = module.state_dict()
-        problem = misfit(shapes, component, {n: tuple(t.shape) for n, t in own.items()}, prefix)
-        if problem:
-            raise PretrainedError(f"pretrained: '{path}' does not fit the {component} as configured: {problem}")
+        own = _fitting(path, shapes, prefix, component, module)
         state = {name: tensors[key] for key, (comp, name) in mapped.items() if comp == component}
         module.load_state_dict(state, strict=False, assign=True)
-        components = sorted({keys.component_of(n) for n in state})
-        report[component] = {
-            "components": components,
-            "tensors": len(state),
-            "parameters": int(sum(t.numel() for t in state.values())),
-            "dtypes": sorted({str(t.dtype).removeprefix("torch.") for t in state.values()}),
-            "initialised_fresh": sorted(n for n in own if keys.latbot_only(component, n)),
-        }
+        sizes = {n: (t.numel(), str(t.dtype).removeprefix("torch.")) for n, t in state.items()}
+        report[component] = _part_report(component, own, sizes)
     return report
+
+
+def _fitting(path, shapes: dict, prefix: str, component: str, module) -> dict:
+    """`module`'s state dict, once the checkpoint's shapes are checked against it (a one-line error else)."""
+    own = module.state_dict()
+    problem = misfit(shapes, component, {n: tuple(t.shape) for n, t in own.items()}, prefix)
+    if problem:
+        raise PretrainedError(f"pretrained: '{path}' does not fit the {component} as configured: {problem}")
+    return own
+
+
+def _part_report(component: str, own: dict, sizes: dict[str, tuple[int, str]]) -> dict[str, Any]:
+    """The manifest's record of one loaded part: `sizes` = {LatBot name: (elements, dtype name)}."""
+    return {
+        "components": sorted({keys.component_of(n) for n in sizes}),
+        "tensors": len(sizes),
+        "parameters": int(sum(n for n, _ in sizes.values())),
+        "dtypes": sorted({d for _, d in sizes.values()}),
+        "initialised_fresh": sorted(n for n in own if keys.latbot_only(component, n)),
+    }
 
 
 def _defer_pi05(path: str | Path, *, student=None, expert=None) -> dict[str, Any]:
@@ -570,20 +581,12 @@ def _defer_pi05(path: str | Path, *, student=None, expert=None) -> dict[str, Any
     for component, module in (("student", student), ("expert", expert)):
         if module is None:
             continue
-        own = module.state_dict()
-        problem = misfit(shapes, component, {n: tuple(t.shape) for n, t in own.items()}, prefix)
-        if problem:
-            raise PretrainedError(f"pretrained: '{path}' does not fit the {component} as configured: {problem}")
+        own = _fitting(path, shapes, prefix, component, module)
         state = {name: key for key, (comp, name) in mapped.items() if comp == component}
         _to_meta(module, state)
         deferred.record(module, {name: located[key] for name, key in state.items()})
-        report[component] = {
-            "components": sorted({keys.component_of(n) for n in state}),
-            "tensors": len(state),
-            "parameters": int(sum(math.prod(stored[key]) for key in state.values())),
-            "dtypes": sorted({_DTYPES.get(dtypes[key], dtypes[key].lower()) for key in state.values()}),
-            "initialised_fresh": sorted(n for n in own if keys.latbot_only(component, n)),
-        }
+        sizes = {n: (math.prod(stored[k]), _DTYPES.get(dtypes[k], dtypes[k].lower())) for n, k in state.items()}
+        report[component] = _part_report(component, own, sizes)
     return report
 
 
