@@ -34,7 +34,9 @@ Google-robot tasks are not in ManiSkill3 (ManiSkill issue 1153): their names are
 
 from __future__ import annotations
 
+import atexit
 import warnings
+import weakref
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -296,6 +298,7 @@ class ManiSkillSimulator(Simulator):
                 f"({', '.join(self.robots)}; the {self.embodiment} embodiment) only"
             )
         self._live = (key, env)
+        _LIVE.add(self)
         return env
 
     def close(self) -> None:
@@ -308,6 +311,25 @@ class ManiSkillSimulator(Simulator):
 
 
 _KEEP_ALIVE: list[Any] = []  # the last closed environment (see `ManiSkillSimulator.close`)
+_LIVE: weakref.WeakSet = weakref.WeakSet()  # simulators holding an environment
+
+
+def _release_at_exit() -> None:
+    """Close every live environment and drop the kept one while the interpreter and SAPIEN's libraries are
+    still whole: left to the interpreter's teardown, their destructors ran after Vulkan's and the process
+    died with SIGSEGV at exit (seen at the end of the test suite)."""
+    import gc
+
+    for sim in list(_LIVE):
+        try:
+            sim.close()
+        except Exception:  # exiting anyway: a failed close must not hide the real exit status
+            pass
+    _KEEP_ALIVE.clear()
+    gc.collect()
+
+
+atexit.register(_release_at_exit)
 
 
 def _to_numpy(x) -> np.ndarray:
