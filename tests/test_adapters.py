@@ -232,9 +232,24 @@ def test_unified_space_constants_are_consistent():
 
 
 def test_lerobot_decord_backend_reads_the_same_h264_frames_as_pyav(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
     src = make_lerobot_v21(tmp_path / "src", episodes=2, steps=12, codec="libx264")
     convert(adapter("lerobot"), src, tmp_path / "pyav", image_size=SIZE, progress=False)
-    convert(adapter("lerobot", video_backend="decord"), src, tmp_path / "decord", image_size=SIZE, progress=False)
+    # decord in a process of its own, as in DataLoader workers: its exit handler crashed the test process
+    # (SIGSEGV at exit, after every test passed) once the suite had also loaded SAPIEN and Mesa 25
+    code = (
+        "from pathlib import Path\n"
+        "from latbot.data.convert import convert\n"
+        "from tests.test_adapters import SIZE, adapter\n"
+        f"convert(adapter('lerobot', video_backend='decord'), Path({str(src)!r}), Path({str(tmp_path / 'decord')!r}),"
+        " image_size=SIZE, progress=False)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
     with EpisodeStore.open(tmp_path / "pyav") as a, EpisodeStore.open(tmp_path / "decord") as b:
         for ep in range(2):
             np.testing.assert_array_equal(a.read(ep, slice(None))["frames/top"], b.read(ep, slice(None))["frames/top"])
