@@ -256,10 +256,10 @@ def test_a_learned_projection_head_even_at_equal_widths(kind):
 
 
 # -- 4. the subtask fallback is a choice, counted --------------------------------------------------------------
-def _distill(fallback: str, reduction: str = "mean"):
+def _distill(fallback: str, reduction: str = "mean", kind: str = "paligemma"):
     from latbot.models.distill import DistillationModel
 
-    return DistillationModel(_student("paligemma"), None, None, 0.5, fallback, reduction)
+    return DistillationModel(_student(kind), None, None, 0.5, fallback, reduction)
 
 
 def _batch(subtasks):
@@ -289,6 +289,23 @@ def test_the_paper_reduction_sums_over_tokens_and_channels():
     n, d = batch["teacher_latents"].shape[1:]
     assert float(total["mse"]) == pytest.approx(float(mean["mse"]) * n * d, rel=1e-4)
     assert float(total["kl"]) == pytest.approx(float(mean["kl"]) * n, rel=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["paligemma", "internvl", "pi05", "tiny_cnn"])
+def test_the_paper_reduction_sums_the_reasoning_loss_over_tokens_too(kind):
+    """With `loss_reduction: sum`, L_r is the summed next-token loss per sample (averaged over the batch, as
+    L_a is): a sample's sum is its mean times a whole number of target tokens that grows with the subtask,
+    and a batch's value is the mean of its samples' sums, for every registered student."""
+    mean_model, sum_model = _distill("skip", "mean", kind), _distill("skip", "sum", kind)
+    words = ["grasp", "grasp the handle of the top drawer firmly"]
+    pair = _batch(words)
+    singles = [{k: v[i : i + 1] for k, v in pair.items()} for i in range(2)]  # tensors and lists alike
+    with torch.no_grad():
+        alone = [(float(mean_model(b)["lm"]), float(sum_model(b)["lm"])) for b in singles]
+        both = float(sum_model(pair)["lm"])
+    tokens = [total / per_token for per_token, total in alone]
+    assert all(abs(t - round(t)) < 1e-3 and t >= 1 for t in tokens) and tokens[1] > tokens[0]
+    assert both == pytest.approx((alone[0][1] + alone[1][1]) / 2, rel=1e-3)
 
 
 def test_subtask_coverage_of_a_source(tmp_path):

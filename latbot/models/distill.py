@@ -5,8 +5,9 @@
 
 Choices where the paper is silent or where we differ (docs/choices.md): by default (`reduction: mean`)
 ‖Ẑ − Z‖² is the mean over tokens and channels (scale-free in the width) and the KL is summed over
-channels and averaged over tokens; `reduction: sum` uses the paper's sums (Eq. 4–5), which weighs L_a
-N·D times (MSE) and N times (KL) more against λ_r·L_r. The KL runs in the direction the paper writes
+channels and averaged over tokens, and L_r is averaged over its target tokens; `reduction: sum` uses the
+paper's sums (Eq. 4–5) — the MSE over tokens and channels, the KL over tokens, L_r over the subtask's
+target tokens (the student's "lm_tokens"), each averaged over samples. The KL runs in the direction the paper writes
 (student distribution first); τ defaults to 1/√D, which gives the softmax logits of unit-norm tokens a
 standard deviation of about one whatever the width D. Samples without a subtask annotation get no L_r
 (`subtask_fallback: skip`, what the paper implies) or predict the instruction (`instruction`).
@@ -138,6 +139,14 @@ class DistillationModel(nn.Module):
         mse = latent_mse(z_hat, z, self.reduction)
         kl = latent_kl(z_hat, z, self.temperature, self.reduction)
         lm = out["lm_loss"]
+        if self.reduction == "sum":  # Eq. 4–5's sums: L_r summed over the target tokens, averaged over samples
+            if "lm_tokens" not in out:
+                raise ValueError(
+                    f"model.loss_reduction: sum needs the student to return \"lm_tokens\" (how many target tokens "
+                    f"its lm_loss averages); {type(self.student).__name__} does not: return it, or use "
+                    "loss_reduction: mean"
+                )
+            lm = lm * out["lm_tokens"].to(lm.dtype) / frames.shape[0]
         with_subtask = torch.tensor(sum(bool(s) for s in given) / max(len(given), 1), device=mse.device)
         return {
             "loss": mse + kl + self.reasoning_weight * lm,

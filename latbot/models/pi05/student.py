@@ -366,6 +366,7 @@ class Pi05Student(nn.Module):
         result = {"latents": self.latent_proj(z)}
         if subtasks is not None:
             result["lm_loss"] = self._lm_loss(last, seq["labels"])
+            result["lm_tokens"] = (seq["labels"][:, 1:] != IGNORE).sum()
         if hidden_states:
             result["layers"] = out["layers"]
             result["attention_mask"] = seq["valid"].long().to(last.device)

@@ -112,7 +112,9 @@ class Student(Protocol):
 
         - "latents": Ẑ (B, Ns + Nm, latent_width), floating (always);
         - "lm_loss": scalar () floating, the reasoning loss on `subtasks` (B strings, None where a sample has
-          no target) — when `subtasks` is given (distillation: `student(frames, instructions, subtasks=...)`);
+          no target) — when `subtasks` is given (distillation: `student(frames, instructions, subtasks=...)`),
+          the mean over its target tokens; beside it, optionally, "lm_tokens": () the number of those tokens
+          (`loss_reduction: sum` needs it, to sum L_r over tokens as Eq. 4–5 sum L_a);
         - "layers": L + 1 tensors (B, N, D_s) floating (embeddings, then each layer) and "attention_mask"
           (B, N) (bool or 0/1, True = a real token) — with `hidden_states=True` (finetuning:
           `student(frames, instructions, hidden_states=True)`)."""
@@ -228,6 +230,7 @@ class VLMStudent:
         result = {"latents": self.latent_proj(z)}
         if subtasks is not None:
             result["lm_loss"] = self._lm_loss(hidden, labels)
+            result["lm_tokens"] = torch.tensor(sum(t != IGNORE for lab in labels for t in lab[1:]))
         if hidden_states:
             result["layers"] = layers
             result["attention_mask"] = inputs["valid"]  # (B, N) padding mask of the context, for the expert

@@ -88,6 +88,7 @@ class TinyCnnStudent(nn.Module):
             rows = torch.bucketize(torch.arange(len(ids), device=ids.device), offsets, right=True) - 1
             logits = self.word_head(h.mean(1)[keep])
             out["lm_loss"] = F.cross_entropy(logits[rows], ids) if keep else logits.sum() * 0
+            out["lm_tokens"] = torch.tensor(len(ids))  # what the mean was over (loss_reduction: sum)
         if hidden_states:
             out["layers"] = tuple(layers)
             out["attention_mask"] = torch.ones(b, h.shape[1], dtype=torch.bool, device=h.device)
