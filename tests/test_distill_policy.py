@@ -427,5 +427,5 @@ def test_viz_overlays_policy_chunks_and_grounding_reads_students(pipeline, tmp_p
     found = entities(rrd)
     assert {"episode_0/policy/actions_predicted/right_pos", "episode_0/world/right_policy_chunk"} <= found
     summary = grounding([pipeline["distill"], pipeline["ft"]], pipeline["store"], tmp_path / "g", samples=2)
-    assert set(summary) == {"A", "B", "comparison"}  # two models: their A/B over the 10% lowest-entropy heads
+    assert set(summary) == {"A", "B", "comparison", "comparison_attention"}  # two models: their A/Bs
     assert all(np.isfinite(low["entropy"]) for k in "AB" for low in summary[k]["lowest"])

@@ -30,3 +30,20 @@ def test_compare_tells_two_models_apart_where_the_lowest_head_cannot():
     assert hi < 0 and c["B_minus_A"]["p_sign_flip"] < 0.01
     same = compare(a, a.copy())
     assert same["B_minus_A"]["mean"] == 0 and same["B_minus_A"]["p_sign_flip"] == 1.0
+
+
+def test_attention_entropy_is_continuous_where_spatial_entropy_is_zero():
+    """On a 4 × 4 grid one blob above the mean is 0 nats of spatial entropy however spread the attention is;
+    the attention entropy still orders a sharp head below a diffuse one, and a uniform map is log 16."""
+    from latbot.analysis.grounding import attention_entropy, spatial_entropy
+
+    sharp = np.full((4, 4), 0.01)
+    sharp[1, 1] = 1.0
+    diffuse = np.full((4, 4), 0.2)
+    diffuse[1:3, 1:3] = 0.6
+    maps = np.stack([sharp, diffuse, np.ones((4, 4)), np.zeros((4, 4))])
+    assert spatial_entropy(maps[:2]).tolist() == [0.0, 0.0]
+    got = attention_entropy(maps)
+    assert 0 < got[0] < got[1] < got[2] == pytest.approx(np.log(16)) and got[3] == np.inf
+    c = compare(np.zeros((3, 1, 4)), np.zeros((3, 1, 4)))
+    assert c["degenerate"] and not compare(np.zeros((3, 1, 4)), np.ones((3, 1, 4)))["degenerate"]

@@ -175,7 +175,7 @@ def test_grounding_analysis_cli_writes_table_pngs_and_recording(lam_run, tmp_pat
     rows = (out / "heads.csv").read_text().splitlines()
     assert rows[0] == "model,checkpoint,sample,layer,head,entropy" and len(rows) == 1 + 2 * 2 * 2 * 4  # A,B·2·L·H
     summary = json.loads((out / "summary.json").read_text())
-    assert set(summary) == {"A", "B", "comparison"} and len(summary["A"]["lowest"]) == 2
+    assert set(summary) == {"A", "B", "comparison", "comparison_attention"} and len(summary["A"]["lowest"]) == 2
     assert summary["B"]["checkpoint"] == str(run) and summary["comparison"]["samples"] == 2
     assert "B − A" in proc.stdout and "sign-flip p" in proc.stdout  # the A/B over the 10% lowest-entropy heads
     from PIL import Image

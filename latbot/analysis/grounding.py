@@ -43,6 +43,18 @@ def spatial_entropy(maps: np.ndarray, weighted: bool = False) -> np.ndarray:
     return out.reshape(lead)
 
 
+def attention_entropy(maps: np.ndarray) -> np.ndarray:
+    """maps (..., P, P) → the Shannon entropy (...,) in nats of each map as a distribution over its P² cells
+    (negative weights count as 0): log P² for uniform attention, 0 for one cell. Unlike `spatial_entropy`,
+    which on a 4 × 4 grid is 0 for nearly every map (one blob above the mean), it moves with every change in
+    how concentrated a head is. A map with no positive weight is +inf (never among the lowest)."""
+    flat = np.clip(np.asarray(maps, dtype=np.float64), 0, None).reshape(*np.shape(maps)[:-2], -1)
+    total = flat.sum(-1, keepdims=True)
+    prob = np.divide(flat, total, out=np.zeros_like(flat), where=total > 0)
+    logs = np.log(prob, out=np.zeros_like(prob), where=prob > 0)
+    return np.where(total[..., 0] > 0, -(prob * logs).sum(-1), np.inf)
+
+
 def to_maps(attention: np.ndarray) -> np.ndarray:
     """(..., n_image_tokens) → (..., P, P) from the first P² entries, P = ⌊√n⌋."""
     p = math.isqrt(attention.shape[-1])
@@ -69,6 +81,7 @@ def analyze_encoder(encoder, frames, instructions: list[str], weighted: bool = F
     best = np.argmin(np.where(np.isfinite(flat), flat, np.inf), axis=1)
     return {
         "entropy": entropy,
+        "attention_entropy": attention_entropy(maps),
         "maps": maps,
         "best": np.stack([best // heads, best % heads], 1),
         "best_map": maps.reshape(b, -1, *maps.shape[-2:])[np.arange(b), best],
@@ -90,17 +103,26 @@ def k_lowest(entropy: np.ndarray, fraction: float = 0.1, minimum: int = 4) -> np
     return out
 
 
-def compare(entropy_a: np.ndarray, entropy_b: np.ndarray) -> dict[str, Any]:
+SPATIAL = "mean spatial entropy of the 10% lowest-entropy heads (nats)"
+ATTENTION = "mean attention entropy (over the image grid) of the 10% lowest-entropy heads (nats)"
+
+
+def compare(entropy_a: np.ndarray, entropy_b: np.ndarray, statistic: str = SPATIAL) -> dict[str, Any]:
     """The A/B statistic of two models on the same samples: per sample the mean entropy of the k lowest heads
     (`k_lowest`), each model's mean with a 95% t-interval over samples, and the paired difference B − A with
     its t-interval and exact sign-flip p over samples (samples, not seeds: it says whether these two
-    checkpoints differ on these frames, not whether the training method does)."""
+    checkpoints differ on these frames, not whether the training method does). `degenerate` is true when
+    every per-sample value of both models is the same number (the statistic cannot tell them apart)."""
     from latbot.analysis.stats import sign_flip_p, t_interval
 
     a, b = k_lowest(entropy_a), k_lowest(entropy_b)
     keep = np.isfinite(a) & np.isfinite(b)
-    statistic = "mean entropy of the 10% lowest-entropy heads (nats)"
-    out: dict[str, Any] = {"statistic": statistic, "samples": int(keep.sum())}
+    both = np.concatenate([a[keep], b[keep]])
+    out: dict[str, Any] = {
+        "statistic": statistic,
+        "samples": int(keep.sum()),
+        "degenerate": bool(both.size == 0 or np.ptp(both) == 0),
+    }
     for label, v in (("A", a[keep]), ("B", b[keep])):
         mean, lo, hi = t_interval(v)
         out[label] = {"mean": mean, "ci95": [lo, hi], "per_sample": v.tolist()}
@@ -166,7 +188,8 @@ def run(
     weighted: bool = False,
     image_size: int = 128,
 ) -> dict[str, Any]:
-    """The CLI's analysis: first frames + instructions of `samples` episodes, every checkpoint's encoder;
+    """The CLI's analysis: first frames + instructions of `samples` episodes spread evenly over the store (its
+    first and last included, so every task of a store ordered by task is seen), every checkpoint's encoder;
     writes heads.csv, summary.json, one PNG per sample (checkpoints side by side) and grounding.rrd."""
     import csv
     import json
@@ -180,7 +203,7 @@ def run(
     out = _claim_out(Path(out))
     out.mkdir(parents=True, exist_ok=True)
     with EpisodeStore.open(store) as s:
-        picks = list(range(min(samples, s.num_episodes)))
+        picks = np.unique(np.linspace(0, s.num_episodes - 1, min(samples, s.num_episodes)).round()).astype(int).tolist()
         cam = s.cameras[0]
         frames = np.stack([s.read(i, np.array([0]))[f"frames/{cam}"][0] for i in picks])  # (B, H, W, 3)
         texts = [s.records[i].instruction for i in picks]
@@ -214,6 +237,9 @@ def run(
     }
     if "A" in results and "B" in results:
         summary["comparison"] = compare(results["A"]["entropy"], results["B"]["entropy"])
+        summary["comparison_attention"] = compare(
+            results["A"]["attention_entropy"], results["B"]["attention_entropy"], ATTENTION
+        )
     (out / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=True))
     big = np.stack([np.asarray(Image.fromarray(f).resize((image_size, image_size))) for f in frames])
     for i, sample in enumerate(picks):

@@ -29,17 +29,19 @@ def grounding_analysis(
     t0 = time.perf_counter()
     summary = run(checkpoints, data, out, samples=samples, weighted=weighted)
     per = (time.perf_counter() - t0) / max(1, samples * len(checkpoints))
-    comparison = summary.pop("comparison", None)
+    comparisons = [summary.pop(key, None) for key in ("comparison", "comparison_attention")]
     for label, s in summary.items():
         ent = [x["entropy"] for x in s["lowest"]]
         typer.echo(
             f"{label} ({s['checkpoint']}): lowest spatial entropy per sample, mean {sum(ent) / len(ent):.3f} nats"
         )
-    if comparison and comparison["samples"]:
-        a, b, d = comparison["A"], comparison["B"], comparison["B_minus_A"]
-        typer.echo(
-            f"{comparison['statistic']}, mean over {comparison['samples']} samples: A {a['mean']:.3f}, "
-            f"B {b['mean']:.3f}, B − A {d['mean']:+.3f} [95% {d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}], "
-            f"sign-flip p {d['p_sign_flip']:.3f}"
-        )
+    for comparison in comparisons:
+        if comparison and comparison["samples"]:
+            a, b, d = comparison["A"], comparison["B"], comparison["B_minus_A"]
+            flat = " (degenerate: every sample scores the same)" if comparison.get("degenerate") else ""
+            typer.echo(
+                f"{comparison['statistic']}, mean over {comparison['samples']} samples: A {a['mean']:.3f}, "
+                f"B {b['mean']:.3f}, B − A {d['mean']:+.3f} [95% {d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}], "
+                f"sign-flip p {d['p_sign_flip']:.3f}{flat}"
+            )
     typer.echo(f"wrote {out}/heads.csv, summary.json, sample_*.png, grounding.rrd ({per:.2f} s per sample and model)")

@@ -41,6 +41,7 @@ class Preset:
     image_size: int = 64
     execute_steps: int = 4
     report_samples: int = 4
+    grounding_samples: int = 16  # held-out first frames of the grounding A/B (its intervals are over them)
     eval_max_steps: int | None = 250  # MetaWorld's own limit is 500; the experts finish well inside 250
 
 
@@ -77,6 +78,7 @@ PRESETS: dict[str, Preset] = {
             "finetune": ("train.steps=6", "train.checkpoint_every=3", "train.warmup_steps=2"),
         },
         report_samples=2,
+        grounding_samples=2,
     ),
 }
 

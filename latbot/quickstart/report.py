@@ -140,13 +140,14 @@ def write_report(
     recon = lam_reconstructions(lam, stores["heldout"], rdir / "lam_reconstructions.png", preset.report_samples)
     diag = {name: diagnose_checkpoint(lam, stores[name], samples=64) for name in ("pretrain", "heldout")}
     g = grounding(
-        [ft["baseline"], ft["distilled"]], stores["heldout"], rdir / "grounding", samples=preset.report_samples
+        [ft["baseline"], ft["distilled"]], stores["heldout"], rdir / "grounding", samples=preset.grounding_samples
     )
     ground = {
         name: float(np.mean([low["entropy"] for low in g[label]["lowest"]]))
         for label, name in (("A", "baseline"), ("B", "distilled"))
     }
     ground_k = g.get("comparison")  # the 10% lowest-entropy heads per sample, with intervals over samples
+    ground_att = g.get("comparison_attention")  # the same heads' attention entropy: continuous on a 4 × 4 grid
     curves = training_curves(
         {"lam": lam, "distill": distill, "ft_distilled": ft["distilled"], "ft_baseline": ft["baseline"]},
         rdir / "training_curves.png",
@@ -168,6 +169,7 @@ def write_report(
         "grounding": {
             "mean_lowest_spatial_entropy_nats": ground,
             "k_lowest_heads": ground_k,
+            "k_lowest_heads_attention_entropy": ground_att,
             "images": "grounding/sample_*.png",
         },
         "training_curves": curves,
@@ -259,16 +261,22 @@ def _markdown(r: dict, preset) -> str:
             "",
             "The LAM's action stream on the same clips (R² of the generated actions against the true ones; 0 = the "
             "mean action): one draw, the mean of 8 draws (the point prediction, E[a | z]), the constant "
-            "(normalised mean) and persistence of the clip's first true action (a reference using ground truth):",
+            "(normalised mean) and persistence of the clip's first true action (a reference using ground truth); "
+            "then the mean of 8 draws with the encoder's input altered: every frame replaced by V_t (no motion "
+            "to see) and each clip given another task's instruction. A stream that reads the motion falls with "
+            "the frames frozen; one that stays put predicts the actions from the scene and the instruction (a "
+            "policy), which cannot carry over to unseen tasks:",
             "",
-            "| store | one draw | mean of 8 draws | constant | copy first action |",
-            "|---|---|---|---|---|",
+            "| store | one draw | mean of 8 draws | constant | copy first action | frames frozen | instruction swapped"
+            " |",
+            "|---|---|---|---|---|---|---|",
         ]
         for name, a in streams.items():
             if a:
+                alt = " | ".join(f"{a[k]:.3f}" if k in a else "—" for k in ("frames_frozen", "instruction_swapped"))
                 lines.append(
                     f"| {name} | {a['one_sample']:.3f} | {a['mean_of_samples']:.3f} | {a['constant']:.3f} | "
-                    f"{a['copy_first']:.3f} |"
+                    f"{a['copy_first']:.3f} | {alt} |"
                 )
     g = r["grounding"]["mean_lowest_spatial_entropy_nats"]
     lines += [
@@ -290,6 +298,8 @@ def _markdown(r: dict, preset) -> str:
         "policies' VLMs; lowest spatial entropy per sample (lower = more concentrated): baseline "
         f"{g['baseline']:.3f} nats, distilled {g['distilled']:.3f} nats. "
         + _k_lowest_text(r["grounding"].get("k_lowest_heads"))
+        + " "
+        + _k_lowest_text(r["grounding"].get("k_lowest_heads_attention_entropy"))
         + " A = baseline, B = distilled:",
         "",
         "![grounding](grounding/sample_0000.png)",
@@ -341,8 +351,10 @@ def _k_lowest_text(c: dict | None) -> str:
         return f"{x['mean']:.3f} [{lo:.3f}, {hi:.3f}]" if lo == lo else f"{x['mean']:.3f}"
 
     d = c["B_minus_A"]
+    what = c.get("statistic", "mean entropy of the 10% lowest-entropy heads (nats)")
+    flat = " — degenerate: every sample scores the same for both." if c.get("degenerate") else "."
     return (
-        f"Over the 10% lowest-entropy heads of each sample (95% t-intervals over {c['samples']} samples): "
+        f"{what[0].upper() + what[1:]}, 95% t-intervals over {c['samples']} samples: "
         f"baseline {fmt(c['A'])}, distilled {fmt(c['B'])}, difference {fmt(d)} (sign-flip p = "
-        f"{d['p_sign_flip']:.3f})."
+        f"{d['p_sign_flip']:.3f}){flat}"
     )
