@@ -142,7 +142,7 @@ class DistillationModel(nn.Module):
         if self.reduction == "sum":  # Eq. 4–5's sums: L_r summed over the target tokens, averaged over samples
             if "lm_tokens" not in out:
                 raise ValueError(
-                    f"model.loss_reduction: sum needs the student to return \"lm_tokens\" (how many target tokens "
+                    f'model.loss_reduction: sum needs the student to return "lm_tokens" (how many target tokens '
                     f"its lm_loss averages); {type(self.student).__name__} does not: return it, or use "
                     "loss_reduction: mean"
                 )
