@@ -98,7 +98,9 @@ def r2(pred: np.ndarray, target: np.ndarray) -> float:
     return float(1 - ss_res / max(ss_tot, 1e-12))
 
 
-def action_stream_r2(samples: np.ndarray, target: np.ndarray, valid: np.ndarray) -> dict[str, float]:
+def action_stream_r2(
+    samples: np.ndarray, target: np.ndarray, valid: np.ndarray, counterfactuals: dict[str, np.ndarray] | None = None
+) -> dict[str, float]:
     """How well the LAM's action stream predicts the clips' true actions, in the LAM's normalised units, on
     the dims every sampled clip fills. samples (S, N, K, A): S draws of the generated actions per clip;
     target (N, K, A); valid (A,) bool. Reported next to two baselines:
@@ -108,7 +110,11 @@ def action_stream_r2(samples: np.ndarray, target: np.ndarray, valid: np.ndarray)
     - `mean_of_samples`: the mean of the S draws, an estimate of E[a | z] (the point prediction);
     - `constant`: the normalised mean action (zeros), the predictor R² compares against;
     - `copy_first`: every step of the chunk set to the clip's own first true action (persistence: uses
-      ground truth the decoder never sees, an easy reference, not a baseline to beat)."""
+      ground truth the decoder never sees, an easy reference, not a baseline to beat);
+    - each of `counterfactuals` (name → draws like `samples`, made from altered encoder inputs): the R² of
+      their mean. `frames_frozen` (every frame replaced by V_t, so no motion is visible) near
+      `mean_of_samples` says the stream predicts the actions from the scene and the instruction — a policy —
+      rather than from the motion between the frames, which cannot carry over to tasks it has not seen."""
     y = target[..., valid].reshape(len(target), -1)
     one = samples[0][..., valid].reshape(len(target), -1)
     mean = samples.mean(0)[..., valid].reshape(len(target), -1)
@@ -119,7 +125,7 @@ def action_stream_r2(samples: np.ndarray, target: np.ndarray, valid: np.ndarray)
         "constant": r2(np.zeros_like(y), y),
         "copy_first": r2(copy, y),
         "draws": int(samples.shape[0]),
-    }
+    } | {name: r2(d.mean(0)[..., valid].reshape(len(target), -1), y) for name, d in (counterfactuals or {}).items()}
 
 
 def linear_probe(
@@ -159,20 +165,23 @@ def future_frames(
 
 def lam_action_normalization(lam_run, store) -> tuple[dict | None, int]:
     """(statistics, stride) with which the LAM of `lam_run` sees `store`'s actions: the ones it was trained
-    with if the store was one of its sources, else the store's own at stride 1 (the same per-source
-    method); (None, 1) for a LAM trained on raw actions."""
+    with if the store was one of its sources, else the store's own (the same per-source method) at the
+    stride its sources were read at (the smallest, if they differ); statistics None for a LAM trained on raw
+    actions."""
     from pathlib import Path
 
     from latbot import runs
     from latbot.data.clips import interval_action_stats
 
-    norm = runs.open_run(lam_run, "lam").extra.get("action_normalization") or {"method": "none"}
-    if norm["method"] == "none":
-        return None, 1
-    for source in norm["sources"]:
-        if Path(source["store"]).resolve() == Path(store).resolve():
-            return source, int(source["stride"])
-    return interval_action_stats(store, 1), 1
+    run = runs.open_run(lam_run, "lam")
+    norm = run.extra.get("action_normalization") or {"method": "none"}
+    if norm["method"] != "none":
+        for source in norm["sources"]:
+            if Path(source["store"]).resolve() == Path(store).resolve():
+                return source, int(source["stride"])
+    strides = [int(getattr(s, "frame_stride", 1) or 1) for s in getattr(run.recipe.data, "sources", None) or []]
+    stride = min(strides, default=1)
+    return (None if norm["method"] == "none" else interval_action_stats(store, stride)), stride
 
 
 def lam_clips(lam_run, store):
@@ -184,6 +193,16 @@ def lam_clips(lam_run, store):
     lam = runs.load_lam(lam_run)
     stats, stride = lam_action_normalization(lam_run, store)
     return lam, ClipDataset(store, num_frames=lam.num_frames, frame_stride=stride, action_stats=stats)
+
+
+def swapped_instructions(words: list[str]) -> list[str]:
+    """Each clip's instruction replaced by the next different one in the batch (cyclically); kept where the
+    batch has only one instruction."""
+    out = []
+    for i, w in enumerate(words):
+        others = [words[(i + j) % len(words)] for j in range(1, len(words))]
+        out.append(next((o for o in others if o != w), w))
+    return out
 
 
 ACTION_DRAWS = 8  # draws of the action stream per clip in diagnose_checkpoint (their mean estimates E[a | z])
@@ -198,7 +217,8 @@ def diagnose_checkpoint(run_dir, store, samples: int = 64, seed: int = 0) -> dic
 
     model, dataset = lam_clips(run_dir, store)
     picks = np.random.default_rng(seed).permutation(len(dataset))[:samples]
-    z_sce, z_mot, targets, psnrs, mses, masks, quality, draws = [], [], [], [], [], [], [], []
+    z_sce, z_mot, targets, psnrs, mses, masks, quality = [], [], [], [], [], [], []
+    draws: dict[str, list[np.ndarray]] = {"normal": [], "frames_frozen": [], "instruction_swapped": []}
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for batch in DataLoader(Subset(dataset, picks.tolist()), batch_size=16):
@@ -212,25 +232,34 @@ def diagnose_checkpoint(run_dir, store, samples: int = 64, seed: int = 0) -> dic
             if actions is not None:
                 mses.append(action_mse_per_slice(actions, batch[K_ACTIONS], batch[K_ACTION_MASK].float()))
             if model.config.unified_decoder:  # the action stream: several draws per clip (action_stream_r2)
-                zs, zm = model.latents(batch[K_FRAMES], list(batch[K_INSTRUCTION]))
-                frame_t = batch[K_FRAMES][:, 0]
-                draws.append(
-                    np.stack(
-                        [
-                            model.decoder.sample(zs, zm, frame_t, with_actions=True, generator=generator)[1].numpy()
-                            for _ in range(ACTION_DRAWS)
-                        ]
+                frames, words = batch[K_FRAMES], list(batch[K_INSTRUCTION])
+                inputs = {
+                    "normal": (frames, words),
+                    "frames_frozen": (frames[:, :1].expand_as(frames).contiguous(), words),
+                    "instruction_swapped": (frames, swapped_instructions(words)),
+                }
+                for name, (clip, text) in inputs.items():
+                    zs, zm = model.latents(clip, text)
+                    draws[name].append(
+                        np.stack(
+                            [
+                                model.decoder.sample(zs, zm, frames[:, 0], with_actions=True, generator=generator)[
+                                    1
+                                ].numpy()
+                                for _ in range(ACTION_DRAWS)
+                            ]
+                        )
                     )
-                )
             targets.append(batch[K_ACTIONS].flatten(1).numpy())
             masks.append(batch[K_ACTION_MASK].numpy())
     z_sce, z_mot = torch.cat(z_sce), torch.cat(z_mot)
     y = np.concatenate(targets)
     valid = np.concatenate(masks).all(0)  # dims every sampled embodiment fills
     stream = None
-    if draws:
+    if draws["normal"]:
         truth = y.reshape(len(y), -1, valid.shape[0])
-        stream = action_stream_r2(np.concatenate(draws, axis=1), truth, valid)
+        made = {name: np.concatenate(d, axis=1) for name, d in draws.items()}
+        stream = action_stream_r2(made.pop("normal"), truth, valid, made)
     y = y.reshape(len(y), -1, valid.shape[0])[:, :, valid].reshape(len(y), -1)
     random = np.random.default_rng(seed).normal(size=(len(y), z_mot.shape[-1]))
     return {

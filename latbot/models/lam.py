@@ -92,7 +92,7 @@ class LatentActionModel(nn.Module):
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
         """A LAM clip batch (latbot.data.clips) → {"loss", "image", "action"}."""
         frames = batch[K_FRAMES]  # (B, T, 3, H, W)
-        z_sce, z_mot = self.latents(frames, list(batch[K_INSTRUCTION]))
+        z_sce, z_mot = self.latents(frames, self._instructions(list(batch[K_INSTRUCTION])))
         unified = self.config.unified_decoder
         losses = self.decoder(
             z_sce,
@@ -109,6 +109,15 @@ class LatentActionModel(nn.Module):
             "image": losses["image"],
             "action": action,
         }
+
+    def _instructions(self, words: list[str]) -> list[str]:
+        """The batch's instructions, each replaced by "" with probability `instruction_dropout` in training
+        (drawn from torch's generator, so a seeded run repeats)."""
+        p = getattr(self.config, "instruction_dropout", 0.0)
+        if not (self.training and p > 0):
+            return words
+        drop = (torch.rand(len(words)) < p).tolist()
+        return ["" if d else w for w, d in zip(words, drop, strict=True)]
 
     def _check_losses(self, losses, unified: bool) -> None:
         """The decoder's losses: {"image", "action"} floating scalars ({"image"} without actions)."""

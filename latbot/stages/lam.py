@@ -19,6 +19,13 @@ class LamModel(Section):
     decoupled: bool = Field(True, description="Separate scene/motion tokens (off: one group feeds both streams).")
     unified_decoder: bool = Field(True, description="Decode actions too (off: image reconstruction only).")
     image_loss_weight: float = Field(1.0, ge=0, description="w_img in L = L_action + w_img · L_image.")
+    instruction_dropout: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="Training only: the chance that a clip's instruction is replaced by an empty one, so the "
+        "latents must come from the frames' motion and not from the task's name (docs/models.md).",
+    )
     action_normalization: Literal["quantile", "none"] = Field(
         "quantile",
         description="Action targets per source: q01/q99 of the aggregated deltas at the source's stride → [−1, 1] "

@@ -136,6 +136,15 @@ def aggregate(study, evaluations: dict[str, dict], probes: dict[str, dict], seed
         | {"z_mot_above_z_sce": sum(p["probe_r2"]["z_mot"] > p["probe_r2"]["z_sce"] for p in by_seed.values())}
         for name, by_seed in probe.items()
     }
+    stream_keys = ("mean_of_samples", "constant", "copy_first", "frames_frozen", "instruction_swapped")
+    action_stream = {
+        name: {
+            k: [float(by_seed[sd]["action_stream_r2"][k]) for sd in sorted(by_seed, key=lambda x: int(x[1:]))]
+            for k in stream_keys
+        }
+        for name, by_seed in probe.items()
+        if all(set(stream_keys) <= set(p.get("action_stream_r2") or {}) for p in by_seed.values())
+    }  # per seed, in seed order: the held-out R² of the LAM's action stream and its references
     quality_keys = ("psnr_moving_db", "copy_psnr_moving_db", "ssim_moving", "copy_ssim_moving", "psnr_db")
     reconstruction = {
         name: {k: float(np.mean([p["reconstruction"][k] for p in by_seed.values()])) for k in quality_keys}
@@ -156,6 +165,7 @@ def aggregate(study, evaluations: dict[str, dict], probes: dict[str, dict], seed
         "primary": primary_key,
         "probes": probe,
         "probe_means": probe_summary,
+        "action_stream_r2": action_stream,
         "reconstruction_means": reconstruction,
         "interval_method": __doc__.split("Intervals, stated in the report:")[1].strip(),
     }
@@ -364,6 +374,28 @@ def _markdown(result: dict, images: list[str]) -> str:
             lines.append(
                 f"| {name} | {p['z_mot']:.3f} | {p['z_sce']:.3f} | {p['random']:.3f} | "
                 f"{p['z_mot_above_z_sce']}/{len(result['seeds'])} |"
+            )
+    if result.get("action_stream_r2"):
+        lines += [
+            "",
+            "## The LAM's action stream on held-out clips (R², per seed)",
+            "",
+            "The mean of 8 generated action chunks against the true actions; the constant (normalised mean) is the",
+            "predictor R² compares against; copying the clip's first true action uses ground truth; the last two",
+            "alter the encoder's input (every frame set to V_t; another task's instruction): close to the normal",
+            "value, the stream reads the scene and the instruction, not the motion.",
+            "",
+            "| variant | mean of 8 draws | constant | copy first action | frames frozen | instruction swapped |",
+            "|---|---|---|---|---|---|",
+        ]
+        for name, a in result["action_stream_r2"].items():
+            lines.append(
+                f"| {name} | "
+                + " | ".join(
+                    f"{np.mean(a[k]):.3f} ({', '.join(f'{v:.2f}' for v in a[k])})"
+                    for k in ("mean_of_samples", "constant", "copy_first", "frames_frozen", "instruction_swapped")
+                )
+                + " |"
             )
     if result.get("reconstruction_means"):
         lines += [
