@@ -41,9 +41,17 @@ def parents_current(manifest) -> bool:
 
 
 def demonstrations(
-    path: Path, simulator: str, tasks: list[str], episodes: int, image_size: int, seed: int, label: str = ""
+    path: Path,
+    simulator: str,
+    tasks: list[str],
+    episodes: int,
+    image_size: int,
+    seed: int,
+    label: str = "",
+    action_noise: float = 0.0,
 ) -> Path:
-    """Scripted demonstrations of `tasks` into the store `path`; skipped when it already holds them."""
+    """Scripted demonstrations of `tasks` into the store `path` (with `action_noise`: see
+    `latbot.sim.generate.rollout_expert`); skipped when it already holds them."""
     from collections import Counter
 
     from latbot import registry
@@ -54,7 +62,8 @@ def demonstrations(
     label = label or str(path)
     try:
         m = read_manifest(path, kind="episode_store")
-        if m.extra.get("tasks") == list(tasks) and m.extra.get("seed") == seed:
+        same = m.extra.get("tasks") == list(tasks) and m.extra.get("seed") == seed
+        if same and float(m.extra.get("action_noise", 0.0)) == action_noise:
             with EpisodeStore.open(path) as store:
                 counts = Counter(r.task for r in store.records)
             if all(counts[t] >= episodes for t in tasks):
@@ -64,7 +73,9 @@ def demonstrations(
         pass
     say(f"{label}: {episodes} demonstrations × {len(tasks)} tasks ({', '.join(tasks)})")
     sim = registry.get("simulators", simulator).Config()
-    generate(sim, list(tasks), episodes, path, image_size=image_size, seed=seed, progress=True)
+    generate(
+        sim, list(tasks), episodes, path, image_size=image_size, seed=seed, progress=True, action_noise=action_noise
+    )
     return path
 
 

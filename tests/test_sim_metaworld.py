@@ -112,6 +112,33 @@ def test_gen_sim_store_language_subtasks_frames_and_determinism(tmp_path):
             np.testing.assert_array_equal(value, b.read(0, slice(None))[key])  # deterministic per seed
 
 
+def test_action_noise_perturbs_the_applied_actions_reproducibly(tmp_path):
+    """`action_noise` σ: the recorded actions are the noisy ones applied (clipped to MetaWorld's [−1, 1]), differ
+    from the clean expert's from the first step, repeat for the same seed, and the store records σ."""
+    import json
+
+    clean, noisy, again = (tmp_path / n for n in ("clean", "noisy", "again"))
+    generate(config(), ["reach"], 1, clean, image_size=32, seed=1, progress=False)
+    for out in (noisy, again):
+        generate(config(), ["reach"], 1, out, image_size=32, seed=1, progress=False, action_noise=0.3)
+    native = {}
+    for out in (clean, noisy, again):
+        with EpisodeStore.open(out) as s:
+            native[out.name] = s.array("native_actions")[: s.records[0].stop]
+    first = min(len(native["clean"]), len(native["noisy"]))
+    diff = native["noisy"][:first] - native["clean"][:first]
+    assert np.abs(diff[0]).max() > 0.01 and 0.1 < diff[:, :3].std() < 0.6  # σ = 0.3 on the arm, clipped
+    assert np.abs(native["noisy"]).max() <= 1.0 and np.array_equal(native["noisy"], native["again"])
+    assert json.loads((noisy / "latbot.json").read_text())["extra"]["action_noise"] == 0.3
+    assert "action_noise" not in json.loads((clean / "latbot.json").read_text())["extra"]
+    from latbot.data.store import StoreError
+
+    before = (noisy / "latbot.json").read_bytes()
+    with pytest.raises(StoreError, match=r"--action-noise 0.3, not 0.1; choose another --out"):
+        generate(config(), ["reach"], 2, noisy, image_size=32, seed=1, progress=False, action_noise=0.1)
+    assert (noisy / "latbot.json").read_bytes() == before  # refused before anything was written
+
+
 def test_two_live_simulators_do_not_render_black_frames():
     a, b = registry.build("simulators", config()), registry.build("simulators", config())
     try:

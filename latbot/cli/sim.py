@@ -32,6 +32,12 @@ def gen_sim(
     ),
     seed: int = typer.Option(0, help="Run seed; every episode's seed derives from it."),
     keep_failures: bool = typer.Option(False, help="Also keep episodes the expert failed."),
+    action_noise: float = typer.Option(
+        0.0,
+        min=0.0,
+        help="σ of Gaussian noise added to every native action dimension before it is applied (and recorded): "
+        "demonstrations whose actions the scene alone does not determine (docs/simulators.md).",
+    ),
     overrides: list[str] = typer.Option([], "--set", "-s", help="Simulator option KEY=VALUE."),
 ) -> None:
     """Generate scripted-expert demonstrations (with language and subtasks) into an episode store."""
@@ -46,6 +52,7 @@ def gen_sim(
         cameras=cameras or None,
         seed=seed,
         keep_failures=keep_failures,
+        action_noise=action_noise,
     )
     typer.echo(
         f"{out}: {result.added} episode(s) added, {result.skipped} already present, "

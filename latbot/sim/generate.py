@@ -44,9 +44,11 @@ def generate(
     max_attempts_factor: int = 3,
     codec: str = "zstd",
     progress: bool = True,
+    action_noise: float = 0.0,
 ) -> GenerateResult:
     """`episodes` successful scripted demonstrations per task (all attempts with `keep_failures`).
-    Rerunning with the same arguments resumes: episodes already in the store are skipped."""
+    Rerunning with the same arguments resumes: episodes already in the store are skipped. `action_noise` σ > 0
+    perturbs every expert action before it is applied (`rollout_expert`); the store records σ."""
     import contextlib
     import time
 
@@ -67,6 +69,7 @@ def generate(
         out = Path(out)
         claim_store(StoreDir(out), out)  # before anything is touched: new, empty, or a store LatBot wrote
         _check_same_simulator(out, sim_config.type)  # before the lock too (and under it): a refusal changes nothing
+        _check_same_noise(out, action_noise)
         stack.enter_context(writing(out))  # the whole command: a second writer is refused before it writes
         store = stack.enter_context(_open_store(sim_config, out, cameras, image_size, codec))
         bar = tqdm(total=len(names) * episodes, desc=f"gen-sim {sim_config.type}", unit="episode", disable=not progress)
@@ -82,7 +85,7 @@ def generate(
                 if store.has_key(key):
                     continue
                 t0 = time.perf_counter()
-                episode = record_episode(sim, task, s, cameras, image_size, key)
+                episode = record_episode(sim, task, s, cameras, image_size, key, action_noise)
                 spent, recorded = spent + time.perf_counter() - t0, recorded + 1
                 if not (episode.success or keep_failures):
                     result.failed_attempts += 1
@@ -93,7 +96,8 @@ def generate(
                 bar.update(1)
             result.per_task[task] = have
         bar.close()
-        finalize(store, extra={"simulator": sim_config.model_dump(mode="json"), "tasks": names, "seed": seed})
+        extra = {"simulator": sim_config.model_dump(mode="json"), "tasks": names, "seed": seed}
+        finalize(store, extra=extra | ({"action_noise": action_noise} if action_noise else {}))
     result.seconds_per_episode = spent / recorded if recorded else 0.0
     return result
 
@@ -108,6 +112,24 @@ def _open_store(sim_config: PluginConfig, out: Path, cameras: list[str], image_s
         )
     _check_same_simulator(out, sim_config.type)
     return EpisodeStore.open(out, mode="a")
+
+
+def _check_same_noise(out: Path, action_noise: float) -> None:
+    """Resuming a finished store with another `action_noise` would mix two kinds of demonstration: refused."""
+    from latbot.artifacts import ArtifactError, read_manifest
+    from latbot.data.store import StoreError
+
+    if not (out / "latbot.json").is_file():
+        return
+    try:
+        had = float(read_manifest(out, kind="episode_store").extra.get("action_noise", 0.0))
+    except ArtifactError:
+        return  # not a finished LatBot store: claim_store and the simulator check decide
+    if had != action_noise:
+        raise StoreError(
+            f"--out {out}: its demonstrations were recorded with --action-noise {had}, not {action_noise}; "
+            "choose another --out (a store holds one kind of demonstration)"
+        )
 
 
 def _check_same_simulator(out: Path, sim: str) -> None:
@@ -125,9 +147,18 @@ def _check_same_simulator(out: Path, sim: str) -> None:
         )
 
 
-def rollout_expert(sim, task: str, seed: int, cameras: list[str], image_size: int) -> Demonstration:
+def rollout_expert(
+    sim, task: str, seed: int, cameras: list[str], image_size: int, action_noise: float = 0.0
+) -> Demonstration:
     """Run the simulator's scripted expert once from the episode of `seed`: every step's frames, native
-    state, applied action and privileged observation, until success + `sim.hold_steps` or the step limit."""
+    state, applied action and privileged observation, until success + `sim.hold_steps` or the step limit.
+
+    `action_noise` σ > 0: each expert action gets Gaussian noise N(0, σ²) on every native dimension (drawn
+    from `seed`) before it is applied, and the applied action is what is recorded (DART-style). A scripted
+    expert's action is a function of the scene, so a latent action model trained on its clean demonstrations
+    can predict the actions from V_t and the instruction alone; with noise, part of every action is seen only
+    in the motion between the frames."""
+    rng = np.random.default_rng(seed)
     env = sim.episode(task, seed, cameras, image_size)
     policy = sim.scripted_policy(task)
     policy.reset(task, env.instruction)
@@ -138,6 +169,8 @@ def rollout_expert(sim, task: str, seed: int, cameras: list[str], image_size: in
         for _ in range(env.max_steps):
             obs = env.observe(cameras)
             action = np.asarray(policy.predict(obs))[0]
+            if action_noise > 0:
+                action = action + rng.normal(0.0, action_noise, action.shape)
             for c in cameras:
                 frames[c].append(obs["images"][c])
             states.append(obs["state"])
@@ -163,12 +196,12 @@ def rollout_expert(sim, task: str, seed: int, cameras: list[str], image_size: in
         env.close()
 
 
-def record_episode(sim, task: str, seed: int, cameras: list[str], image_size: int, key: str):
+def record_episode(sim, task: str, seed: int, cameras: list[str], image_size: int, key: str, action_noise: float = 0.0):
     """Run the scripted expert once and return the recorded `Episode` (its `success` says how it ended)."""
     from latbot.data import embodiments
     from latbot.data.store import Episode
 
-    demo = rollout_expert(sim, task, seed, cameras, image_size)
+    demo = rollout_expert(sim, task, seed, cameras, image_size, action_noise)
     return Episode(
         key=key,
         frames=demo.frames,
