@@ -337,3 +337,17 @@ def test_action_stream_counterfactuals_tell_a_policy_from_an_inverse_dynamics_mo
     r = action_stream_r2(reads_motion, truth, valid, {"frames_frozen": frozen, "policy_like": reads_motion})
     assert r["mean_of_samples"] > 0.9 and r["frames_frozen"] <= 0.0 and r["policy_like"] == r["mean_of_samples"]
     assert swapped_instructions(["a", "a", "b"]) == ["b", "b", "a"] and swapped_instructions(["a", "a"]) == ["a", "a"]
+
+
+def test_tiny64_internvl_sees_64_pixel_frames_as_four_by_four_tokens(store):
+    """The `tiny64` preset: the tiny InternVL with a 64² vision tower (16 tokens a frame instead of 4), so a
+    CPU-scale LAM can see the arm move; it trains through the same recipe and its grounding maps are 4 × 4."""
+    model = build(["model.encoder.preset=tiny64", "model.encoder.freeze_vision=false"])
+    assert model.encoder.tokens_per_frame == 16 and model.encoder.image_size == 64
+    batch = next(iter(DataLoader(ClipDataset(store, num_frames=4), batch_size=2)))
+    out = model(batch)
+    out["loss"].backward()
+    patches = model.encoder.vlm.vision_tower.embeddings.patch_embeddings.projection
+    assert torch.isfinite(out["loss"]) and patches.weight.grad is not None  # the vision tower trains
+    att = model.encoder.image_attention(batch["frames"][:, 0], list(batch["instruction"]))
+    assert att.shape[-1] == 16

@@ -107,6 +107,9 @@ def test_smoke_study_runs_the_pipeline_then_resumes_by_skipping(tmp_path):
     assert (out / "report" / "success_vs_demos.png").stat().st_size > 1000
     md = (out / "report" / "report.md").read_text()
     assert "Paired differences" in md and "reconstructions_latbot.png" in md
+    stream = report["action_stream_r2"]["latbot"]  # the LAM's action stream on held-out clips, one value per seed
+    assert set(stream) >= {"mean_of_samples", "constant", "frames_frozen"} and all(len(v) == 1 for v in stream.values())
+    assert "action stream on held-out clips" in md
     quality = report["reconstruction_means"]["latbot"]
     assert quality["copy_psnr_moving_db"] > 0 and -1 <= quality["ssim_moving"] <= 1
     assert (out / "report" / "reconstructions_latbot.png").stat().st_size > 1000
@@ -215,3 +218,22 @@ def test_check_intervals_from_the_command_line():
     assert {int(r[0]) for r in rows} == {1, 5, 10}  # the study's own seed count, and 5 and 10
     missing = CliRunner().invoke(app, ["study", str(REPO / "recipes/studies/smoke.yaml")])
     assert missing.exit_code == 2 and "--out is required" in missing.output
+
+
+def test_noisy_pretraining_demonstrations_and_the_clip_stride_reach_the_steps(tmp_path):
+    """`pretrain_action_noise` goes to the pretraining store only (few-shot demonstrations stay clean), and
+    `lam_frame_stride` to the sources of both the LAM and its distillation (the teacher sees clips as it was
+    trained on them); at their defaults the recipes' sets are what they were (finished runs stay valid)."""
+    from latbot.recipes import load_recipe
+    from latbot.study import _distill_args, _lam_args, _store_args
+
+    study = _study(pretrain_action_noise=0.2, lam_frame_stride=4)
+    assert _store_args(study, tmp_path, "pretrain", 0)[-1] == 0.2
+    assert _store_args(study, tmp_path, "heldout", 1)[-1] == 0
+    pre = tmp_path / "stores" / "pretrain"
+    for args in (_lam_args(study, tmp_path, "ours", 0, pre), _distill_args(study, tmp_path, "ours", 0, pre)):
+        assert args[3][0] == f"data.sources=[{{store: {pre}, frame_stride: 4}}]"
+    recipe = load_recipe(REPO / "recipes/quickstart/lam.yaml", [_lam_args(study, tmp_path, "ours", 0, pre)[3][0]])
+    assert recipe.data.sources[0].frame_stride == 4
+    plain = _study()
+    assert _lam_args(plain, tmp_path, "ours", 0, pre)[3][0] == f"data.sources=[{{store: {pre}}}]"

@@ -42,6 +42,8 @@ class Preset:
     execute_steps: int = 4
     report_samples: int = 4
     grounding_samples: int = 16  # held-out first frames of the grounding A/B (its intervals are over them)
+    pretrain_action_noise: float = 0.0  # σ on the expert's actions in the pretraining demonstrations (gen-sim)
+    lam_frame_stride: int = 1  # simulator steps between a LAM / distillation clip's frames
     eval_max_steps: int | None = 250  # MetaWorld's own limit is 500; the experts finish well inside 250
 
 
@@ -62,8 +64,20 @@ PRETRAIN = (
 HELDOUT = ("door-open", "drawer-open", "window-open", "button-press-wall", "plate-slide")
 
 PRESETS: dict[str, Preset] = {
-    "tiny": Preset(PRETRAIN, HELDOUT, 6, 10, 10, RECIPES),
-    "small": Preset(PRETRAIN, HELDOUT, 20, 10, 20, RECIPES / "small", report_samples=8),
+    # pretraining demonstrations with σ = 0.3 noise on the expert's actions and LAM clips 4 steps apart: the
+    # action stream has to read the motion (docs/models.md, "Does the action stream read the motion?")
+    "tiny": Preset(PRETRAIN, HELDOUT, 6, 10, 10, RECIPES, pretrain_action_noise=0.3, lam_frame_stride=4),
+    "small": Preset(
+        PRETRAIN,
+        HELDOUT,
+        20,
+        10,
+        20,
+        RECIPES / "small",
+        report_samples=8,
+        pretrain_action_noise=0.3,
+        lam_frame_stride=4,
+    ),
     # the test suite's variant: the same command and code path, minutes instead of a quarter hour
     "smoke": Preset(
         ("reach", "drawer-open"),
@@ -79,6 +93,8 @@ PRESETS: dict[str, Preset] = {
         },
         report_samples=2,
         grounding_samples=2,
+        pretrain_action_noise=0.3,
+        lam_frame_stride=4,
     ),
 }
 
@@ -93,7 +109,10 @@ def store_stage(out: Path, name: str, tasks: tuple[str, ...], episodes: int, pre
     from latbot import pipeline
 
     path = out / "stores" / name
-    return pipeline.demonstrations(path, "metaworld", list(tasks), episodes, preset.image_size, seed, f"stores/{name}")
+    noise = preset.pretrain_action_noise if name == "pretrain" else 0.0  # few-shot demonstrations stay clean
+    return pipeline.demonstrations(
+        path, "metaworld", list(tasks), episodes, preset.image_size, seed, f"stores/{name}", noise
+    )
 
 
 def train_stage(out: Path, name: str, recipe_path: Path, sets: list[str]) -> Path:
@@ -172,14 +191,14 @@ def run(out: str | Path = "quickstart", preset: str = "tiny", seed: int = 0, par
         )
         pre, held = stores["stores/pretrain"], stores["stores/heldout"]
         extra = p.overrides
+        stride = f", frame_stride: {p.lam_frame_stride}" if p.lam_frame_stride != 1 else ""
+        sources = f"data.sources=[{{store: {pre}{stride}}}]"
         lam = timed(
             "runs/lam",
-            lambda: train_stage(
-                out, "lam", p.recipes / "lam.yaml", [f"data.sources=[{{store: {pre}}}]", *extra.get("lam", ())]
-            ),
+            lambda: train_stage(out, "lam", p.recipes / "lam.yaml", [sources, *extra.get("lam", ())]),
         )
         distill_sets = [
-            f"data.sources=[{{store: {pre}}}]",
+            sources,
             f"model.teacher={lam}",
             f"model.teacher_cache={out / 'cache' / 'teacher_latents'}",
             *extra.get("distill", ()),

@@ -90,6 +90,15 @@ class Study(Section):
     execute_steps: int = Field(4, ge=1, description="Actions of each predicted chunk executed before re-planning.")
     pretrain_tasks: list[str] = Field(min_length=1)
     pretrain_episodes: int = Field(ge=1, le=10_000)
+    pretrain_action_noise: float = Field(
+        0.0,
+        ge=0,
+        description="σ of the noise on the scripted expert's actions in the pretraining demonstrations (LAM and "
+        "distillation; `latbot data gen-sim --action-noise`); the held-out demonstrations stay clean.",
+    )
+    lam_frame_stride: int = Field(
+        1, ge=1, description="Simulator steps between the frames of a LAM / distillation clip (the source's stride)."
+    )
     heldout_tasks: list[str] = Field(min_length=1)
     demos: list[int] = Field(min_length=1, description="Finetuning demonstrations per held-out task.")
     seeds: list[int] = Field(min_length=1)
@@ -189,12 +198,12 @@ def _store_args(study: Study, out: Path, which: str, seed: int) -> tuple:
     if which == "pretrain":
         return (
             out / "stores" / "pretrain", study.simulator, study.pretrain_tasks, study.pretrain_episodes,
-            study.image_size, 0, "stores/pretrain",
+            study.image_size, 0, "stores/pretrain", study.pretrain_action_noise,
         )  # fmt: skip
     return (
         out / "stores" / f"heldout_s{seed}", study.simulator, study.heldout_tasks,
         study.heldout_episodes or max(study.demos),
-        study.image_size, 500_000 + 1000 * seed, f"stores/heldout_s{seed}",
+        study.image_size, 500_000 + 1000 * seed, f"stores/heldout_s{seed}", 0.0,
     )  # fmt: skip
 
 
@@ -204,10 +213,16 @@ def _store(study: Study, out: Path, which: str, seed: int) -> Path:
     return pipeline.demonstrations(*_store_args(study, out, which, seed))
 
 
+def _sources(study: Study, pretrain: Path) -> str:
+    """The `data.sources` of the LAM and the distillation: the pretraining store, at the study's clip stride."""
+    stride = f", frame_stride: {study.lam_frame_stride}" if study.lam_frame_stride != 1 else ""
+    return f"data.sources=[{{store: {pretrain}{stride}}}]"
+
+
 def _lam_args(study: Study, out: Path, name: str, seed: int, pretrain: Path) -> tuple:
     """`pipeline.train`'s arguments for the LAM of one variant and seed."""
     v = study.variants[name]
-    sets = [f"data.sources=[{{store: {pretrain}}}]", f"train.seed={seed}", *v.sets.get("lam", [])]
+    sets = [_sources(study, pretrain), f"train.seed={seed}", *v.sets.get("lam", [])]
     return out / name / f"s{seed}", "lam", v.lam, sets, f"{name}/s{seed}/lam"
 
 
@@ -216,7 +231,7 @@ def _distill_args(study: Study, out: Path, name: str, seed: int, pretrain: Path)
     v = study.variants[name]
     root = out / name / f"s{seed}"
     sets = [
-        f"data.sources=[{{store: {pretrain}}}]",
+        _sources(study, pretrain),
         f"model.teacher={root / 'lam'}",
         f"model.teacher_cache={root / 'cache'}",
         f"train.seed={seed}",
@@ -325,6 +340,7 @@ def _probe(study: Study, lam: Path, heldout: Path) -> dict[str, Any]:
     recon = lam_reconstructions(lam, heldout, lam.parent / "lam_reconstructions.png", study.reconstruction_samples)
     result = {
         "probe_r2": d["probe_r2"],
+        "action_stream_r2": d["action_stream_r2"],  # None for a LAM without an action stream
         "effective_rank": d["effective_rank"],
         "psnr_db": d["psnr_db"],
         "reconstruction": recon["quality"],
@@ -354,9 +370,11 @@ def _store_done(study: Study, out: Path, which: str, seed: int) -> bool:
     from latbot.artifacts import read_manifest
     from latbot.data.store import EpisodeStore
 
-    path, _, tasks, episodes, _, store_seed, _ = _store_args(study, out, which, seed)
+    path, _, tasks, episodes, _, store_seed, _, noise = _store_args(study, out, which, seed)
     m = read_manifest(path, kind="episode_store")
     if m.extra.get("tasks") != list(tasks) or m.extra.get("seed") != store_seed:
+        return False
+    if float(m.extra.get("action_noise", 0.0)) != noise:
         return False
     with EpisodeStore.open(path) as store:
         counts = Counter(r.task for r in store.records)

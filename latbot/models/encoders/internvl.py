@@ -17,7 +17,10 @@ from latbot.models.encoders.vlm import IMAGE_SLOT, VLMEncoderConfig, VLMLatentEn
 class InternVLEncoder(VLMLatentEncoder):
     class Config(VLMEncoderConfig):
         type: Literal["internvl"] = "internvl"
-        preset: Literal["internvl3_5_2b", "tiny"] = Field("internvl3_5_2b", description="Architecture without weights.")
+        preset: Literal["internvl3_5_2b", "tiny", "tiny64"] = Field(
+            "internvl3_5_2b",
+            description="Architecture without weights (tiny64: the tiny one seeing 64² frames, 4 × 4 tokens each).",
+        )
 
     image_mean = (0.485, 0.456, 0.406)
     image_std = (0.229, 0.224, 0.225)
@@ -63,16 +66,17 @@ def presets(name: str):
     from transformers import InternVLConfig, Qwen3Config
     from transformers.models.internvl.configuration_internvl import InternVLVisionConfig
 
-    if name == "tiny":
+    if name in ("tiny", "tiny64"):
         from latbot.models.tokenizer import build_tiny_tokenizer
 
         tok = build_tiny_tokenizer()
+        side = 64 if name == "tiny64" else 32  # 8² patches, pixel-shuffled by 0.5: 2 × 2 or 4 × 4 tokens a frame
         vision = InternVLVisionConfig(
             hidden_size=32,
             num_hidden_layers=2,
             num_attention_heads=2,
             intermediate_size=64,
-            image_size=[32, 32],
+            image_size=[side, side],
             patch_size=[8, 8],
         )
         text = Qwen3Config(
@@ -88,7 +92,11 @@ def presets(name: str):
         )
         image_token = tok.convert_tokens_to_ids("<IMG_CONTEXT>")
         return InternVLConfig(
-            vision_config=vision, text_config=text, image_token_id=image_token, image_seq_length=4, downsample_ratio=0.5
+            vision_config=vision,
+            text_config=text,
+            image_token_id=image_token,
+            image_seq_length=(side // 16) ** 2,
+            downsample_ratio=0.5,
         ), tok
     # InternVL3.5-2B: InternViT-300M-448px + Qwen3-1.7B (see reference/formats-and-models.md §5a).
     vision = InternVLVisionConfig(

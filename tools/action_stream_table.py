@@ -1,0 +1,57 @@
+"""Does a LAM's action stream read the motion? The table of docs/models.md ("Does the action stream read the
+motion?"): for each LAM, `latbot.analysis.diagnostics.diagnose_checkpoint`'s action-stream R² (mean of 8 draws)
+on its pretraining clips and on held-out tasks, normal and with the encoder's input altered (frames frozen at
+V_t; another task's instruction).
+
+    python tools/action_stream_table.py --heldout QS/stores/heldout --samples 128 \\
+        "before=OLD_QS/runs/lam:OLD_QS/stores/pretrain" "now=QS/runs/lam:QS/stores/pretrain" [--json out.json]
+
+Each LAM is LABEL=RUN:PRETRAIN_STORE (the store it was trained on). Prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def main() -> None:
+    import torch
+
+    from latbot.analysis.diagnostics import diagnose_checkpoint
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("lams", nargs="+", help="LABEL=RUN:PRETRAIN_STORE")
+    parser.add_argument("--heldout", required=True, help="Store of held-out tasks (clean demonstrations).")
+    parser.add_argument("--samples", type=int, default=128)
+    parser.add_argument("--json", default=None, help="Also write the numbers here.")
+    args = parser.parse_args()
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    rows = {}
+    for spec in args.lams:
+        label, _, rest = spec.partition("=")
+        run, _, pretrain = rest.partition(":")
+        rows[label] = {
+            name: diagnose_checkpoint(run, store, samples=args.samples)["action_stream_r2"]
+            for name, store in (("pretrain", pretrain), ("heldout", args.heldout))
+        }
+    keys = ("mean_of_samples", "frames_frozen", "instruction_swapped")
+    print("| LAM | pretraining clips: normal / frames frozen / instruction swapped | held-out: normal / frames frozen "
+          "/ instruction swapped | held-out: constant / copy first action |")  # fmt: skip
+    print("|---|---|---|---|")
+    for label, r in rows.items():
+        p, h = r["pretrain"], r["heldout"]
+        print(
+            f"| {label} | " + " / ".join(f"{p[k]:+.2f}" for k in keys) + " | "
+            + " / ".join(f"{h[k]:+.2f}" for k in keys) + f" | {h['constant']:+.2f} / {h['copy_first']:+.2f} |"
+        )  # fmt: skip
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"samples": args.samples, "heldout": args.heldout, "lams": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
