@@ -110,6 +110,9 @@ def test_smoke_study_runs_the_pipeline_then_resumes_by_skipping(tmp_path):
     stream = report["action_stream_r2"]["latbot"]  # the LAM's action stream on held-out clips, one value per seed
     assert set(stream) >= {"mean_of_samples", "constant", "frames_frozen"} and all(len(v) == 1 for v in stream.values())
     assert "action stream on held-out clips" in md
+    ground = report["grounding"]["latbot/d2"]["attention_entropy"]  # latbot's finetuned VLM against pi0.5's
+    assert len(ground["difference"]["per_seed"]) == 1 and all(0 < v < 10 for v in ground["variant_per_seed"])
+    assert "Grounding: each variant" in md and (out / "latbot" / "s0" / "d2" / "grounding.json").is_file()
     quality = report["reconstruction_means"]["latbot"]
     assert quality["copy_psnr_moving_db"] > 0 and -1 <= quality["ssim_moving"] <= 1
     assert (out / "report" / "reconstructions_latbot.png").stat().st_size > 1000
@@ -237,3 +240,25 @@ def test_noisy_pretraining_demonstrations_and_the_clip_stride_reach_the_steps(tm
     assert recipe.data.sources[0].frame_stride == 4
     plain = _study()
     assert _lam_args(plain, tmp_path, "ours", 0, pre)[3][0] == f"data.sources=[{{store: {pre}}}]"
+
+
+def test_grounding_is_compared_over_seeds():
+    """Each seed's grounding value is the mean over its frames; B − A gets a t-interval and a sign-flip p over
+    the seeds, and a statistic that is the same number everywhere is called degenerate."""
+    from latbot.study.report import grounding_by_seed
+
+    study = _study(seeds=[0, 1, 2, 3, 4])
+    rng = np.random.default_rng(0)
+    grounding = {}
+    for s in study.seeds:
+        a = list(2.7 + rng.normal(0, 0.02, 16))
+        grounding[f"ours/s{s}/d5"] = {
+            "A": {"attention_entropy": a, "spatial_entropy": [0.0] * 16},
+            "B": {"attention_entropy": [v - 0.3 for v in a], "spatial_entropy": [0.0] * 16},
+        }
+    g = grounding_by_seed(study, grounding)["ours/d5"]
+    att = g["attention_entropy"]["difference"]
+    assert att["mean"] == pytest.approx(-0.3) and att["ci95"][1] < 0 and att["p_sign_flip"] == pytest.approx(0.0625)
+    assert len(att["per_seed"]) == 5 and not g["attention_entropy"]["degenerate"]
+    assert g["spatial_entropy"]["degenerate"] and g["spatial_entropy"]["difference"]["mean"] == 0
+    assert grounding_by_seed(study, {k: v for k, v in grounding.items() if "/s4/" not in k}) == {}  # a seed missing

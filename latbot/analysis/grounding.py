@@ -180,6 +180,36 @@ def _claim_out(out: Path) -> Path:
     return out
 
 
+def first_frames(store: str | Path, samples: int) -> tuple[list[int], np.ndarray, list[str]]:
+    """(episode indices, first frames (B, H, W, 3) of the first camera, instructions) of `samples` episodes
+    spread evenly over the store (its first and last included, so a store written task by task shows every
+    task)."""
+    from latbot.data.store import EpisodeStore
+
+    with EpisodeStore.open(store) as s:
+        picks = np.unique(np.linspace(0, s.num_episodes - 1, min(samples, s.num_episodes)).round()).astype(int).tolist()
+        cam = s.cameras[0]
+        frames = np.stack([s.read(i, np.array([0]))[f"frames/{cam}"][0] for i in picks])
+        texts = [s.records[i].instruction for i in picks]
+    return picks, frames, texts
+
+
+def analyze_checkpoints(
+    checkpoints: list[str | Path], frames: np.ndarray, texts: list[str], weighted: bool = False
+) -> dict[str, dict[str, np.ndarray]]:
+    """`analyze_encoder` of each run's VLM (a LAM's encoder, a distilled or finetuned student) on the same
+    frames (B, H, W, 3): {"A": …, "B": …, "2": …} in the order given (the same run may be given twice)."""
+    import torch
+
+    from latbot.runs import load_vlm
+
+    pixels = torch.from_numpy(frames).permute(0, 3, 1, 2)
+    return {
+        ("AB"[k] if k < 2 else str(k)): analyze_encoder(load_vlm(ckpt), pixels, texts, weighted)
+        for k, ckpt in enumerate(checkpoints)
+    }
+
+
 def run(
     checkpoints: list[str | Path],
     store: str | Path,
@@ -194,25 +224,13 @@ def run(
     import csv
     import json
 
-    import torch
     from PIL import Image
-
-    from latbot.data.store import EpisodeStore
-    from latbot.runs import load_vlm
 
     out = _claim_out(Path(out))
     out.mkdir(parents=True, exist_ok=True)
-    with EpisodeStore.open(store) as s:
-        picks = np.unique(np.linspace(0, s.num_episodes - 1, min(samples, s.num_episodes)).round()).astype(int).tolist()
-        cam = s.cameras[0]
-        frames = np.stack([s.read(i, np.array([0]))[f"frames/{cam}"][0] for i in picks])  # (B, H, W, 3)
-        texts = [s.records[i].instruction for i in picks]
-    results, paths = {}, {}
-    for k, ckpt in enumerate(checkpoints):
-        label = "AB"[k] if k < 2 else str(k)  # the same checkpoint may be given twice: labels, not paths, are keys
-        encoder = load_vlm(ckpt)
-        results[label] = analyze_encoder(encoder, torch.from_numpy(frames).permute(0, 3, 1, 2), texts, weighted)
-        paths[label] = str(ckpt)
+    picks, frames, texts = first_frames(store, samples)
+    results = analyze_checkpoints(checkpoints, frames, texts, weighted)
+    paths = {label: str(ckpt) for label, ckpt in zip(results, checkpoints, strict=True)}
     with (out / "heads.csv").open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["model", "checkpoint", "sample", "layer", "head", "entropy"])

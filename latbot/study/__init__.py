@@ -55,6 +55,7 @@ STAGE_KEYS = ("lam", "distill", "finetune")
 STEPS = ("stores", "pretrain", "finetune", "evaluate", "probes")
 JOBS_DIR = ".jobs"  # under --out: one folder per step with a launcher's jobs.json and logs
 PROBES_FILE = "probes.json"
+GROUNDING_FILE = "grounding.json"
 
 
 class Variant(Section):
@@ -121,6 +122,10 @@ class Study(Section):
     )
     variants: dict[str, Variant] = Field(min_length=1)
     probe_samples: int = Field(128, ge=8, description="Clips for the held-out linear probes of Z_mot / Z_sce.")
+    grounding_samples: int = Field(
+        16, ge=2, le=256, description="Held-out first frames of the grounding A/B (each variant's finetuned VLM "
+        "against the baseline's, per seed and demo count; docs/studies.md)."
+    )  # fmt: skip
     reconstruction_samples: int = Field(
         8, ge=1, le=64, description="Held-out clips whose generated future frame the report shows next to the truth."
     )
@@ -418,12 +423,70 @@ def _probe_done(study: Study, lam: Path, heldout: Path) -> bool:
     return _probed(study, lam, heldout) is not None
 
 
+def _ground_inputs(study: Study, baseline_ft: Path, ft: Path, heldout: Path) -> dict[str, Any]:
+    """What one grounding A/B depends on: both finetuned runs' weights, the held-out store, the sample count."""
+    from latbot import runs
+    from latbot.artifacts import read_manifest
+
+    return {
+        "A": runs.open_run(baseline_ft).manifest.content_hash,
+        "B": runs.open_run(ft).manifest.content_hash,
+        "heldout": read_manifest(heldout, "episode_store").content_hash,
+        "samples": study.grounding_samples,
+    }
+
+
+def _grounded(study: Study, baseline_ft: Path, ft: Path, heldout: Path) -> dict[str, Any] | None:
+    import json
+
+    from latbot.errors import LatBotError
+
+    try:
+        saved = json.loads((ft.parent / GROUNDING_FILE).read_text())
+        return saved["result"] if saved["inputs"] == _ground_inputs(study, baseline_ft, ft, heldout) else None
+    except (LatBotError, OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _ground(study: Study, baseline_ft: Path, ft: Path, heldout: Path) -> dict[str, Any]:
+    """The grounding A/B of one cell: the baseline's finetuned VLM (A) and this cell's (B) on the same held-out
+    first frames; per frame, the mean attention entropy and the mean spatial entropy of the 10% lowest-entropy
+    heads (latbot.analysis.grounding). Saved next to the cell's run and reused while its inputs are the same;
+    the report averages each seed's frames and compares seeds."""
+    import json
+
+    from latbot.analysis.grounding import analyze_checkpoints, first_frames, k_lowest
+    from latbot.atomic import replace_file
+
+    saved = _grounded(study, baseline_ft, ft, heldout)
+    if saved is not None:
+        return saved
+    inputs = _ground_inputs(study, baseline_ft, ft, heldout)
+    _, frames, texts = first_frames(heldout, study.grounding_samples)
+    both = analyze_checkpoints([baseline_ft, ft], frames, texts)
+    result = {
+        label: {
+            "attention_entropy": [float(v) for v in k_lowest(r["attention_entropy"])],
+            "spatial_entropy": [float(v) for v in k_lowest(r["entropy"])],
+        }
+        for label, r in both.items()
+    }
+    saved = {"inputs": inputs, "result": result}
+    replace_file(ft.parent / GROUNDING_FILE, (json.dumps(saved, indent=1) + "\n").encode())
+    return result
+
+
+def _ground_done(study: Study, baseline_ft: Path, ft: Path, heldout: Path) -> bool:
+    return _grounded(study, baseline_ft, ft, heldout) is not None
+
+
 DONE: dict[str, Callable[..., bool]] = {
     "stores": _store_done,
     "pretrain": _pretrain_done,
     "finetune": _finetune_done,
     "evaluate": _evaluate_done,
     "probes": _probe_done,
+    "grounding": _ground_done,
 }
 
 
@@ -448,6 +511,9 @@ def plan(study: Study, out: Path) -> dict[str, dict[str, tuple[Callable, tuple]]
     def student(name: str, seed: int) -> Path | None:
         return out / name / f"s{seed}" / "distill" if study.variants[name].lam is not None else None
 
+    def ft(name: str, seed: int, demos: int) -> Path:
+        return out / name / f"s{seed}" / f"d{demos}" / "ft"
+
     return {
         "stores": {"pretrain": (_store, (study, out, "pretrain", 0))}
         | {f"heldout_s{s}": (_store, (study, out, "heldout", s)) for s in study.seeds},
@@ -462,6 +528,11 @@ def plan(study: Study, out: Path) -> dict[str, dict[str, tuple[Callable, tuple]]
         },
         "probes": {
             f"{name}/s{s}": (_probe, (study, out / name / f"s{s}" / "lam", heldout[s])) for name, s in distilled
+        },
+        "grounding": {
+            f"{name}/s{s}/d{d}": (_ground, (study, ft(study.baseline, s, d), ft(name, s, d), heldout[s]))
+            for name, s, d in cells(study)
+            if name != study.baseline
         },
     }
 
@@ -540,7 +611,9 @@ def run(path: str | Path, out: str | Path, workers: int | None = None, launcher:
         results = {}
         for step, jobs in plan(study, out).items():
             results[step] = _run_step(step, jobs, out, n, chosen)
-        report = write_report(study, out, results["evaluate"], results["probes"], source=Path(path))
+        report = write_report(
+            study, out, results["evaluate"], results["probes"], source=Path(path), grounding=results["grounding"]
+        )
         pipeline.say(f"study {study.name}: {report / 'report.md'}")
         return report
 
