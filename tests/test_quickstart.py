@@ -18,7 +18,8 @@ import pytest
 from latbot.quickstart.report import SECTIONS
 from tests.conftest import REPO
 
-STAGES = ("stores/pretrain", "stores/heldout", "runs/lam", "runs/distill", "runs/ft_distilled", "runs/ft_baseline")
+PRETRAIN = "stores/pretrain_noise0.3"  # the smoke preset's noisy pretraining demonstrations have a store of their own
+STAGES = (PRETRAIN, "stores/heldout", "runs/lam", "runs/distill", "runs/ft_distilled", "runs/ft_baseline")
 
 
 def quickstart(out: Path) -> list[str]:

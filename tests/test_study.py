@@ -262,3 +262,5 @@ def test_grounding_is_compared_over_seeds():
     assert len(att["per_seed"]) == 5 and not g["attention_entropy"]["degenerate"]
     assert g["spatial_entropy"]["degenerate"] and g["spatial_entropy"]["difference"]["mean"] == 0
     assert grounding_by_seed(study, {k: v for k, v in grounding.items() if "/s4/" not in k}) == {}  # a seed missing
+    grounding["ours/s2/d5"] = {"error": "TinyCNN has no image_attention"}  # a student that cannot be analysed
+    assert grounding_by_seed(study, grounding)["ours/d5"] == {"error": "TinyCNN has no image_attention"}

@@ -44,6 +44,9 @@ def main() -> None:
     print("|---|---|---|---|")
     for label, r in rows.items():
         p, h = r["pretrain"], r["heldout"]
+        if p is None or h is None:
+            print(f"| {label} | no action stream (unified_decoder: false) | | |")
+            continue
         print(
             f"| {label} | " + " / ".join(f"{p[k]:+.2f}" for k in keys) + " | "
             + " / ".join(f"{h[k]:+.2f}" for k in keys) + f" | {h['constant']:+.2f} / {h['copy_first']:+.2f} |"

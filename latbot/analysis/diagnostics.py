@@ -164,23 +164,27 @@ def future_frames(
 
 
 def lam_action_normalization(lam_run, store) -> tuple[dict | None, int]:
-    """(statistics, stride) with which the LAM of `lam_run` sees `store`'s actions: the ones it was trained
-    with if the store was one of its sources, else the store's own (the same per-source method) at the
-    stride its sources were read at (the smallest, if they differ); statistics None for a LAM trained on raw
-    actions."""
+    """(statistics, stride) with which the LAM of `lam_run` sees `store`'s actions. The stride: the one the store
+    was read at in training if it was one of the LAM's sources, else the sources' (the smallest, if they
+    differ). The statistics: the ones it was trained with for one of its sources, else the store's own at that
+    stride (the same per-source method); None for a LAM trained on raw actions."""
     from pathlib import Path
 
     from latbot import runs
     from latbot.data.clips import interval_action_stats
 
+    def same(a, b) -> bool:
+        return Path(a).resolve() == Path(b).resolve()
+
     run = runs.open_run(lam_run, "lam")
     norm = run.extra.get("action_normalization") or {"method": "none"}
     if norm["method"] != "none":
         for source in norm["sources"]:
-            if Path(source["store"]).resolve() == Path(store).resolve():
+            if same(source["store"], store):
                 return source, int(source["stride"])
-    strides = [int(getattr(s, "frame_stride", 1) or 1) for s in getattr(run.recipe.data, "sources", None) or []]
-    stride = min(strides, default=1)
+    sources = getattr(run.recipe.data, "sources", None) or []
+    strides = [int(getattr(s, "frame_stride", 1) or 1) for s in sources]
+    stride = next((k for s, k in zip(sources, strides, strict=True) if same(s.store, store)), min(strides, default=1))
     return (None if norm["method"] == "none" else interval_action_stats(store, stride)), stride
 
 
@@ -219,6 +223,7 @@ def diagnose_checkpoint(run_dir, store, samples: int = 64, seed: int = 0) -> dic
     picks = np.random.default_rng(seed).permutation(len(dataset))[:samples]
     z_sce, z_mot, targets, psnrs, mses, masks, quality = [], [], [], [], [], [], []
     draws: dict[str, list[np.ndarray]] = {"normal": [], "frames_frozen": [], "instruction_swapped": []}
+    swapped = 0  # clips whose batch had another instruction to give them
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for batch in DataLoader(Subset(dataset, picks.tolist()), batch_size=16):
@@ -238,6 +243,7 @@ def diagnose_checkpoint(run_dir, store, samples: int = 64, seed: int = 0) -> dic
                     "frames_frozen": (frames[:, :1].expand_as(frames).contiguous(), words),
                     "instruction_swapped": (frames, swapped_instructions(words)),
                 }
+                swapped += sum(a != b for a, b in zip(words, inputs["instruction_swapped"][1], strict=True))
                 for name, (clip, text) in inputs.items():
                     zs, zm = model.latents(clip, text)
                     draws[name].append(
@@ -260,6 +266,7 @@ def diagnose_checkpoint(run_dir, store, samples: int = 64, seed: int = 0) -> dic
         truth = y.reshape(len(y), -1, valid.shape[0])
         made = {name: np.concatenate(d, axis=1) for name, d in draws.items()}
         stream = action_stream_r2(made.pop("normal"), truth, valid, made)
+        stream["instruction_swapped_share"] = swapped / len(y)  # below 1: some clips kept their own
     y = y.reshape(len(y), -1, valid.shape[0])[:, :, valid].reshape(len(y), -1)
     random = np.random.default_rng(seed).normal(size=(len(y), z_mot.shape[-1]))
     return {

@@ -108,8 +108,10 @@ def store_stage(out: Path, name: str, tasks: tuple[str, ...], episodes: int, pre
     """MetaWorld demonstrations into `out/stores/<name>`; skipped when the store already holds them."""
     from latbot import pipeline
 
-    path = out / "stores" / name
     noise = preset.pretrain_action_noise if name == "pretrain" else 0.0  # few-shot demonstrations stay clean
+    if noise:
+        name = f"{name}_noise{noise:g}"  # its own store: one made before (clean) is left as it is
+    path = out / "stores" / name
     return pipeline.demonstrations(
         path, "metaworld", list(tasks), episodes, preset.image_size, seed, f"stores/{name}", noise
     )

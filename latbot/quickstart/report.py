@@ -147,7 +147,7 @@ def write_report(
         for label, name in (("A", "baseline"), ("B", "distilled"))
     }
     ground_k = g.get("comparison")  # the 10% lowest-entropy heads per sample, with intervals over samples
-    ground_att = g.get("comparison_attention")  # the same heads' attention entropy: continuous on a 4 × 4 grid
+    ground_att = g.get("comparison_attention")  # the 10% lowest heads by attention entropy: continuous on 4 × 4
     curves = training_curves(
         {"lam": lam, "distill": distill, "ft_distilled": ft["distilled"], "ft_baseline": ft["baseline"]},
         rdir / "training_curves.png",

@@ -7,6 +7,7 @@ actions into the unified spaces, and both the native and the unified arrays are 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -71,7 +72,7 @@ def generate(
         _check_same_simulator(out, sim_config.type)  # before the lock too (and under it): a refusal changes nothing
         _check_same_noise(out, action_noise)
         stack.enter_context(writing(out))  # the whole command: a second writer is refused before it writes
-        store = stack.enter_context(_open_store(sim_config, out, cameras, image_size, codec))
+        store = stack.enter_context(_open_store(sim_config, out, cameras, image_size, codec, action_noise))
         bar = tqdm(total=len(names) * episodes, desc=f"gen-sim {sim_config.type}", unit="episode", disable=not progress)
         for ti, task in enumerate(names):
             have = sum(1 for r in store.records if r.task == task)
@@ -102,29 +103,49 @@ def generate(
     return result
 
 
-def _open_store(sim_config: PluginConfig, out: Path, cameras: list[str], image_size: int, codec: str):
+def _source(sim: str, action_noise: float) -> str:
+    """What a simulated store records as its source: the simulator, and the noise on the expert's actions."""
+    return f"{sim} scripted experts, action_noise={action_noise:g}"
+
+
+def _open_store(
+    sim_config: PluginConfig, out: Path, cameras: list[str], image_size: int, codec: str, action_noise: float = 0.0
+):
     """The store at `out` opened to append (it must hold this simulator's demonstrations), or a new one."""
     from latbot.data.store import EpisodeStore
 
     if not (out / "zarr.json").exists():
         return EpisodeStore.create(
-            out, cameras=cameras, image_size=(image_size, image_size), codec=codec, source_format=sim_config.type
+            out,
+            cameras=cameras,
+            image_size=(image_size, image_size),
+            codec=codec,
+            source_format=sim_config.type,
+            source=_source(sim_config.type, action_noise),
         )
     _check_same_simulator(out, sim_config.type)
     return EpisodeStore.open(out, mode="a")
 
 
 def _check_same_noise(out: Path, action_noise: float) -> None:
-    """Resuming a finished store with another `action_noise` would mix two kinds of demonstration: refused."""
+    """Resuming a store with another `action_noise` would mix two kinds of demonstration: refused. The noise
+    is in the store's attributes from its creation (`_source`), so an interrupted store is checked too; a
+    store written before that records it in its manifest only once finished."""
     from latbot.artifacts import ArtifactError, read_manifest
-    from latbot.data.store import StoreError
+    from latbot.data.store import EpisodeStore, StoreError
 
-    if not (out / "latbot.json").is_file():
+    if not (out / "zarr.json").exists():
         return
-    try:
-        had = float(read_manifest(out, kind="episode_store").extra.get("action_noise", 0.0))
-    except ArtifactError:
-        return  # not a finished LatBot store: claim_store and the simulator check decide
+    with EpisodeStore.open(out, check=False) as existing:
+        recorded = existing.attrs.get("source") or ""
+    found = re.search(r"action_noise=([0-9.eE+-]+)$", recorded)
+    if found:
+        had = float(found.group(1))
+    else:
+        try:
+            had = float(read_manifest(out, kind="episode_store").extra.get("action_noise", 0.0))
+        except ArtifactError:
+            return  # unfinished, from before the attribute: nothing records its noise
     if had != action_noise:
         raise StoreError(
             f"--out {out}: its demonstrations were recorded with --action-noise {had}, not {action_noise}; "

@@ -36,8 +36,9 @@ class DistillModel(Section):
     )
     loss_reduction: Literal["mean", "sum"] = Field(
         "mean",
-        description="L_a over tokens and channels: mean (scale-free in N and D), or sum (Eq. 4–5 as written; L_a "
-        "then weighs N·D (MSE) and N (KL) times more against λ_r · L_r).",
+        description="L_a over tokens and channels, L_r over its target tokens: mean (scale-free in N and D), or "
+        "sum (Eq. 4–5 as written: the MSE summed over tokens and channels, the KL over tokens, L_r over the "
+        "subtask's target tokens, each averaged over samples).",
     )
 
 

@@ -24,7 +24,7 @@ Recipe paths are relative to the study file. A seed changes every model's initia
 (`train.seed`), the held-out demonstrations and the evaluation episodes; the pretraining demonstrations
 are shared by all cells. Layout under --out::
 
-    stores/pretrain, stores/heldout_s<seed>
+    stores/pretrain (stores/pretrain_noise<σ> with pretrain_action_noise), stores/heldout_s<seed>
     <variant>/s<seed>/{lam, distill, cache}        (variants with a LAM)
     <variant>/s<seed>/probes.json                   (its held-out probes, reused while the LAM and store match)
     <variant>/s<seed>/d<demos>/{ft, eval}
@@ -52,7 +52,7 @@ from latbot.cluster.launcher import Launcher
 from latbot.config import Section
 
 STAGE_KEYS = ("lam", "distill", "finetune")
-STEPS = ("stores", "pretrain", "finetune", "evaluate", "probes")
+STEPS = ("stores", "pretrain", "finetune", "evaluate", "probes", "grounding")
 JOBS_DIR = ".jobs"  # under --out: one folder per step with a launcher's jobs.json and logs
 PROBES_FILE = "probes.json"
 GROUNDING_FILE = "grounding.json"
@@ -198,12 +198,19 @@ def cells(study: Study) -> list[tuple[str, int, int]]:
 
 
 # -- the steps of one study (module-level: they run in worker processes or submitted jobs) ---------------------
+def pretrain_store(study: Study, out: Path) -> Path:
+    """stores/pretrain, or stores/pretrain_noise<σ> for noisy demonstrations: studies with different σ can
+    share an --out (each finds its own store) and a σ never meets a store of another."""
+    noise = study.pretrain_action_noise
+    return out / "stores" / ("pretrain" if noise == 0 else f"pretrain_noise{noise:g}")
+
+
 def _store_args(study: Study, out: Path, which: str, seed: int) -> tuple:
     """`pipeline.demonstrations`'s arguments for the pretraining store, or the held-out store of `seed`."""
     if which == "pretrain":
         return (
-            out / "stores" / "pretrain", study.simulator, study.pretrain_tasks, study.pretrain_episodes,
-            study.image_size, 0, "stores/pretrain", study.pretrain_action_noise,
+            pretrain_store(study, out), study.simulator, study.pretrain_tasks, study.pretrain_episodes,
+            study.image_size, 0, f"stores/{pretrain_store(study, out).name}", study.pretrain_action_noise,
         )  # fmt: skip
     return (
         out / "stores" / f"heldout_s{seed}", study.simulator, study.heldout_tasks,
@@ -309,6 +316,7 @@ def _probe_inputs(study: Study, lam: Path, heldout: Path) -> dict[str, Any]:
         "heldout": read_manifest(heldout, "episode_store").content_hash,
         "probe_samples": study.probe_samples,
         "reconstruction_samples": study.reconstruction_samples,
+        "version": 2,  # 2: with the action stream's R² and its counterfactuals (older probes are redone)
     }
 
 
@@ -457,20 +465,25 @@ def _ground(study: Study, baseline_ft: Path, ft: Path, heldout: Path) -> dict[st
 
     from latbot.analysis.grounding import analyze_checkpoints, first_frames, k_lowest
     from latbot.atomic import replace_file
+    from latbot.errors import LatBotError
 
     saved = _grounded(study, baseline_ft, ft, heldout)
     if saved is not None:
         return saved
     inputs = _ground_inputs(study, baseline_ft, ft, heldout)
     _, frames, texts = first_frames(heldout, study.grounding_samples)
-    both = analyze_checkpoints([baseline_ft, ft], frames, texts)
-    result = {
-        label: {
-            "attention_entropy": [float(v) for v in k_lowest(r["attention_entropy"])],
-            "spatial_entropy": [float(v) for v in k_lowest(r["entropy"])],
+    try:
+        both = analyze_checkpoints([baseline_ft, ft], frames, texts)
+    except LatBotError as e:  # a VLM without image_attention (a plugin's): the report says so, the study goes on
+        result: dict[str, Any] = {"error": str(e)}
+    else:
+        result = {
+            label: {
+                "attention_entropy": [float(v) for v in k_lowest(r["attention_entropy"])],
+                "spatial_entropy": [float(v) for v in k_lowest(r["entropy"])],
+            }
+            for label, r in both.items()
         }
-        for label, r in both.items()
-    }
     saved = {"inputs": inputs, "result": result}
     replace_file(ft.parent / GROUNDING_FILE, (json.dumps(saved, indent=1) + "\n").encode())
     return result
@@ -504,7 +517,7 @@ def _verifies(step: str, args: tuple) -> bool:
 def plan(study: Study, out: Path) -> dict[str, dict[str, tuple[Callable, tuple]]]:
     """Every step's jobs, in the order they run: {step: {key: (fn, args)}}. Each job's arguments are paths
     fixed by the layout under `out`, so the plan (and `status`) needs nothing from the steps before."""
-    pretrain = out / "stores" / "pretrain"
+    pretrain = pretrain_store(study, out)
     heldout = {s: out / "stores" / f"heldout_s{s}" for s in study.seeds}
     distilled = [(name, s) for name, v in study.variants.items() if v.lam is not None for s in study.seeds]
 

@@ -70,10 +70,18 @@ def grounding_by_seed(study, grounding: dict[str, dict]) -> dict[str, Any]:
             keys = [f"{name}/s{s}/d{d}" for s in study.seeds]
             if name == study.baseline or not all(k in grounding for k in keys):
                 continue
+            errors = [grounding[k]["error"] for k in keys if "error" in grounding[k]]
+            if errors:
+                out[f"{name}/d{d}"] = {"error": errors[0]}
+                continue
             row = {}
             for statistic in ("attention_entropy", "spatial_entropy"):
-                a = [float(np.nanmean(grounding[k]["A"][statistic])) for k in keys]
-                b = [float(np.nanmean(grounding[k]["B"][statistic])) for k in keys]
+                a, b = [], []
+                for k in keys:  # per seed: the frames both models could be scored on
+                    x, y = np.asarray(grounding[k]["A"][statistic]), np.asarray(grounding[k]["B"][statistic])
+                    both = np.isfinite(x) & np.isfinite(y)
+                    a.append(float(x[both].mean()) if both.any() else float("nan"))
+                    b.append(float(y[both].mean()) if both.any() else float("nan"))
                 diffs = [y - x for x, y in zip(a, b, strict=True)]
                 mean, lo, hi = stats.t_interval(diffs)
                 row[statistic] = {
@@ -445,6 +453,9 @@ def _markdown(result: dict, images: list[str]) -> str:
         ]
         for key, row in result["grounding"].items():
             name, d = key.split("/d")
+            if "error" in row:
+                lines.append(f"| {name} | {d} | not analysable: {row['error']} | | | | |")
+                continue
             for statistic, g in row.items():
                 diff = g["difference"]
                 flat = " (degenerate)" if g["degenerate"] else ""

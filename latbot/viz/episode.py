@@ -58,6 +58,7 @@ def _record_into(rec, store_path, episodes: list[int], checkpoint, max_steps: in
     from latbot.errors import LatBotError
 
     lam = policy = lam_norm = None
+    lam_stride = 1
     if checkpoint is not None:
         from latbot import runs
 
@@ -66,7 +67,7 @@ def _record_into(rec, store_path, episodes: list[int], checkpoint, max_steps: in
             from latbot.data.normalize import QuantileNormalizer
 
             lam = runs.load_lam(checkpoint)
-            stats, _ = lam_action_normalization(checkpoint, store_path)
+            stats, lam_stride = lam_action_normalization(checkpoint, store_path)
             lam_norm = QuantileNormalizer(stats["q01"], stats["q99"]) if stats else None
         else:
             from latbot.policy import load_policy
@@ -76,10 +77,10 @@ def _record_into(rec, store_path, episodes: list[int], checkpoint, max_steps: in
         for ep in episodes:
             if not 0 <= ep < store.num_episodes:
                 raise LatBotError(f"--episode {ep}: the store has episodes 0..{store.num_episodes - 1}")
-            _log_episode(rec, store, ep, lam, policy, max_steps, lam_norm)
+            _log_episode(rec, store, ep, lam, policy, max_steps, lam_norm, lam_stride)
 
 
-def _log_episode(rec, store, ep: int, lam, policy, max_steps: int | None, lam_norm=None) -> None:
+def _log_episode(rec, store, ep: int, lam, policy, max_steps: int | None, lam_norm=None, lam_stride: int = 1) -> None:
     import rerun as rr
 
     r = store.records[ep]
@@ -110,7 +111,7 @@ def _log_episode(rec, store, ep: int, lam, policy, max_steps: int | None, lam_no
             if amask[sl].any():
                 rec.log(f"{root}/actions/{name}", rr.Scalars(data["actions"][t, sl][amask[sl]].astype(np.float64)))
     if lam is not None:
-        _log_predictions(rec, store, ep, lam, root, n, lam_norm)
+        _log_predictions(rec, store, ep, lam, root, n, lam_norm, lam_stride)
     if policy is not None:
         _log_policy(rec, store, ep, policy, root, n)
 
@@ -150,25 +151,26 @@ def _log_policy(rec, store, ep: int, policy, root: str, n: int) -> None:
                 rec.log(f"{root}/world/{arm}_policy_chunk", rr.LineStrips3D([path]))
 
 
-def _log_predictions(rec, store, ep: int, lam, root: str, n: int, lam_norm=None) -> None:
+def _log_predictions(rec, store, ep: int, lam, root: str, n: int, lam_norm=None, stride: int = 1) -> None:
     """Generated future frames and actions; generated actions back in unified units (`lam_norm`: the LAM's
-    action normalisation), next to the true ones."""
+    action normalisation), next to the true ones. Clips are read at the LAM's `stride` (its training
+    sources'), so it sees the motion it was trained on."""
     import rerun as rr
     import torch
 
-    frames_per_clip = lam.num_frames
+    span = (lam.num_frames - 1) * stride + 1  # the clip's frames are `stride` steps apart, as in training
     cam = store.cameras[0]
     r = store.records[ep]
     gen = torch.Generator().manual_seed(0)
-    for t in range(0, max(0, n - frames_per_clip + 1)):
-        clip = store.read(ep, np.arange(t, t + frames_per_clip))
+    for t in range(0, max(0, n - span + 1)):
+        clip = store.read(ep, np.arange(t, t + span, stride))
         frames = torch.from_numpy(clip[f"frames/{cam}"]).permute(0, 3, 1, 2)[None]
         with torch.no_grad():
             z_sce, z_mot = lam.latents(frames, [r.instruction])
             pred_frame, pred_actions = lam.decoder.sample(
                 z_sce, z_mot, frames[:, 0], with_actions=lam.config.unified_decoder, generator=gen
             )
-        rec.set_time("step", sequence=t + frames_per_clip - 1)
+        rec.set_time("step", sequence=t + span - 1)
         rec.log(f"{root}/lam/future_true", rr.Image(clip[f"frames/{cam}"][-1]))
         rec.log(
             f"{root}/lam/future_predicted", rr.Image((pred_frame[0].permute(1, 2, 0).numpy() * 255).astype(np.uint8))
