@@ -339,6 +339,43 @@ def test_action_stream_counterfactuals_tell_a_policy_from_an_inverse_dynamics_mo
     assert swapped_instructions(["a", "a", "b"]) == ["b", "b", "a"] and swapped_instructions(["a", "a"]) == ["a", "a"]
 
 
+def _dot_clips(n: int, tasks: int, seed: int):
+    """Clips (n, 2, 3, 16, 16) of a dot that moves by its action (2,) over a background of its task's colour."""
+    rng = np.random.default_rng(seed)
+    frames = np.zeros((n, 2, 3, 16, 16), np.float32)
+    task = rng.integers(0, tasks, n)
+    frames += (task / tasks)[:, None, None, None, None] * 0.5  # the scene: one colour per task
+    start = rng.integers(4, 12, (n, 2))
+    move = rng.integers(-3, 4, (n, 2))
+    for i in range(n):
+        frames[i, 0, :, start[i, 0], start[i, 1]] += 0.5
+        frames[i, 1, :, start[i, 0] + move[i, 0], start[i, 1] + move[i, 1]] += 0.5
+    return torch.from_numpy(frames), move.astype(np.float64), [f"task {t}" for t in task]
+
+
+def test_pixel_ridge_reads_motion_across_tasks_and_chooses_its_ridge_without_the_test_clips():
+    """`transfer_ridge` on `pixel_features`: a dot's displacement is linear in the frame difference (its
+    centroid moves by the action), so the motion features predict other tasks’ actions (R² > 0.7 from 1500
+    clips), while actions unrelated to the motion score ≤ 0; λ is chosen on held-out training tasks, never by
+    the test clips."""
+    from latbot.analysis.diagnostics import RIDGE_GRID, pixel_features, transfer_ridge
+
+    frames, move, tasks = _dot_clips(1500, 8, 0)
+    test_frames, test_move, _ = _dot_clips(200, 8, 1)
+    motion, scene = pixel_features(frames, pool=16)
+    test_motion, _ = pixel_features(test_frames, pool=16)
+    assert motion.shape == (1500, 3 * 256) and scene.shape == (1500, 3 * 256)
+    reads = transfer_ridge(motion, move, tasks, test_motion, test_move)
+    assert reads["r2"] > 0.7 and reads["ridge"] in RIDGE_GRID
+    unrelated = np.random.default_rng(2).normal(size=move.shape)
+    blind = transfer_ridge(motion, unrelated, tasks, test_motion, np.random.default_rng(3).normal(size=test_move.shape))
+    assert blind["r2"] < 0.05
+    other = transfer_ridge(motion, move, tasks, test_motion, -test_move)  # a different test set: same choice of λ
+    assert (other["ridge"], other["validation_r2"]) == (reads["ridge"], reads["validation_r2"]) and other["r2"] < 0
+    with pytest.raises(ValueError, match="at least 2 training tasks"):
+        transfer_ridge(motion, move, ["one task"] * 1500, test_motion, test_move)
+
+
 def test_tiny64_internvl_sees_64_pixel_frames_as_four_by_four_tokens(store):
     """The `tiny64` preset: the tiny InternVL with a 64² vision tower (16 tokens a frame instead of 4), so a
     CPU-scale LAM can see the arm move; it trains through the same recipe and its grounding maps are 4 × 4."""

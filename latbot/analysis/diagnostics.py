@@ -286,3 +286,84 @@ def diagnose_checkpoint(run_dir, store, samples: int = 64, seed: int = 0) -> dic
             "random": linear_probe(random, y),
         },
     }
+
+
+RIDGE_GRID = (1e-3, 1e-2, 1e-1, 1.0, 1e1, 1e2)  # λ relative to the mean squared feature norm
+
+
+def pixel_features(frames: torch.Tensor, pool: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """Raw-pixel features of clips (B, T, 3, H, W) (uint8 or [0, 1]), each frame averaged down to pool × pool:
+    (motion (B, (T−1)·3·pool²): V_{t+i} − V_t for every later frame, scene (B, 3·pool²): V_t)."""
+    f = frames.float() / 255 if frames.dtype == torch.uint8 else frames.float()
+    small = torch.nn.functional.adaptive_avg_pool2d(f.flatten(0, 1), pool).unflatten(0, f.shape[:2])
+    return (small[:, 1:] - small[:, :1]).flatten(1).numpy(), small[:, 0].flatten(1).numpy()
+
+
+def _ridge(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, ridge: float) -> np.ndarray:
+    """Ridge predictions for x_test, in the dual form (features may outnumber clips). The features are centred
+    on the training mean and scaled by one global factor (per-feature scaling would blow up the pixels that
+    never change in the training scenes); `ridge` is relative to the mean squared feature norm."""
+    mu = x_train.mean(0)
+    scale = x_train.std() + 1e-8
+    a, b = (x_train - mu) / scale, (x_test - mu) / scale
+    gram = a @ a.T
+    lam = ridge * float(np.trace(gram)) / len(a)
+    alpha = np.linalg.solve(gram + lam * np.eye(len(a)), y_train - y_train.mean(0))
+    return b @ (a.T @ alpha) + y_train.mean(0)
+
+
+def transfer_ridge(
+    x_train: np.ndarray, y_train: np.ndarray, tasks: list[str], x_test: np.ndarray, y_test: np.ndarray, seed: int = 0
+) -> dict[str, float]:
+    """R² on other tasks' clips (x_test, y_test) of a ridge regression fit on (x_train, y_train), whose λ is
+    chosen without looking at the test clips: by R² on a quarter of the training tasks held out of a first
+    fit (`tasks` names each training clip's task), then refit on all of them. Returns {"r2", "ridge",
+    "validation_r2"}."""
+    names = sorted(set(tasks))
+    if len(names) < 2:
+        raise ValueError("transfer_ridge needs clips of at least 2 training tasks to choose λ on unseen tasks")
+    rng = np.random.default_rng(seed)
+    held = set(rng.permutation(names)[: max(1, len(names) // 4)].tolist())
+    val = np.array([t in held for t in tasks])
+    scores = {r: r2(_ridge(x_train[~val], y_train[~val], x_train[val], r), y_train[val]) for r in RIDGE_GRID}
+    best = max(scores, key=scores.get)
+    return {
+        "r2": r2(_ridge(x_train, y_train, x_test, best), y_test),
+        "ridge": best,
+        "validation_r2": scores[best],
+    }
+
+
+def pixel_motion_reference(
+    lam_run, pretrain_store, heldout_store, train_clips: int = 1024, test_clips: int = 128, seed: int = 0
+) -> dict[str, Any]:
+    """Can the held-out tasks' actions be read from the pixels at all, by what the LAM was trained on? A ridge
+    regression from raw-pixel frame differences (`pixel_features`), fit on `train_clips` of the LAM's
+    pretraining clips, scored by R² on `test_clips` of the held-out tasks, in the LAM's clip length, stride
+    and normalised action units (λ: `transfer_ridge`). Next to it the same with V_t's pixels added (the
+    scene): if the motion alone transfers and the LAM's action stream does not, the information is in the
+    frames and the LAM's encoder drops it."""
+    from torch.utils.data import DataLoader, Subset
+
+    def gather(store, n: int, draw_seed: int):
+        _, dataset = lam_clips(lam_run, store)
+        picks = np.random.default_rng(draw_seed).permutation(len(dataset))[:n]
+        motion, scene, actions, masks, tasks = [], [], [], [], []
+        for batch in DataLoader(Subset(dataset, picks.tolist()), batch_size=64):
+            m, s = pixel_features(batch[K_FRAMES])
+            motion.append(m), scene.append(s), tasks.extend(batch[K_INSTRUCTION])
+            actions.append(batch[K_ACTIONS].numpy()), masks.append(batch[K_ACTION_MASK].numpy())
+        return np.concatenate(motion), np.concatenate(scene), np.concatenate(actions), np.concatenate(masks), tasks
+
+    m_tr, s_tr, a_tr, k_tr, tasks = gather(pretrain_store, train_clips, seed)
+    m_te, s_te, a_te, k_te, _ = gather(heldout_store, test_clips, seed + 1)
+    valid = k_tr.all(0) & k_te.all(0)  # dims every clip of both stores fills
+    y_tr, y_te = a_tr[..., valid].reshape(len(a_tr), -1), a_te[..., valid].reshape(len(a_te), -1)
+    both_tr, both_te = np.concatenate([m_tr, s_tr], 1), np.concatenate([m_te, s_te], 1)
+    return {
+        "train_clips": len(y_tr),
+        "test_clips": len(y_te),
+        "constant": r2(np.zeros_like(y_te), y_te),
+        "motion": transfer_ridge(m_tr, y_tr, tasks, m_te, y_te, seed),
+        "scene_and_motion": transfer_ridge(both_tr, y_tr, tasks, both_te, y_te, seed),
+    }
