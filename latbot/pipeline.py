@@ -51,32 +51,48 @@ def demonstrations(
     action_noise: float = 0.0,
 ) -> Path:
     """Scripted demonstrations of `tasks` into the store `path` (with `action_noise`: see
-    `latbot.sim.generate.rollout_expert`); skipped when it already holds them."""
-    from collections import Counter
-
+    `latbot.sim.generate.rollout_expert`); skipped when it already holds them (`holds_demonstrations`)."""
     from latbot import registry
-    from latbot.artifacts import ArtifactError, read_manifest
-    from latbot.data.store import EpisodeStore
     from latbot.sim.generate import generate
 
     label = label or str(path)
-    try:
-        m = read_manifest(path, kind="episode_store")
-        same = m.extra.get("tasks") == list(tasks) and m.extra.get("seed") == seed
-        if same and float(m.extra.get("action_noise", 0.0)) == action_noise:
-            with EpisodeStore.open(path) as store:
-                counts = Counter(r.task for r in store.records)
-            if all(counts[t] >= episodes for t in tasks):
-                say(f"{label}: up to date, skipped")
-                return path
-    except ArtifactError:
-        pass
+    if holds_demonstrations(path, tasks, episodes, seed, action_noise):
+        say(f"{label}: up to date, skipped")
+        return path
     say(f"{label}: {episodes} demonstrations × {len(tasks)} tasks ({', '.join(tasks)})")
     sim = registry.get("simulators", simulator).Config()
     generate(
         sim, list(tasks), episodes, path, image_size=image_size, seed=seed, progress=True, action_noise=action_noise
     )
     return path
+
+
+def sources_override(store: Path, frame_stride: int = 1) -> str:
+    """The `--set` override that makes `store` a recipe's only data source, read with clips `frame_stride`
+    simulator steps apart (the LAM and distillation stages of the quickstart and of studies)."""
+    stride = f", frame_stride: {frame_stride}" if frame_stride != 1 else ""
+    return f"data.sources=[{{store: {store}{stride}}}]"
+
+
+def holds_demonstrations(path: Path, tasks: list[str], episodes: int, seed: int, action_noise: float = 0.0) -> bool:
+    """Whether the store at `path` was generated for exactly these `tasks`, `seed` and `action_noise` and holds
+    at least `episodes` of each task: `demonstrations` then skips it (False for no store or a broken one)."""
+    from collections import Counter
+
+    from latbot.artifacts import ArtifactError, read_manifest
+    from latbot.data.store import EpisodeStore
+
+    try:
+        m = read_manifest(path, kind="episode_store")
+        if m.extra.get("tasks") != list(tasks) or m.extra.get("seed") != seed:
+            return False
+        if float(m.extra.get("action_noise", 0.0)) != action_noise:
+            return False
+        with EpisodeStore.open(path) as store:
+            counts = Counter(r.task for r in store.records)
+    except ArtifactError:
+        return False
+    return all(counts[t] >= episodes for t in tasks)
 
 
 def train(root: Path, name: str, recipe_path: Path, sets: list[str], label: str = "") -> Path:

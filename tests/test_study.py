@@ -108,7 +108,8 @@ def test_smoke_study_runs_the_pipeline_then_resumes_by_skipping(tmp_path):
     md = (out / "report" / "report.md").read_text()
     assert "Paired differences" in md and "reconstructions_latbot.png" in md
     stream = report["action_stream_r2"]["latbot"]  # the LAM's action stream on held-out clips, one value per seed
-    assert set(stream) >= {"mean_of_samples", "constant", "frames_frozen"} and all(len(v) == 1 for v in stream.values())
+    assert set(stream) >= {"mean_of_samples", "constant", "frames_frozen", "pixel_motion", "pixel_scene_and_motion"}
+    assert all(len(v) == 1 for v in stream.values()) and "pixel ridge: motion" in md
     assert "action stream on held-out clips" in md
     ground = report["grounding"]["latbot/d2"]["attention_entropy"]  # latbot's finetuned VLM against pi0.5's
     assert len(ground["difference"]["per_seed"]) == 1 and all(0 < v < 10 for v in ground["variant_per_seed"])

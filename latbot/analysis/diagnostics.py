@@ -317,20 +317,24 @@ def transfer_ridge(
 ) -> dict[str, float]:
     """R² on other tasks' clips (x_test, y_test) of a ridge regression fit on (x_train, y_train), whose λ is
     chosen without looking at the test clips: by R² on a quarter of the training tasks held out of a first
-    fit (`tasks` names each training clip's task), then refit on all of them. Returns {"r2", "ridge",
-    "validation_r2"}."""
+    fit (`tasks` names each training clip's task), then refit on all of them. With one training task, on a
+    quarter of its clips instead (`validation`: "tasks" or "clips"). Returns {"r2", "ridge",
+    "validation_r2", "validation"}."""
     names = sorted(set(tasks))
-    if len(names) < 2:
-        raise ValueError("transfer_ridge needs clips of at least 2 training tasks to choose λ on unseen tasks")
     rng = np.random.default_rng(seed)
-    held = set(rng.permutation(names)[: max(1, len(names) // 4)].tolist())
-    val = np.array([t in held for t in tasks])
+    if len(names) >= 2:
+        held = set(rng.permutation(names)[: max(1, len(names) // 4)].tolist())
+        val = np.array([t in held for t in tasks])
+    else:
+        val = np.zeros(len(tasks), bool)
+        val[rng.permutation(len(tasks))[: max(1, len(tasks) // 4)]] = True
     scores = {r: r2(_ridge(x_train[~val], y_train[~val], x_train[val], r), y_train[val]) for r in RIDGE_GRID}
     best = max(scores, key=scores.get)
     return {
         "r2": r2(_ridge(x_train, y_train, x_test, best), y_test),
         "ridge": best,
         "validation_r2": scores[best],
+        "validation": "tasks" if len(names) >= 2 else "clips",
     }
 
 

@@ -193,8 +193,7 @@ def run(out: str | Path = "quickstart", preset: str = "tiny", seed: int = 0, par
         )
         pre, held = stores["stores/pretrain"], stores["stores/heldout"]
         extra = p.overrides
-        stride = f", frame_stride: {p.lam_frame_stride}" if p.lam_frame_stride != 1 else ""
-        sources = f"data.sources=[{{store: {pre}{stride}}}]"
+        sources = pipeline.sources_override(pre, p.lam_frame_stride)
         lam = timed(
             "runs/lam",
             lambda: train_stage(out, "lam", p.recipes / "lam.yaml", [sources, *extra.get("lam", ())]),

@@ -227,8 +227,9 @@ def _store(study: Study, out: Path, which: str, seed: int) -> Path:
 
 def _sources(study: Study, pretrain: Path) -> str:
     """The `data.sources` of the LAM and the distillation: the pretraining store, at the study's clip stride."""
-    stride = f", frame_stride: {study.lam_frame_stride}" if study.lam_frame_stride != 1 else ""
-    return f"data.sources=[{{store: {pretrain}{stride}}}]"
+    from latbot import pipeline
+
+    return pipeline.sources_override(pretrain, study.lam_frame_stride)
 
 
 def _lam_args(study: Study, out: Path, name: str, seed: int, pretrain: Path) -> tuple:
@@ -306,21 +307,24 @@ def _evaluate(study: Study, out: Path, name: str, seed: int, demos: int, policy:
     return pipeline.evaluate(**_evaluation_args(study, out, name, seed, demos, policy))
 
 
-def _probe_inputs(study: Study, lam: Path, heldout: Path) -> dict[str, Any]:
-    """What the probes of one LAM depend on: its weights, the held-out store, the sample counts."""
+def _probe_inputs(study: Study, lam: Path, heldout: Path, pretrain: Path) -> dict[str, Any]:
+    """What the probes of one LAM depend on: its weights, the held-out and pretraining stores, the sample
+    counts."""
     from latbot import runs
     from latbot.artifacts import read_manifest
 
     return {
         "lam": runs.open_run(lam, "lam").manifest.content_hash,
         "heldout": read_manifest(heldout, "episode_store").content_hash,
+        "pretrain": read_manifest(pretrain, "episode_store").content_hash,
         "probe_samples": study.probe_samples,
         "reconstruction_samples": study.reconstruction_samples,
-        "version": 2,  # 2: with the action stream's R² and its counterfactuals (older probes are redone)
+        # 2: with the action stream's R² and its counterfactuals; 3: with the pixel reference (older are redone)
+        "version": 3,
     }
 
 
-def _probed(study: Study, lam: Path, heldout: Path) -> dict[str, Any] | None:
+def _probed(study: Study, lam: Path, heldout: Path, pretrain: Path) -> dict[str, Any] | None:
     """The probes saved next to `lam` (<variant>/s<seed>/probes.json) when made from the same inputs."""
     import json
 
@@ -328,7 +332,7 @@ def _probed(study: Study, lam: Path, heldout: Path) -> dict[str, Any] | None:
 
     try:
         saved = json.loads((lam.parent / PROBES_FILE).read_text())
-        if saved["inputs"] != _probe_inputs(study, lam, heldout):
+        if saved["inputs"] != _probe_inputs(study, lam, heldout, pretrain):
             return None
         result = saved["result"]
         return result if Path(result["reconstruction_image"]).is_file() else None
@@ -336,24 +340,27 @@ def _probed(study: Study, lam: Path, heldout: Path) -> dict[str, Any] | None:
         return None
 
 
-def _probe(study: Study, lam: Path, heldout: Path) -> dict[str, Any]:
-    """Held-out linear probes of the true actions from Z_mot and Z_sce (and random features); saved next to
-    the LAM and reused while the LAM, the store and the sample counts are the same."""
+def _probe(study: Study, lam: Path, heldout: Path, pretrain: Path) -> dict[str, Any]:
+    """Held-out linear probes of the true actions from Z_mot and Z_sce (and random features), the action
+    stream's R², and what a ridge on the pixels reads (fit on the pretraining clips); saved next to the LAM
+    and reused while the LAM, the stores and the sample counts are the same."""
     import json
 
-    from latbot.analysis.diagnostics import diagnose_checkpoint
+    from latbot.analysis.diagnostics import diagnose_checkpoint, pixel_motion_reference
     from latbot.atomic import replace_file
     from latbot.quickstart.report import lam_reconstructions
 
-    saved = _probed(study, lam, heldout)
+    saved = _probed(study, lam, heldout, pretrain)
     if saved is not None:
         return saved
-    inputs = _probe_inputs(study, lam, heldout)
+    inputs = _probe_inputs(study, lam, heldout, pretrain)
     d = diagnose_checkpoint(lam, heldout, samples=study.probe_samples)
+    pixels = pixel_motion_reference(lam, pretrain, heldout, test_clips=study.probe_samples)
     recon = lam_reconstructions(lam, heldout, lam.parent / "lam_reconstructions.png", study.reconstruction_samples)
     result = {
         "probe_r2": d["probe_r2"],
         "action_stream_r2": d["action_stream_r2"],  # None for a LAM without an action stream
+        "pixel_reference": {k: pixels[k]["r2"] for k in ("motion", "scene_and_motion")},
         "effective_rank": d["effective_rank"],
         "psnr_db": d["psnr_db"],
         "reconstruction": recon["quality"],
@@ -377,21 +384,11 @@ def _trained(root: Path, name: str, recipe_path: Path, sets: list[str], label: s
 
 
 def _store_done(study: Study, out: Path, which: str, seed: int) -> bool:
-    """`pipeline.demonstrations`'s test for skipping: the store holds these tasks at this seed, enough of each."""
-    from collections import Counter
-
-    from latbot.artifacts import read_manifest
-    from latbot.data.store import EpisodeStore
+    """`pipeline.demonstrations`'s test for skipping (`pipeline.holds_demonstrations`)."""
+    from latbot import pipeline
 
     path, _, tasks, episodes, _, store_seed, _, noise = _store_args(study, out, which, seed)
-    m = read_manifest(path, kind="episode_store")
-    if m.extra.get("tasks") != list(tasks) or m.extra.get("seed") != store_seed:
-        return False
-    if float(m.extra.get("action_noise", 0.0)) != noise:
-        return False
-    with EpisodeStore.open(path) as store:
-        counts = Counter(r.task for r in store.records)
-    return all(counts[t] >= episodes for t in tasks)
+    return pipeline.holds_demonstrations(path, tasks, episodes, store_seed, noise)
 
 
 def _pretrain_done(study: Study, out: Path, name: str, seed: int, pretrain: Path) -> bool:
@@ -427,8 +424,8 @@ def _evaluate_done(study: Study, out: Path, name: str, seed: int, demos: int, po
     return isinstance(json.loads((a["path"] / "report.json").read_text()), dict)
 
 
-def _probe_done(study: Study, lam: Path, heldout: Path) -> bool:
-    return _probed(study, lam, heldout) is not None
+def _probe_done(study: Study, lam: Path, heldout: Path, pretrain: Path) -> bool:
+    return _probed(study, lam, heldout, pretrain) is not None
 
 
 def _ground_inputs(study: Study, baseline_ft: Path, ft: Path, heldout: Path) -> dict[str, Any]:
@@ -540,7 +537,8 @@ def plan(study: Study, out: Path) -> dict[str, dict[str, tuple[Callable, tuple]]
             for name, s, d in cells(study)
         },
         "probes": {
-            f"{name}/s{s}": (_probe, (study, out / name / f"s{s}" / "lam", heldout[s])) for name, s in distilled
+            f"{name}/s{s}": (_probe, (study, out / name / f"s{s}" / "lam", heldout[s], pretrain))
+            for name, s in distilled
         },
         "grounding": {
             f"{name}/s{s}/d{d}": (_ground, (study, ft(study.baseline, s, d), ft(name, s, d), heldout[s]))

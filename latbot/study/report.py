@@ -186,6 +186,12 @@ def aggregate(study, evaluations: dict[str, dict], probes: dict[str, dict], seed
         for name, by_seed in probe.items()
         if all(set(stream_keys) <= set(p.get("action_stream_r2") or {}) for p in by_seed.values())
     }  # per seed, in seed order: the held-out R² of the LAM's action stream and its references
+    for name, stream in action_stream.items():  # what a ridge on the pixels reads (probes of version 3 on)
+        by_seed = probe[name]
+        if all("pixel_reference" in p for p in by_seed.values()):
+            order = sorted(by_seed, key=lambda x: int(x[1:]))
+            for k in ("motion", "scene_and_motion"):
+                stream[f"pixel_{k}"] = [float(by_seed[sd]["pixel_reference"][k]) for sd in order]
     quality_keys = ("psnr_moving_db", "copy_psnr_moving_db", "ssim_moving", "copy_ssim_moving", "psnr_db")
     reconstruction = {
         name: {k: float(np.mean([p["reconstruction"][k] for p in by_seed.values()])) for k in quality_keys}
@@ -424,17 +430,21 @@ def _markdown(result: dict, images: list[str]) -> str:
             "The mean of 8 generated action chunks against the true actions; the constant (normalised mean) is the",
             "predictor R² compares against; copying the clip's first true action uses ground truth; the last two",
             "alter the encoder's input (every frame set to V_t; another task's instruction): close to the normal",
-            "value, the stream reads the scene and the instruction, not the motion.",
+            "value, the stream reads the scene and the instruction, not the motion. The pixel columns: a ridge",
+            "regression from raw frame differences (and with V_t's pixels too) fit on the pretraining clips: what a",
+            "linear model reads from the same frames (a stream below it drops information the frames carry).",
             "",
-            "| variant | mean of 8 draws | constant | copy first action | frames frozen | instruction swapped |",
-            "|---|---|---|---|---|---|",
+            "| variant | mean of 8 draws | constant | copy first action | frames frozen | instruction swapped "
+            "| pixel ridge: motion | pixel ridge: motion + scene |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for name, a in result["action_stream_r2"].items():
+            keys = ("mean_of_samples", "constant", "copy_first", "frames_frozen", "instruction_swapped")
             lines.append(
                 f"| {name} | "
                 + " | ".join(
-                    f"{np.mean(a[k]):.3f} ({', '.join(f'{v:.2f}' for v in a[k])})"
-                    for k in ("mean_of_samples", "constant", "copy_first", "frames_frozen", "instruction_swapped")
+                    f"{np.mean(a[k]):.3f} ({', '.join(f'{v:.2f}' for v in a[k])})" if k in a else "—"
+                    for k in (*keys, "pixel_motion", "pixel_scene_and_motion")
                 )
                 + " |"
             )
