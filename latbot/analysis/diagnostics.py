@@ -147,16 +147,21 @@ def linear_probe(
 
 
 def future_frames(
-    lam, batch: dict, generator: torch.Generator | None = None, with_actions: bool | None = None
+    lam,
+    batch: dict,
+    generator: torch.Generator | None = None,
+    with_actions: bool | None = None,
+    latents: tuple[torch.Tensor, Any] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, Any]:
     """The LAM's generated V_{t+k} for a clip batch and the true one at the decoder's resolution:
     (pred (B, 3, h, w) in [0, 1], truth (B, 3, h, w) in [0, 1], actions (B, K, 44) or None). Actions are
-    generated too if the LAM decodes them, unless `with_actions` says otherwise."""
+    generated too if the LAM decodes them, unless `with_actions` says otherwise. `latents`: the batch's
+    `lam.latents(...)` when the caller has them already."""
     if with_actions is None:
         with_actions = lam.config.unified_decoder
     frames = batch[K_FRAMES]
     with torch.no_grad():
-        z_sce, z_mot = lam.latents(frames, list(batch[K_INSTRUCTION]))
+        z_sce, z_mot = latents if latents is not None else lam.latents(frames, list(batch[K_INSTRUCTION]))
         pred, actions = lam.decoder.sample(z_sce, z_mot, frames[:, 0], with_actions=with_actions, generator=generator)
     truth = frames[:, -1].float() / 255
     truth = torch.nn.functional.interpolate(truth, size=pred.shape[-2:], mode="bilinear", antialias=True)
@@ -229,7 +234,8 @@ def diagnose_checkpoint(run_dir, store, samples: int = 64, seed: int = 0) -> dic
         for batch in DataLoader(Subset(dataset, picks.tolist()), batch_size=16):
             s, m = model.encode(batch[K_FRAMES], list(batch[K_INSTRUCTION]))
             z_sce.append(s), z_mot.append(m)
-            frame, truth, actions = future_frames(model, batch, generator)
+            latents = model.pathways(s, m)  # encoded once: the future frames and the normal draws share them
+            frame, truth, actions = future_frames(model, batch, generator, latents=latents)
             psnrs.append(psnr(frame, truth))
             first = batch[K_FRAMES][:, 0].float() / 255
             first = torch.nn.functional.interpolate(first, size=frame.shape[-2:], mode="bilinear", antialias=True)
@@ -245,7 +251,7 @@ def diagnose_checkpoint(run_dir, store, samples: int = 64, seed: int = 0) -> dic
                 }
                 swapped += sum(a != b for a, b in zip(words, inputs["instruction_swapped"][1], strict=True))
                 for name, (clip, text) in inputs.items():
-                    zs, zm = model.latents(clip, text)
+                    zs, zm = latents if name == "normal" else model.latents(clip, text)
                     draws[name].append(
                         np.stack(
                             [

@@ -83,7 +83,10 @@ class LatentActionModel(nn.Module):
         - UAD only ("Ours-v2"): one latent group (Ns + Nm tokens after one description) feeds both streams
           alike; image and action losses.
         - UniVLA-style: one group conditions the image stream; no motion stream, no action loss."""
-        z_sce, z_mot = self.encode(frames, instructions)
+        return self.pathways(*self.encode(frames, instructions))
+
+    def pathways(self, z_sce: torch.Tensor, z_mot: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`latents` from the encoder's output (`encode`): what each decoder pathway receives."""
         if self.config.decoupled:
             return z_sce, z_mot
         z = torch.cat([z_sce, z_mot], dim=1)  # (B, Ns + Nm, D): the one group
