@@ -389,3 +389,26 @@ def test_tiny64_internvl_sees_64_pixel_frames_as_four_by_four_tokens(store):
     assert torch.isfinite(out["loss"]) and patches.weight.grad is not None  # the vision tower trains
     att = model.encoder.image_attention(batch["frames"][:, 0], list(batch["instruction"]))
     assert att.shape[-1] == 16
+
+
+def test_encoder_idm_tool_trains_the_recipes_encoder_and_scores_both_stores(store, tmp_path):
+    """tools/encoder_idm.py: the LAM recipe's encoder + a linear head on Z_mot, trained by MSE for the recipe's
+    steps, scored on the pretraining clips and the held-out store (normal and frames frozen, next to the
+    constant); a recipe with no data source is refused with a message saying how to give one."""
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "idm.json"
+    cmd = [sys.executable, str(REPO / "tools/encoder_idm.py"), str(TINY), "--heldout", str(store), "--samples", "8"]
+    sets = ["--set", f"data.sources=[{{store: {store}, frame_stride: 2}}]", "--set", "train.steps=3"]
+    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([*cmd, *sets, "--json", str(out)], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert result["stride"] == 2 and result["pretrain"] == str(store)
+    for part in ("pretrain_clips", "heldout"):
+        assert set(result[part]) == {"normal", "frames_frozen", "constant"}
+        assert np.isfinite(list(result[part].values())).all() and result[part]["constant"] <= 1e-9
+    refused = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert refused.returncode == 2 and "data.sources" in refused.stderr

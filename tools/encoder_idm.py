@@ -1,0 +1,118 @@
+"""Can the LAM's encoder read the motion on its own? Train the encoder a LAM recipe builds, with a linear head
+on its Z_mot tokens, to regress the clip's actions directly (an inverse-dynamics model: masked MSE in the LAM's
+normalised units, no flow decoder, no image loss), then score it like `tools/action_stream_table.py` scores a
+LAM's action stream: R² on the pretraining clips and on held-out tasks, normal and with every frame frozen at
+V_t. Next to a LAM trained by the same recipe, this separates the encoder from the unified decoder as the
+place where the motion is lost (docs/models.md, "Does the action stream read the motion?").
+
+    python tools/encoder_idm.py recipes/quickstart/lam.yaml --heldout STORE \\
+        --set 'data.sources=[{store: PRETRAIN_STORE, frame_stride: 4}]' [--set ...] [--seed 0] [--json out.json]
+
+The encoder, the optimiser's settings (peak learning rate, betas, weight decay, clipping; a one-cycle schedule
+with the recipe's warmup), the steps, the batch size, the instruction dropout and the training
+clips (the first data source, at its stride) are the recipe's, with `--set` as for `latbot train`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def main() -> None:
+    import numpy as np
+    import torch
+    from torch.utils.data import DataLoader, Subset
+    from tqdm import tqdm
+
+    from latbot.analysis.diagnostics import r2
+    from latbot.data.clips import K_ACTION_MASK, K_ACTIONS, K_FRAMES, K_INSTRUCTION, ClipDataset, interval_action_stats
+    from latbot.models.lam import LatentActionModel
+    from latbot.recipes import load_recipe
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("recipe", help="A LAM recipe (its encoder, optimiser settings and steps are used).")
+    parser.add_argument("--heldout", required=True, help="Store of held-out tasks to score on.")
+    parser.add_argument("--set", dest="sets", action="append", default=[], help="Recipe override, as `latbot train`.")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--samples", type=int, default=128, help="Clips scored per store.")
+    parser.add_argument("--json", default=None, help="Also write the numbers here.")
+    args = parser.parse_args()
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+
+    recipe = load_recipe(args.recipe, args.sets)
+    if not recipe.data.sources:
+        parser.error("the recipe has no data.sources: give the pretraining store with --set 'data.sources=[...]'")
+    pretrain, stride = recipe.data.sources[0].store, int(recipe.data.sources[0].frame_stride)
+    torch.manual_seed(args.seed)
+    lam = LatentActionModel(recipe.model, recipe.data.num_frames)
+    stats = interval_action_stats(pretrain, stride)
+    train = ClipDataset(pretrain, num_frames=recipe.data.num_frames, frame_stride=stride, action_stats=stats)
+    test = ClipDataset(args.heldout, num_frames=recipe.data.num_frames, frame_stride=stride, action_stats=stats)
+    horizon, dim = recipe.data.num_frames - 1, train[0][K_ACTIONS].shape[-1]
+    nm = recipe.model.encoder.num_motion_tokens
+    head = torch.nn.Linear(lam.encoder.width * nm, horizon * dim)
+    params = [p for p in lam.encoder.parameters() if p.requires_grad] + list(head.parameters())
+    t = recipe.train
+    opt = torch.optim.AdamW(params, lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=t.lr, total_steps=t.steps, pct_start=min(max(t.warmup_steps / t.steps, 1e-3), 0.5)
+    )
+    dropout = getattr(recipe.model, "instruction_dropout", 0.0)
+
+    def predict(frames, words):
+        _, z_mot = lam.encode(frames, list(words))
+        return head(z_mot.flatten(1)).unflatten(1, (horizon, dim))
+
+    loader = DataLoader(
+        train, batch_size=t.global_batch_size, shuffle=True, drop_last=True,
+        generator=torch.Generator().manual_seed(args.seed),
+    )  # fmt: skip
+    lam.encoder.train()
+    step, bar = 0, tqdm(total=t.steps, desc="encoder IDM", unit="step")
+    while step < t.steps:
+        for batch in loader:
+            words = ["" if torch.rand(()) < dropout else w for w in batch[K_INSTRUCTION]]
+            mask = batch[K_ACTION_MASK].float()[:, None, :]
+            loss = ((predict(batch[K_FRAMES], words) - batch[K_ACTIONS]) ** 2 * mask).sum() / (mask.sum() * horizon)
+            opt.zero_grad()
+            loss.backward()
+            if t.grad_clip:
+                torch.nn.utils.clip_grad_norm_(params, t.grad_clip)
+            opt.step()
+            sched.step()
+            step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+            if step >= t.steps:
+                break
+    bar.close()
+    lam.encoder.eval()
+
+    def score(dataset) -> dict[str, float]:
+        picks = np.random.default_rng(args.seed + 1).permutation(len(dataset))[: args.samples]
+        made, truth, masks = {"normal": [], "frames_frozen": []}, [], []
+        with torch.no_grad():
+            for batch in DataLoader(Subset(dataset, picks.tolist()), batch_size=32):
+                frames, words = batch[K_FRAMES], batch[K_INSTRUCTION]
+                made["normal"].append(predict(frames, words).numpy())
+                made["frames_frozen"].append(predict(frames[:, :1].expand_as(frames).contiguous(), words).numpy())
+                truth.append(batch[K_ACTIONS].numpy()), masks.append(batch[K_ACTION_MASK].numpy())
+        y, valid = np.concatenate(truth), np.concatenate(masks).all(0)
+        flat = y[..., valid].reshape(len(y), -1)
+        out = {k: r2(np.concatenate(v)[..., valid].reshape(len(y), -1), flat) for k, v in made.items()}
+        return out | {"constant": r2(np.zeros_like(flat), flat)}
+
+    result = {"recipe": args.recipe, "sets": args.sets, "seed": args.seed, "pretrain": str(pretrain), "stride": stride,
+              "pretrain_clips": score(train), "heldout": score(test)}  # fmt: skip
+    print(json.dumps(result, indent=1))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
