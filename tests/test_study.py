@@ -165,6 +165,11 @@ def test_five_seeds_that_agree_make_a_claim_and_secondary_comparisons_are_holm_c
     raw = sorted((v["p_sign_flip"], k) for k, v in secondary.items())
     assert secondary[raw[0][1]]["p_holm"] == pytest.approx(min(1.0, 3 * raw[0][0]))  # the smallest p times m
     assert all(v["p_holm"] >= v["p_sign_flip"] for v in secondary.values())
+    for v in secondary.values():  # the claim of a secondary row comes from its Holm-adjusted t-test p
+        assert v["p_t_holm"] >= v["p_t"]
+        assert (v["claim"] in ("above 0", "below 0")) == (
+            v["p_t_holm"] < 0.05 and not v["ci95"][0] <= 0 <= v["ci95"][1]
+        )
     lo, hi = primary["ci95"]
     from scipy import stats as sps
 
@@ -187,6 +192,31 @@ def test_the_study_file_declares_its_primary_comparison():
     assert alone.primary is None
 
 
+def test_a_secondary_interval_that_excludes_zero_alone_makes_no_claim_after_holm():
+    """Three secondary rows: one whose 95% t-interval excludes 0 (t-test p ≈ 0.035) next to two nulls. Holm
+    multiplies its p by 3, so the report says "includes 0 after Holm", not "above 0"."""
+    study = _study(
+        seeds=[0, 1, 2, 3, 4],
+        primary={"variant": "prim", "demos": 5},
+        variants={name: {"finetune": "z.yaml"} for name in ("prim", "lifted", "null1", "null2", "base")},
+    )
+
+    def rate(successes: int) -> dict:  # successes of 20 episodes over the two tasks
+        a, b = successes // 2, successes - successes // 2
+        return _evaluation({"a": [1] * a + [0] * (10 - a), "b": [1] * b + [0] * (10 - b)})
+
+    evaluations = {}
+    for s, (lifted, null) in enumerate(zip((12, 13, 10, 12, 11), (11, 9, 10, 11, 9), strict=True)):
+        evaluations |= {f"base/s{s}/d5": rate(10), f"prim/s{s}/d5": rate(10), f"lifted/s{s}/d5": rate(lifted)}
+        evaluations |= {f"null1/s{s}/d5": rate(null), f"null2/s{s}/d5": rate(20 - null)}
+    pairs = aggregate(study, evaluations, {})["paired_differences"]
+    lifted = pairs["lifted/d5"]
+    assert lifted["ci95"][0] > 0 and lifted["p_t"] < 0.05  # on its own it would read "above 0"
+    assert lifted["p_t_holm"] == pytest.approx(3 * lifted["p_t"]) and lifted["p_t_holm"] > 0.05
+    assert lifted["claim"] == "includes 0 after Holm" and not lifted["above_zero"]
+    assert pairs["null1/d5"]["claim"] == "includes 0" and "p_t_holm" not in pairs["prim/d5"]
+
+
 def test_seed_level_statistics():
     from latbot.analysis import stats
 
@@ -197,6 +227,16 @@ def test_seed_level_statistics():
     assert stats.holm({"a": 0.01, "b": 0.04, "c": 0.03}) == pytest.approx({"a": 0.03, "b": 0.06, "c": 0.06})
     assert stats.claim(0.1, 0.3, 3).startswith("no claim") and stats.claim(0.1, 0.3, 5) == "above 0"
     assert stats.claim(-0.3, -0.1, 6) == "below 0" and stats.claim(-0.1, 0.2, 6) == "includes 0"
+    # a secondary comparison: its interval excludes 0, but the claim needs the Holm-adjusted t-test p too
+    assert stats.claim(0.01, 0.2, 5, p_adjusted=0.09) == "includes 0 after Holm"
+    assert stats.claim(-0.2, -0.01, 5, p_adjusted=0.03) == "below 0"
+    from scipy import stats as sps
+
+    d = [-0.13, -0.25, -0.08, -0.21, -0.08]
+    assert stats.t_test_p(d) == pytest.approx(sps.ttest_1samp(d, 0).pvalue)
+    *_, hi = stats.t_interval(d)  # p < 0.05 exactly when the 95% interval excludes 0
+    assert (stats.t_test_p(d) < 0.05) == (hi < 0) and stats.t_test_p([0.1, -0.1, 0.05]) > 0.05
+    assert stats.t_test_p([0.0, 0.0]) == 1.0 and stats.t_test_p([0.1, 0.1]) == 0.0 and np.isnan(stats.t_test_p([1]))
 
 
 def test_the_interval_check_finds_the_bootstrap_too_narrow_at_three_seeds():

@@ -5,7 +5,11 @@
 - `sign_flip_p`: the exact two-sided permutation p-value of a paired difference, over all 2^n sign flips of
   the per-seed differences (the null: each seed's difference is as likely negative as positive). Its
   smallest value is 2 / 2^n: 0.25 with 3 seeds, 0.0625 with 5, 0.031 with 6.
-- `holm`: Holm's step-down correction of the secondary comparisons' p-values.
+- `t_test_p`: the two-sided p-value of the same t statistic the interval uses (p < 0.05 exactly when the
+  95% t-interval excludes 0).
+- `holm`: Holm's step-down correction of the secondary comparisons' p-values. A secondary comparison's claim
+  is made from its Holm-adjusted t-test p (`claim(..., p_adjusted=...)`), so with several secondary rows an
+  interval that excludes 0 on its own can still read "includes 0 after Holm".
 - `hierarchical_bootstrap`: the old interval (resample seeds, then episodes within each task), kept as a
   labelled secondary view. With few seeds it is too narrow: `coverage` measures how often each interval
   covers the truth in simulated studies with the study's own design (`latbot study --check-intervals`).
@@ -37,6 +41,20 @@ def t_interval(values: Sequence[float], level: float = LEVEL) -> tuple[float, fl
     return mean, mean - half, mean + half
 
 
+def t_test_p(values: Sequence[float]) -> float:
+    """Two-sided one-sample t-test p-value of mean(values) = 0 (the test behind `t_interval`); nan with fewer
+    than 2 values; with no spread, 1 for all-zero values and 0 otherwise."""
+    from scipy import stats
+
+    x = np.asarray(values, dtype=float)
+    if x.size < 2:
+        return math.nan
+    if x.std(ddof=1) == 0:
+        return 1.0 if x.mean() == 0 else 0.0
+    t = x.mean() / (x.std(ddof=1) / math.sqrt(x.size))
+    return float(2 * stats.t.sf(abs(t), x.size - 1))
+
+
 def sign_flip_p(differences: Sequence[float], max_exact: int = 20, draws: int = 100_000, seed: int = 0) -> float:
     """Two-sided p-value of mean(differences) = 0 by flipping signs: exact over all 2^n flips up to
     `max_exact` seeds, else `draws` random flips. Ties count against the claim (≥ with a tolerance)."""
@@ -62,13 +80,19 @@ def holm(pvalues: dict[str, float]) -> dict[str, float]:
     return out
 
 
-def claim(low: float, high: float, seeds: int) -> str:
-    """What a report may say of an interval: "above 0", "below 0", "includes 0", or why it says nothing."""
+def claim(low: float, high: float, seeds: int, p_adjusted: float | None = None) -> str:
+    """What a report may say of an interval: "above 0", "below 0", "includes 0", or why it says nothing.
+    `p_adjusted` (a secondary comparison's Holm-adjusted t-test p): an interval that excludes 0 makes a claim
+    only if the adjusted p is below 1 − LEVEL too; otherwise "includes 0 after Holm"."""
     if seeds < MIN_SEEDS:
         return f"no claim: {seeds} seeds (< {MIN_SEEDS})"
     if math.isnan(low):
         return "no interval"
-    return "above 0" if low > 0 else "below 0" if high < 0 else "includes 0"
+    if low <= 0 <= high:
+        return "includes 0"
+    if p_adjusted is not None and not p_adjusted < 1 - LEVEL:
+        return "includes 0 after Holm"
+    return "above 0" if low > 0 else "below 0"
 
 
 def hierarchical_bootstrap(

@@ -158,13 +158,19 @@ def aggregate(study, evaluations: dict[str, dict], probes: dict[str, dict], seed
                 "seeds": len(diffs),
                 "ci95": [lo, hi],
                 "p_sign_flip": stats.sign_flip_p(diffs),
+                "p_t": stats.t_test_p(diffs),
                 "claim": verdict,
                 "above_zero": verdict == "above 0",
                 "bootstrap_ci95": [float(np.quantile(draws, 0.025)), float(np.quantile(draws, 0.975))],
             }
-    secondary = {k: r["p_sign_flip"] for k, r in paired.items() if not r["primary"]}
-    for key, p_holm in stats.holm(secondary).items():
+    secondary = [k for k, r in paired.items() if not r["primary"]]
+    for key, p_holm in stats.holm({k: paired[k]["p_sign_flip"] for k in secondary}).items():
         paired[key]["p_holm"] = p_holm
+    for key, p_holm in stats.holm({k: paired[k]["p_t"] for k in secondary}).items():
+        r = paired[key]  # a secondary row's claim survives the correction or says it did not
+        r["p_t_holm"] = p_holm
+        r["claim"] = stats.claim(*r["ci95"], r["seeds"], p_adjusted=p_holm)
+        r["above_zero"] = r["claim"] == "above 0"
     probe = {}
     for key, p in probes.items():
         name, s = key.split("/")
@@ -363,10 +369,12 @@ def _paired_lines(result: dict) -> list[str]:
         f"## Paired differences against `{result['baseline']}` (same seeds)",
         "",
         "Mean over seeds of the per-seed difference; 95% t-interval over seeds; exact sign-flip p (two-sided); "
-        f"a claim only from ≥ {MIN_SEEDS_TEXT} seeds. The bootstrap column is a secondary view.",
+        f"a claim only from ≥ {MIN_SEEDS_TEXT} seeds. Secondary rows: Holm-adjusted p of the sign-flip and of "
+        "the t-test, and a claim only if the adjusted t-test p is below 0.05. The bootstrap column is a "
+        "secondary view.",
         "",
-        "| comparison | demos | difference [95% t-interval] | p (sign flip) | p (Holm) | claim | bootstrap 95% "
-        "| per seed |",
+        "| comparison | demos | difference [95% t-interval] | p (sign flip) | p Holm (sign flip / t) | claim "
+        "| bootstrap 95% | per seed |",
         "|---|---|---|---|---|---|---|---|",
     ]
     ordered = sorted(pairs.values(), key=lambda r: (not r.get("primary"), r["variant"], r["demos"]))
@@ -374,7 +382,8 @@ def _paired_lines(result: dict) -> list[str]:
         role = "**primary**: " if r.get("primary") else ""
         lines.append(
             f"| {role}{r['variant']} − {r['against']} | {r['demos']} | {_fmt(r)} | {_p(r.get('p_sign_flip'))} | "
-            f"{'(primary)' if r.get('primary') else _p(r.get('p_holm'))} | {r.get('claim', '')} | "
+            f"{'(primary)' if r.get('primary') else _p(r.get('p_holm')) + ' / ' + _p(r.get('p_t_holm'))} | "
+            f"{r.get('claim', '')} | "
             f"{_fmt(r, 'bootstrap_ci95')} | {', '.join(f'{v:+.2f}' for v in r['per_seed'])} |"
         )
     if result.get("primary") is None:
