@@ -193,15 +193,22 @@ def lam_action_normalization(lam_run, store) -> tuple[dict | None, int]:
     return (None if norm["method"] == "none" else interval_action_stats(store, stride)), stride
 
 
-def lam_clips(lam_run, store):
-    """(LAM in eval mode, ClipDataset of `store` at the LAM's clip length, stride and action normalisation:
-    its actions are what the LAM's action stream generates)."""
+def lam_clip_dataset(lam_run, store):
+    """ClipDataset of `store` at the LAM's clip length, stride and action normalisation (its actions are what
+    the LAM's action stream generates); reads the run's recipe and statistics, not its weights."""
     from latbot import runs
     from latbot.data.clips import ClipDataset
 
-    lam = runs.load_lam(lam_run)
+    num_frames = runs.open_run(lam_run, "lam").recipe.data.num_frames
     stats, stride = lam_action_normalization(lam_run, store)
-    return lam, ClipDataset(store, num_frames=lam.num_frames, frame_stride=stride, action_stats=stats)
+    return ClipDataset(store, num_frames=num_frames, frame_stride=stride, action_stats=stats)
+
+
+def lam_clips(lam_run, store):
+    """(LAM in eval mode, `lam_clip_dataset` of `store`)."""
+    from latbot import runs
+
+    return runs.load_lam(lam_run), lam_clip_dataset(lam_run, store)
 
 
 def swapped_instructions(words: list[str]) -> list[str]:
@@ -356,7 +363,7 @@ def pixel_motion_reference(
     from torch.utils.data import DataLoader, Subset
 
     def gather(store, n: int, draw_seed: int):
-        _, dataset = lam_clips(lam_run, store)
+        dataset = lam_clip_dataset(lam_run, store)
         picks = np.random.default_rng(draw_seed).permutation(len(dataset))[:n]
         motion, scene, actions, masks, tasks = [], [], [], [], []
         for batch in DataLoader(Subset(dataset, picks.tolist()), batch_size=64):
