@@ -8,8 +8,8 @@ place where the motion is lost (docs/models.md, "Does the action stream read the
     python tools/encoder_idm.py recipes/quickstart/lam.yaml --heldout STORE \\
         --set 'data.sources=[{store: PRETRAIN_STORE, frame_stride: 4}]' [--set ...] [--seed 0] [--json out.json]
 
-The encoder, the optimiser's settings (peak learning rate, betas, weight decay, clipping; a one-cycle schedule
-with the recipe's warmup), the steps, the batch size, the instruction dropout and the training
+The encoder, the optimiser's settings (AdamW with the recipe's betas, weight decay and clipping; the learning
+rate schedule `latbot train` uses), the steps, the batch size, the instruction dropout and the training
 clips (the first data source, at its stride) are the recipe's, with `--set` as for `latbot train`.
 """
 
@@ -32,6 +32,7 @@ def main() -> None:
     from latbot.data.clips import K_ACTION_MASK, K_ACTIONS, K_FRAMES, K_INSTRUCTION, ClipDataset, interval_action_stats
     from latbot.models.lam import LatentActionModel
     from latbot.recipes import load_recipe
+    from latbot.train.schedule import lr_at
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("recipe", help="A LAM recipe (its encoder, optimiser settings and steps are used).")
@@ -58,9 +59,6 @@ def main() -> None:
     params = [p for p in lam.encoder.parameters() if p.requires_grad] + list(head.parameters())
     t = recipe.train
     opt = torch.optim.AdamW(params, lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=t.lr, total_steps=t.steps, pct_start=min(max(t.warmup_steps / t.steps, 1e-3), 0.5)
-    )
     dropout = getattr(recipe.model, "instruction_dropout", 0.0)
 
     def predict(frames, words):
@@ -78,12 +76,13 @@ def main() -> None:
             words = ["" if torch.rand(()) < dropout else w for w in batch[K_INSTRUCTION]]
             mask = batch[K_ACTION_MASK].float()[:, None, :]
             loss = ((predict(batch[K_FRAMES], words) - batch[K_ACTIONS]) ** 2 * mask).sum() / (mask.sum() * horizon)
+            for group in opt.param_groups:  # the LAM's own schedule (warmup, cosine to min_lr)
+                group["lr"] = lr_at(step, t.lr, t.min_lr, t.warmup_steps, t.steps)
             opt.zero_grad()
             loss.backward()
             if t.grad_clip:
                 torch.nn.utils.clip_grad_norm_(params, t.grad_clip)
             opt.step()
-            sched.step()
             step += 1
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.4f}")
