@@ -10,7 +10,7 @@ import torch
 from scipy.spatial.transform import Rotation
 from torch.utils.data import DataLoader
 
-from latbot.data.clips import ChunkDataset, ClipDataset, MixtureSampler, aggregate_actions
+from latbot.data.clips import ChunkDataset, ClipDataset, MixtureSampler, aggregate_actions, reverse_steps
 from latbot.data.convert import finalize
 from latbot.data.mixture import build_mixture, select_episodes
 from latbot.data.normalize import QuantileNormalizer
@@ -60,6 +60,47 @@ def test_rotation_deltas_compose_over_a_stride():
     expected = [(rots[3] * rots[0].inv()).as_euler("xyz"), (rots[6] * rots[3].inv()).as_euler("xyz")]
     np.testing.assert_allclose(out[:, 10:13], expected, atol=1e-9)
     np.testing.assert_allclose(out[:, 13], [0.2, 0.5])
+
+
+def test_a_reversed_clip_plays_the_same_steps_backwards(store):
+    """`reverse`: frames and states in reverse order, each interval's position delta the state difference of
+    the reversed frames, the gripper the value that held at each reversed interval's end; which clips are
+    reversed is fixed by (seed, index), about the given fraction."""
+    ahead, back = ClipDataset(store, 4, 3), ClipDataset(store, 4, 3, reverse=1.0)
+    i = ahead.starts.index((2, 5))
+    a, b = ahead[i], back[i]
+    ref = episode("ep2", steps=20, seed=2)
+    steps = [14, 11, 8, 5]
+    np.testing.assert_array_equal(b["frames"].numpy(), a["frames"].numpy()[::-1])
+    np.testing.assert_allclose(b["states"].numpy(), ref.trajectory.states[steps], atol=1e-6)
+    np.testing.assert_allclose(
+        b["actions"][:, 7:10].numpy(), np.diff(ref.trajectory.states[steps, 8:11], axis=0), atol=1e-5
+    )
+    # the gripper at the end of a reversed interval (state 11, 8, 5) is the one set by the step before it
+    np.testing.assert_allclose(b["actions"][:, 13].numpy(), ref.trajectory.actions[[10, 7, 4], 13], atol=1e-6)
+    assert b["instruction"] == a["instruction"] and b["step"] == a["step"]
+
+    half = ClipDataset(store, 4, 3, reverse=0.5, reverse_seed=7)
+    flipped = [not torch.equal(half[j]["frames"], ahead[j]["frames"]) for j in range(len(half))]
+    assert 0.3 < np.mean(flipped) < 0.7
+    assert flipped == [not torch.equal(half[j]["frames"], ahead[j]["frames"]) for j in range(len(half))]
+    other = ClipDataset(store, 4, 3, reverse=0.5, reverse_seed=8)
+    assert flipped != [not torch.equal(other[j]["frames"], ahead[j]["frames"]) for j in range(len(other))]
+    with pytest.raises(ValueError, match="reverse"):
+        ClipDataset(store, 4, 3, reverse=1.5)
+    mixed, _ = build_mixture([DataSource(store=store, frame_stride=3)], 4, reverse=1.0)  # what the LAM stage builds
+    assert torch.equal(mixed[i]["frames"], b["frames"])
+
+
+def test_reversed_rotation_deltas_undo_the_forward_ones():
+    rots = Rotation.random(7, random_state=4)
+    actions = np.zeros((6, 44))
+    actions[:, 10:13] = (rots[1:] * rots[:-1].inv()).as_euler("xyz")
+    actions[:, 7:10] = np.arange(18).reshape(6, 3)
+    out = aggregate_actions(reverse_steps(actions, 0, 6), 3)
+    expected = [(rots[3] * rots[6].inv()).as_euler("xyz"), (rots[0] * rots[3].inv()).as_euler("xyz")]
+    np.testing.assert_allclose(out[:, 10:13], expected, atol=1e-9)
+    np.testing.assert_allclose(out[:, 7:10], -aggregate_actions(actions, 3)[::-1, 7:10])
 
 
 def test_chunk_samples_pad_past_the_episode_end(store):

@@ -295,6 +295,130 @@ def test_action_stream_r2_separates_a_draw_from_the_point_prediction():
     assert r["constant"] <= 0 and r["draws"] == 8
 
 
+def test_action_stream_r2_per_slice_shows_what_the_pooled_value_hides():
+    """A stream that reads the arm's position deltas and gets the gripper wrong: the pooled R² (each slice weighed
+    by its variance, the gripper's the largest) is below 0, the position slice's is near 1, the gripper's far
+    below 0; counterfactuals are split the same way; only the valid dims of each slice count."""
+    from latbot.analysis.diagnostics import action_stream_r2
+    from latbot.data.spaces import ACTION_GRIPPER, ACTION_POS
+
+    rng = np.random.default_rng(2)
+    n, pos, grip = 600, ACTION_POS["right"], ACTION_GRIPPER["right"]
+    truth = np.zeros((n, 3, 44))
+    truth[..., pos] = rng.normal(0, 0.5, (n, 3, 3))
+    truth[..., grip] = rng.normal(0, 2.0, (n, 3))
+    draws = np.repeat(truth[None], 4, 0)
+    draws[..., grip] = -truth[..., grip]  # the gripper's schedule, wrong
+    valid = np.zeros(44, bool)
+    valid[pos], valid[grip] = True, True
+    r = action_stream_r2(draws, truth, valid, {"frames_frozen": np.zeros_like(draws)})
+    assert set(r["per_slice"]) == {"right_pos", "right_gripper"}
+    assert r["mean_of_samples"] < 0 < 0.99 < r["per_slice"]["right_pos"]["mean_of_samples"]
+    assert r["per_slice"]["right_gripper"]["mean_of_samples"] < -3
+    assert r["per_slice"]["right_pos"]["frames_frozen"] == pytest.approx(r["per_slice"]["right_pos"]["constant"])
+
+
+@pytest.mark.parametrize("decoder", ["dit", "sana"])
+def test_flow_draws_decode_each_clip_several_times_from_one_encoding(store, monkeypatch, decoder):
+    """`model.flow_draws: k` (training only): the encoder runs once per clip and the decoder's flow losses see
+    each clip's latents, frames, actions and mask k times in a row (k (time, noise) draws, averaged); in eval
+    the decoder sees each clip once. For every decoder plugin."""
+    from latbot import registry
+
+    r = load_recipe(TINY, ["model.flow_draws=3"])
+    config = r.model
+    if decoder == "sana":
+        sana = registry.get("decoders", "sana").tiny_config().model_copy(update={"horizon": r.data.num_frames - 1})
+        config = config.model_copy(update={"decoder": sana})
+    torch.manual_seed(0)
+    model = LatentActionModel(config, r.data.num_frames)
+    encoded, decoded = [], []
+    encode, decode = model.encoder.forward, model.decoder.forward
+    monkeypatch.setattr(model.encoder, "forward", lambda f, w: encoded.append(len(f)) or encode(f, w))
+    monkeypatch.setattr(model.decoder, "forward", lambda *a: decoded.append(a) or decode(*a))
+    batch = next(iter(DataLoader(ClipDataset(store, num_frames=4), batch_size=4)))
+    out = model.train()(batch)
+    assert encoded == [4] and torch.isfinite(out["loss"])
+    z_sce, _, first, _, actions, mask = decoded[0]
+    assert len(z_sce) == len(actions) == len(mask) == len(first) == 12
+    assert torch.equal(actions[3:6], batch["actions"][1].expand(3, -1, -1))  # clip 1, three times in a row
+    assert torch.equal(first[9:], batch["frames"][3, 0].expand(3, -1, -1, -1))
+    assert torch.equal(z_sce[0], z_sce[2]) and not torch.equal(z_sce[2], z_sce[3])
+    model.eval()(batch)
+    assert len(decoded[1][0]) == 4
+
+
+def test_a_scene_free_action_stream_does_not_see_the_image():
+    """The DiT's `action_attends_image: false`: the action velocities do not change when the image stream's input
+    (V_t, the noisy future, Z_sce) does, while they do with the default joint attention; the image velocities
+    still depend on the action stream either way."""
+    from latbot import registry
+
+    cls = registry.get("decoders", "dit")
+    velocities = {}
+    for sees in (True, False):
+        torch.manual_seed(0)
+        dec = cls(cls.tiny_config().model_copy(update={"action_attends_image": sees, "horizon": 3}), latent_width=8)
+        for name, w in dec.named_parameters():  # adaLN-zero and the outputs start at 0: give every weight a value
+            if name.endswith("weight") and ("modulation" in name or "_out" in name):
+                torch.nn.init.normal_(w, std=0.5)
+        g = torch.Generator().manual_seed(1)
+        img, ctx = torch.randn(2, 3, 16, 16, generator=g), torch.randn(2, 3, 16, 16, generator=g)
+        act = torch.randn(2, 3, 44, generator=g)
+        z_sce, z_mot = torch.randn(2, 4, 8, generator=g), torch.randn(2, 4, 8, generator=g)
+        t = torch.full((2,), 0.5)
+        base = dec.velocity(img, ctx, act, z_sce, z_mot, t)
+        other_image = dec.velocity(img + 1, ctx - 1, act, z_sce + 1, z_mot, t)
+        other_action = dec.velocity(img, ctx, act + 1, z_sce, z_mot + 1, t)
+        velocities[sees] = (base, other_image, other_action)
+    for sees, (base, other_image, other_action) in velocities.items():
+        assert torch.allclose(base[1], other_image[1]) != sees  # the action stream sees the image only by default
+        assert not torch.allclose(base[0], other_action[0])  # the image stream always sees the action stream
+
+
+def test_motion_head_reads_the_actions_from_z_mot_only(store):
+    """`model.motion_head_weight: w`: the loss gains w × the masked MSE of a linear read-out of the clip's actions
+    from Z_mot; its gradient reaches the encoder through Z_mot and the head, never the decoder; off (0) the model
+    has no head; variants without Z_mot or without actions refuse it."""
+    batch = next(iter(DataLoader(ClipDataset(store, num_frames=4), batch_size=4)))
+    model = build(["model.motion_head_weight=2.0"]).train()
+    out = model(batch)
+    assert torch.allclose(out["loss"], out["action"] + out["image"] + 2.0 * out["motion_head"])
+    model.zero_grad()
+    out["motion_head"].backward()
+    grads = {n: p.grad for n, p in model.named_parameters()}
+    assert grads["motion_head.weight"].abs().sum() > 0
+    assert any(g is not None and g.abs().sum() > 0 for n, g in grads.items() if n.startswith("encoder."))
+    assert all(g is None or g.abs().sum() == 0 for n, g in grads.items() if n.startswith("decoder."))
+    assert build().motion_head is None and "motion_head" not in build()(batch)
+    for variant in ("lam_no_decoupled.yaml", "lam_image_only.yaml"):
+        r = load_recipe(REPO / "recipes/tiny" / variant, ["model.motion_head_weight=1.0"])
+        with pytest.raises(LatBotError, match="motion_head_weight"):
+            LatentActionModel(r.model, r.data.num_frames)
+
+
+def test_shift_augment_moves_a_whole_clip_by_one_offset():
+    """`shift_clips`: every frame of a clip is moved by the same offset (in [−pad, pad]), so the differences between
+    its frames are kept; clips get different offsets; uint8 stays uint8 and exact; pad 0 changes nothing."""
+    from latbot.models.lam import shift_clips
+
+    y, x = torch.meshgrid(torch.arange(16), torch.arange(16), indexing="ij")
+    ramp = (x + 16 * y).to(torch.uint8)  # every pixel a distinct value: its position can be read back
+    frames = torch.stack([ramp + t for t in range(3)])[None, :, None].repeat(6, 1, 3, 1, 1)  # (6, 3, 3, 16, 16)
+    out = shift_clips(frames, 2, torch.Generator().manual_seed(0))
+    assert out.dtype == torch.uint8 and out.shape == frames.shape
+    offsets = set()
+    for clip in out:
+        assert torch.equal(clip - clip[:1], frames[0] - frames[0, :1])  # the motion between frames is kept
+        centre = int(clip[0, 0, 8, 8])
+        dy, dx = centre // 16 - 8, centre % 16 - 8
+        assert abs(dy) <= 2 and abs(dx) <= 2
+        assert torch.equal(clip[0, 0, 4:12, 4:12], ramp[4 + dy : 12 + dy, 4 + dx : 12 + dx])
+        offsets.add((dy, dx))
+    assert len(offsets) > 1
+    assert torch.equal(shift_clips(frames, 0), frames)
+
+
 def test_instruction_dropout_blanks_instructions_only_in_training(store, monkeypatch):
     """`model.instruction_dropout: p` hands the encoder "" instead of a clip's instruction with probability p
     while training (so the latents must come from the frames), never in eval, and not at all at p = 0."""
@@ -375,6 +499,10 @@ def test_pixel_ridge_reads_motion_across_tasks_and_chooses_its_ridge_without_the
     assert reads["validation"] == "tasks"
     one = transfer_ridge(motion, move, ["one task"] * 1500, test_motion, test_move)  # λ from a quarter of its clips
     assert one["validation"] == "clips" and one["r2"] > 0.7
+    mixed = np.stack([move[:, 0], unrelated[:, 0]], 1)  # column 0 readable, column 1 not
+    test_mixed = np.stack([test_move[:, 0], np.random.default_rng(4).normal(size=len(test_move))], 1)
+    split = transfer_ridge(motion, mixed, tasks, test_motion, test_mixed, groups={"dot": [0], "noise": [1]})
+    assert split["per_group"]["dot"] > 0.7 > 0.05 > split["per_group"]["noise"]
 
 
 def test_tiny64_internvl_sees_64_pixel_frames_as_four_by_four_tokens(store):
@@ -408,7 +536,10 @@ def test_encoder_idm_tool_trains_the_recipes_encoder_and_scores_both_stores(stor
     result = json.loads(out.read_text())
     assert result["stride"] == 2 and result["pretrain"] == str(store)
     for part in ("pretrain_clips", "heldout"):
-        assert set(result[part]) == {"normal", "frames_frozen", "constant"}
-        assert np.isfinite(list(result[part].values())).all() and result[part]["constant"] <= 1e-9
+        scores = {k: v for k, v in result[part].items() if k != "per_slice"}
+        assert set(scores) == {"normal", "frames_frozen", "instruction_dropped", "constant"}
+        assert np.isfinite(list(scores.values())).all() and scores["constant"] <= 1e-9
+        assert "right_pos" in result[part]["per_slice"]  # and per unified slice
+        assert set(result[part]["per_slice"]["right_pos"]) == set(scores)
     refused = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert refused.returncode == 2 and "data.sources" in refused.stderr

@@ -111,6 +111,9 @@ def test_smoke_study_runs_the_pipeline_then_resumes_by_skipping(tmp_path):
     assert set(stream) >= {"mean_of_samples", "constant", "frames_frozen", "pixel_motion", "pixel_scene_and_motion"}
     assert all(len(v) == 1 for v in stream.values()) and "pixel ridge: motion" in md
     assert "action stream on held-out clips" in md
+    per_slice = report["action_stream_r2_per_slice"]["latbot"]  # the same split by unified slice
+    assert "right_pos" in per_slice and "per unified slice" in md
+    assert {"mean_of_samples", "constant", "instruction_dropped", "pixel_motion"} <= set(per_slice["right_pos"])
     ground = report["grounding"]["latbot/d2"]["attention_entropy"]  # latbot's finetuned VLM against pi0.5's
     assert len(ground["difference"]["per_seed"]) == 1 and all(0 < v < 10 for v in ground["variant_per_seed"])
     assert "Grounding: each variant" in md and (out / "latbot" / "s0" / "d2" / "grounding.json").is_file()

@@ -3,7 +3,8 @@ motion?"): for each LAM, `latbot.analysis.diagnostics.diagnose_checkpoint`'s act
 on its pretraining clips and on held-out tasks, normal and with the encoder's input altered (frames frozen at
 V_t; another task's instruction), and what a linear model reads from the pixels: a ridge regression from raw
 frame differences fit on the LAM's pretraining clips, scored on the held-out tasks
-(`latbot.analysis.diagnostics.pixel_motion_reference`; with V_t's pixels added as well).
+(`latbot.analysis.diagnostics.pixel_motion_reference`; with V_t's pixels added as well). A second table splits the
+held-out R² by unified slice (position, gripper, …).
 
     python tools/action_stream_table.py --heldout QS/stores/heldout --samples 128 \\
         "before=OLD_QS/runs/lam:OLD_QS/stores/pretrain" "now=QS/runs/lam:QS/stores/pretrain" [--json out.json]
@@ -57,6 +58,17 @@ def main() -> None:
             + " / ".join(f"{h[k]:+.2f}" for k in keys)
             + f" | {h['constant']:+.2f} / {h['copy_first']:+.2f} | {pixels} |"
         )  # fmt: skip
+    print("\nHeld-out R² within each unified slice (the pooled value weighs each slice by its variance):\n")
+    print("| LAM | slice | stream: mean of draws | frames frozen | constant | pixel ridge on motion |")
+    print("|---|---|---|---|---|---|")
+    for label, r in rows.items():
+        h, px = r["heldout"], r["pixels"]["motion"].get("per_group", {})
+        for name, sl in (h or {}).get("per_slice", {}).items():
+            ridge = f"{px[name]:+.2f}" if name in px else "—"
+            print(
+                f"| {label} | {name} | {sl['mean_of_samples']:+.2f} | {sl.get('frames_frozen', float('nan')):+.2f} "
+                f"| {sl['constant']:+.2f} | {ridge} |"
+            )
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"samples": args.samples, "heldout": args.heldout, "lams": rows}, f, indent=1)

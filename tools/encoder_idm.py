@@ -1,16 +1,19 @@
 """Can the LAM's encoder read the motion on its own? Train the encoder a LAM recipe builds, with a linear head
 on its Z_mot tokens, to regress the clip's actions directly (an inverse-dynamics model: masked MSE in the LAM's
 normalised units, no flow decoder, no image loss), then score it like `tools/action_stream_table.py` scores a
-LAM's action stream: R² on the pretraining clips and on held-out tasks, normal and with every frame frozen at
-V_t. Next to a LAM trained by the same recipe, this separates the encoder from the unified decoder as the
-place where the motion is lost (docs/models.md, "Does the action stream read the motion?").
+LAM's action stream: R² on the pretraining clips and on held-out tasks, normal, with every frame frozen at V_t,
+and with the empty instruction. Next to a LAM trained by the same recipe, this separates the encoder from the
+unified decoder as the place where the motion is lost (docs/models.md, "Does the action stream read the
+motion?").
 
     python tools/encoder_idm.py recipes/quickstart/lam.yaml --heldout STORE \\
         --set 'data.sources=[{store: PRETRAIN_STORE, frame_stride: 4}]' [--set ...] [--seed 0] [--json out.json]
 
 The encoder, the optimiser's settings (AdamW with the recipe's betas, weight decay and clipping; the learning
-rate schedule `latbot train` uses), the steps, the batch size, the instruction dropout and the training
-clips (the first data source, at its stride) are the recipe's, with `--set` as for `latbot train`.
+rate schedule `latbot train` uses), the steps, the batch size, the instruction dropout, the augmentations
+(`model.shift_augment`; `model.reverse_clips` of the clips played backwards) and the training clips (the first
+data source, at its stride) are the recipe's, with `--set` as for `latbot train`. Scores are on clips played
+forwards, per unified slice too (position, gripper, …).
 """
 
 from __future__ import annotations
@@ -28,9 +31,9 @@ def main() -> None:
     from torch.utils.data import DataLoader, Subset
     from tqdm import tqdm
 
-    from latbot.analysis.diagnostics import r2
+    from latbot.analysis.diagnostics import r2, slice_dims
     from latbot.data.clips import K_ACTION_MASK, K_ACTIONS, K_FRAMES, K_INSTRUCTION, ClipDataset, interval_action_stats
-    from latbot.models.lam import LatentActionModel
+    from latbot.models.lam import LatentActionModel, shift_clips
     from latbot.recipes import load_recipe
     from latbot.train.schedule import lr_at
 
@@ -52,6 +55,11 @@ def main() -> None:
     lam = LatentActionModel(recipe.model, recipe.data.num_frames)
     stats = interval_action_stats(pretrain, stride)
     train = ClipDataset(pretrain, num_frames=recipe.data.num_frames, frame_stride=stride, action_stats=stats)
+    reversing = getattr(recipe.model, "reverse_clips", 0.0)  # trained on, never scored on
+    fit = ClipDataset(
+        pretrain, num_frames=recipe.data.num_frames, frame_stride=stride, action_stats=stats,
+        reverse=reversing, reverse_seed=args.seed,
+    )  # fmt: skip
     test = ClipDataset(args.heldout, num_frames=recipe.data.num_frames, frame_stride=stride, action_stats=stats)
     horizon, dim = recipe.data.num_frames - 1, train[0][K_ACTIONS].shape[-1]
     nm = recipe.model.encoder.num_motion_tokens
@@ -60,13 +68,14 @@ def main() -> None:
     t = recipe.train
     opt = torch.optim.AdamW(params, lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
     dropout = getattr(recipe.model, "instruction_dropout", 0.0)
+    shift = getattr(recipe.model, "shift_augment", 0)
 
     def predict(frames, words):
         _, z_mot = lam.encode(frames, list(words))
         return head(z_mot.flatten(1)).unflatten(1, (horizon, dim))
 
     loader = DataLoader(
-        train, batch_size=t.global_batch_size, shuffle=True, drop_last=True,
+        fit, batch_size=t.global_batch_size, shuffle=True, drop_last=True,
         generator=torch.Generator().manual_seed(args.seed),
     )  # fmt: skip
     lam.encoder.train()
@@ -74,6 +83,8 @@ def main() -> None:
     while step < t.steps:
         for batch in loader:
             words = ["" if torch.rand(()) < dropout else w for w in batch[K_INSTRUCTION]]
+            if shift:
+                batch[K_FRAMES] = shift_clips(batch[K_FRAMES], shift)
             mask = batch[K_ACTION_MASK].float()[:, None, :]
             loss = ((predict(batch[K_FRAMES], words) - batch[K_ACTIONS]) ** 2 * mask).sum() / (mask.sum() * horizon)
             for group in opt.param_groups:  # the LAM's own schedule (warmup, cosine to min_lr)
@@ -93,17 +104,24 @@ def main() -> None:
 
     def score(dataset) -> dict[str, float]:
         picks = np.random.default_rng(args.seed + 1).permutation(len(dataset))[: args.samples]
-        made, truth, masks = {"normal": [], "frames_frozen": []}, [], []
+        made, truth, masks = {"normal": [], "frames_frozen": [], "instruction_dropped": []}, [], []
         with torch.no_grad():
             for batch in DataLoader(Subset(dataset, picks.tolist()), batch_size=32):
                 frames, words = batch[K_FRAMES], batch[K_INSTRUCTION]
                 made["normal"].append(predict(frames, words).numpy())
                 made["frames_frozen"].append(predict(frames[:, :1].expand_as(frames).contiguous(), words).numpy())
+                made["instruction_dropped"].append(predict(frames, [""] * len(words)).numpy())
                 truth.append(batch[K_ACTIONS].numpy()), masks.append(batch[K_ACTION_MASK].numpy())
         y, valid = np.concatenate(truth), np.concatenate(masks).all(0)
         flat = y[..., valid].reshape(len(y), -1)
         out = {k: r2(np.concatenate(v)[..., valid].reshape(len(y), -1), flat) for k, v in made.items()}
-        return out | {"constant": r2(np.zeros_like(flat), flat)}
+        per_slice = {
+            name: {k: r2(np.concatenate(v)[..., dims].reshape(len(y), -1), truth) for k, v in made.items()}
+            | {"constant": r2(np.zeros_like(truth), truth)}
+            for name, dims in slice_dims(valid).items()
+            for truth in [y[..., dims].reshape(len(y), -1)]
+        }
+        return out | {"constant": r2(np.zeros_like(flat), flat), "per_slice": per_slice}
 
     result = {"recipe": args.recipe, "sets": args.sets, "seed": args.seed, "pretrain": str(pretrain), "stride": stride,
               "pretrain_clips": score(train), "heldout": score(test)}  # fmt: skip

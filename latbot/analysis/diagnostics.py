@@ -100,7 +100,7 @@ def r2(pred: np.ndarray, target: np.ndarray) -> float:
 
 def action_stream_r2(
     samples: np.ndarray, target: np.ndarray, valid: np.ndarray, counterfactuals: dict[str, np.ndarray] | None = None
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """How well the LAM's action stream predicts the clips' true actions, in the LAM's normalised units, on
     the dims every sampled clip fills. samples (S, N, K, A): S draws of the generated actions per clip;
     target (N, K, A); valid (A,) bool. Reported next to two baselines:
@@ -114,18 +114,44 @@ def action_stream_r2(
     - each of `counterfactuals` (name → draws like `samples`, made from altered encoder inputs): the R² of
       their mean. `frames_frozen` (every frame replaced by V_t, so no motion is visible) near
       `mean_of_samples` says the stream predicts the actions from the scene and the instruction — a policy —
-      rather than from the motion between the frames, which cannot carry over to tasks it has not seen."""
+      rather than from the motion between the frames, which cannot carry over to tasks it has not seen;
+    - `per_slice`: the same R²s (mean of the draws, constant, counterfactuals) within each named unified slice
+      (right_pos, right_gripper, …). The pooled R² weighs each slice by its variance, so one slice the stream
+      cannot predict (a gripper whose schedule is the task's) can hide another it does."""
     y = target[..., valid].reshape(len(target), -1)
+    mean_draws = samples.mean(0)
+    per_slice = {
+        name: {"mean_of_samples": r2(mean_draws[..., dims].reshape(len(target), -1), truth)}
+        | {"constant": r2(np.zeros_like(truth), truth)}
+        | {cf: r2(d.mean(0)[..., dims].reshape(len(target), -1), truth) for cf, d in (counterfactuals or {}).items()}
+        for name, dims in slice_dims(valid).items()
+        for truth in [target[..., dims].reshape(len(target), -1)]
+    }
     one = samples[0][..., valid].reshape(len(target), -1)
     mean = samples.mean(0)[..., valid].reshape(len(target), -1)
     copy = np.repeat(target[:, :1], target.shape[1], axis=1)[..., valid].reshape(len(target), -1)
-    return {
-        "one_sample": r2(one, y),
-        "mean_of_samples": r2(mean, y),
-        "constant": r2(np.zeros_like(y), y),
-        "copy_first": r2(copy, y),
-        "draws": int(samples.shape[0]),
-    } | {name: r2(d.mean(0)[..., valid].reshape(len(target), -1), y) for name, d in (counterfactuals or {}).items()}
+    return (
+        {
+            "one_sample": r2(one, y),
+            "mean_of_samples": r2(mean, y),
+            "constant": r2(np.zeros_like(y), y),
+            "copy_first": r2(copy, y),
+            "draws": int(samples.shape[0]),
+        }
+        | {name: r2(d.mean(0)[..., valid].reshape(len(target), -1), y) for name, d in (counterfactuals or {}).items()}
+        | {"per_slice": per_slice}
+    )
+
+
+def slice_dims(valid: np.ndarray) -> dict[str, np.ndarray]:
+    """{unified slice name (right_pos, right_gripper, …): its dims that `valid` (A,) marks}, slices with none
+    left out."""
+    out = {}
+    for name, sl in ACTION_SLICES.items():
+        dims = np.arange(len(valid))[sl][valid[sl]]
+        if dims.size:
+            out[name] = dims
+    return out
 
 
 def linear_probe(
@@ -234,7 +260,12 @@ def diagnose_checkpoint(run_dir, store, samples: int = 64, seed: int = 0) -> dic
     model, dataset = lam_clips(run_dir, store)
     picks = np.random.default_rng(seed).permutation(len(dataset))[:samples]
     z_sce, z_mot, targets, psnrs, mses, masks, quality = [], [], [], [], [], [], []
-    draws: dict[str, list[np.ndarray]] = {"normal": [], "frames_frozen": [], "instruction_swapped": []}
+    draws: dict[str, list[np.ndarray]] = {
+        "normal": [],
+        "frames_frozen": [],
+        "instruction_swapped": [],
+        "instruction_dropped": [],
+    }
     swapped = 0  # clips whose batch had another instruction to give them
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -255,6 +286,7 @@ def diagnose_checkpoint(run_dir, store, samples: int = 64, seed: int = 0) -> dic
                     "normal": (frames, words),
                     "frames_frozen": (frames[:, :1].expand_as(frames).contiguous(), words),
                     "instruction_swapped": (frames, swapped_instructions(words)),
+                    "instruction_dropped": (frames, [""] * len(words)),  # what instruction dropout trains for
                 }
                 swapped += sum(a != b for a, b in zip(words, inputs["instruction_swapped"][1], strict=True))
                 for name, (clip, text) in inputs.items():
@@ -326,13 +358,20 @@ def _ridge(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, ridge: 
 
 
 def transfer_ridge(
-    x_train: np.ndarray, y_train: np.ndarray, tasks: list[str], x_test: np.ndarray, y_test: np.ndarray, seed: int = 0
-) -> dict[str, float]:
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    tasks: list[str],
+    x_test: np.ndarray,
+    y_test: np.ndarray,
+    seed: int = 0,
+    groups: dict[str, np.ndarray] | None = None,
+) -> dict[str, Any]:
     """R² on other tasks' clips (x_test, y_test) of a ridge regression fit on (x_train, y_train), whose λ is
     chosen without looking at the test clips: by R² on a quarter of the training tasks held out of a first
     fit (`tasks` names each training clip's task), then refit on all of them. With one training task, on a
     quarter of its clips instead (`validation`: "tasks" or "clips"). Returns {"r2", "ridge",
-    "validation_r2", "validation"}."""
+    "validation_r2", "validation"}, and with `groups` (name → columns of y) "per_group": {name: the test R²
+    on those columns}."""
     names = sorted(set(tasks))
     rng = np.random.default_rng(seed)
     if len(names) >= 2:
@@ -343,12 +382,16 @@ def transfer_ridge(
         val[rng.permutation(len(tasks))[: max(1, len(tasks) // 4)]] = True
     scores = {r: r2(_ridge(x_train[~val], y_train[~val], x_train[val], r), y_train[val]) for r in RIDGE_GRID}
     best = max(scores, key=scores.get)
-    return {
-        "r2": r2(_ridge(x_train, y_train, x_test, best), y_test),
+    pred = _ridge(x_train, y_train, x_test, best)
+    out = {
+        "r2": r2(pred, y_test),
         "ridge": best,
         "validation_r2": scores[best],
         "validation": "tasks" if len(names) >= 2 else "clips",
     }
+    if groups:
+        out["per_group"] = {name: r2(pred[:, cols], y_test[:, cols]) for name, cols in groups.items()}
+    return out
 
 
 def pixel_motion_reference(
@@ -377,10 +420,15 @@ def pixel_motion_reference(
     valid = k_tr.all(0) & k_te.all(0)  # dims every clip of both stores fills
     y_tr, y_te = a_tr[..., valid].reshape(len(a_tr), -1), a_te[..., valid].reshape(len(a_te), -1)
     both_tr, both_te = np.concatenate([m_tr, s_tr], 1), np.concatenate([m_te, s_te], 1)
+    position = np.cumsum(valid) - 1  # a valid dim's column within one step of y
+    groups = {  # each unified slice's columns of y (steps × valid dims, step-major)
+        name: (np.arange(a_te.shape[1])[:, None] * int(valid.sum()) + position[dims][None]).ravel()
+        for name, dims in slice_dims(valid).items()
+    }
     return {
         "train_clips": len(y_tr),
         "test_clips": len(y_te),
         "constant": r2(np.zeros_like(y_te), y_te),
-        "motion": transfer_ridge(m_tr, y_tr, tasks, m_te, y_te, seed),
-        "scene_and_motion": transfer_ridge(both_tr, y_tr, tasks, both_te, y_te, seed),
+        "motion": transfer_ridge(m_tr, y_tr, tasks, m_te, y_te, seed, groups),
+        "scene_and_motion": transfer_ridge(both_tr, y_tr, tasks, both_te, y_te, seed, groups),
     }

@@ -142,11 +142,23 @@ class ClipDataset(_StoreDataset):
         cameras: list[str] | None = None,
         normalize: bool = False,
         action_stats: dict[str, Any] | None = None,
+        reverse: float = 0.0,
+        reverse_seed: int = 0,
     ):
         """`normalize`: actions and states by the store's per-step statistics. `action_stats`: the clip's
         per-interval actions by statistics of the aggregated deltas at this stride (`interval_action_stats`,
-        what the LAM trains on); states stay raw."""
+        what the LAM trains on); states stay raw. `reverse`: the fraction of clips played backwards
+        (`reverse_steps`); which ones is a pure function of (`reverse_seed`, index), so a resumed run sees
+        the same clips."""
         super().__init__(store, episodes, normalize, cameras)
+        if not 0.0 <= reverse <= 1.0:
+            raise ValueError(f"reverse is {reverse}; give a fraction of clips in [0, 1]")
+        if reverse and self.has_frame_motion:
+            raise ValueError(
+                f"{self.path}: its actions are in a moving camera frame (frame_motion), which a reversed clip "
+                "cannot re-express; set reverse to 0 for this store"
+            )
+        self.reverse, self.reverse_seed = reverse, reverse_seed
         if action_stats is not None:
             if normalize:
                 raise ValueError("give either normalize=True or action_stats, not both")
@@ -171,7 +183,11 @@ class ClipDataset(_StoreDataset):
         vectors = self._episode(episode)
         motion = vectors.get("frame_motion")
         motion = motion[t : t + span - 1] if motion is not None else None
-        actions = aggregate_actions(vectors["actions"][t : t + span - 1], self.stride, motion)  # (T−1, 44)
+        if self.reverse and np.random.default_rng([self.reverse_seed, i]).random() < self.reverse:
+            frames, keep = frames[::-1].copy(), keep[::-1]
+            actions = aggregate_actions(reverse_steps(vectors["actions"], t, span - 1), self.stride)
+        else:
+            actions = aggregate_actions(vectors["actions"][t : t + span - 1], self.stride, motion)  # (T−1, 44)
         states = vectors["states"][keep]
         if self.action_norm is not None:
             actions = self.action_norm.normalize(actions)
@@ -300,6 +316,25 @@ def _interval_windows(store, stride: int, episodes, max_episodes: int, seed: int
                 rows.append(windows)
                 masks.append(np.broadcast_to(rec.masks()[0], windows.shape))
     return rows, masks, len(records)
+
+
+def reverse_steps(actions: np.ndarray, t: int, n: int) -> np.ndarray:
+    """The per-step actions (n, 44) that play an episode's steps t..t+n backwards, from state t+n to state t:
+    the steps in reverse order, each undone — position and fingertip deltas negated, rotation deltas
+    inverted (R_{k+1} R_kᵀ → R_k R_{k+1}ᵀ) — and the gripper of each step the value that held at the state
+    it ends in (the original step k−1's, the first step's at the episode's start). `actions` is the
+    episode's (L, 44) array; t + n ≤ L."""
+    steps = np.array(actions[t : t + n][::-1], dtype=np.float64)
+    for sl in (*ACTION_POS.values(), *ACTION_TIPS.values()):
+        steps[:, sl] = -steps[:, sl]
+    ends = np.arange(t + n - 1, t - 1, -1)  # the original step each reversed step undoes, k
+    before = np.maximum(ends - 1, 0)  # the step that led to state k
+    for arm in ARMS:
+        steps[:, ACTION_ROT[arm]] = rot.matrix_to_euler(
+            np.swapaxes(rot.euler_to_matrix(steps[:, ACTION_ROT[arm]]), -1, -2)
+        )
+        steps[:, ACTION_GRIPPER[arm]] = actions[before, ACTION_GRIPPER[arm]]
+    return steps.astype(actions.dtype, copy=False)
 
 
 def aggregate_actions(steps: np.ndarray, stride: int, frame_motion: np.ndarray | None = None) -> np.ndarray:

@@ -135,9 +135,11 @@ def build_mixture(
     cameras: list[str] | None = None,
     normalize: bool = False,
     action_stats: list[dict] | None = None,
+    reverse: float = 0.0,
 ):
     """(ConcatDataset of ClipDatasets, MixtureSampler) over `sources`, honouring weights and strides;
-    `action_stats` (one per source, `interval_action_stats`) normalise each source's clip actions."""
+    `action_stats` (one per source, `interval_action_stats`) normalise each source's clip actions; `reverse`
+    plays that fraction of the clips backwards (`ClipDataset`, chosen by `seed`)."""
     from torch.utils.data import ConcatDataset
 
     from latbot.data.clips import ClipDataset, MixtureSampler
@@ -154,6 +156,8 @@ def build_mixture(
                 cameras=cameras,
                 normalize=normalize,
                 action_stats=stats,
+                reverse=reverse,
+                reverse_seed=seed,
             )
             for store in _non_empty(resolve_stores(s.store))
         ]

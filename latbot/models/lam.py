@@ -22,6 +22,7 @@ from latbot import registry
 from latbot.data.clips import K_ACTION_MASK, K_ACTIONS, K_FRAMES, K_INSTRUCTION
 from latbot.errors import LatBotError
 from latbot.models.encoders.base import OutputCheck, check_latents
+from latbot.models.flow import masked_mse
 
 
 class LatentActionModel(nn.Module):
@@ -47,6 +48,17 @@ class LatentActionModel(nn.Module):
                 f"model.decoupled is {config.decoupled} but model.encoder.latent_groups is {groups}; "
                 f"set latent_groups: {2 if config.decoupled else 1} (decoupled scene/motion groups need 2)"
             )
+        self.motion_head = None
+        if getattr(config, "motion_head_weight", 0.0) > 0:  # a linear read-out of the actions from Z_mot
+            if not (config.decoupled and config.unified_decoder):
+                raise LatBotError(
+                    "model.motion_head_weight needs decoupled: true and unified_decoder: true (it reads the actions "
+                    "from Z_mot); set it to 0 for this variant"
+                )
+            tokens = getattr(config.encoder, "num_motion_tokens", None)
+            if tokens is None:
+                raise LatBotError(f"model.motion_head_weight: encoder {config.encoder.type} has no num_motion_tokens")
+            self.motion_head = nn.Linear(self._width * tokens, horizon * getattr(config.decoder, "action_dim", 44))
         enc_frames = getattr(config.encoder, "num_frames", num_frames)
         if enc_frames != num_frames:
             raise LatBotError(
@@ -95,23 +107,36 @@ class LatentActionModel(nn.Module):
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
         """A LAM clip batch (latbot.data.clips) → {"loss", "image", "action"}."""
         frames = batch[K_FRAMES]  # (B, T, 3, H, W)
+        shift = getattr(self.config, "shift_augment", 0)
+        if self.training and shift > 0:
+            frames = shift_clips(frames, shift)
         z_sce, z_mot = self.latents(frames, self._instructions(list(batch[K_INSTRUCTION])))
         unified = self.config.unified_decoder
-        losses = self.decoder(
+        inputs = [
             z_sce,
             z_mot,
             frames[:, 0],
             frames[:, -1],
             batch[K_ACTIONS] if unified else None,
             batch[K_ACTION_MASK] if unified else None,
-        )
+        ]
+        draws = getattr(self.config, "flow_draws", 1)
+        if self.training and draws > 1:  # each clip decoded at `draws` (t, noise) pairs; encoded once
+            inputs = [None if x is None else x.repeat_interleave(draws, dim=0) for x in inputs]
+        losses = self.decoder(*inputs)
         self._check_losses(losses, unified)
         action = losses.get("action", torch.zeros((), device=losses["image"].device))
-        return {
+        out = {
             "loss": action + self.config.image_loss_weight * losses["image"],
             "image": losses["image"],
             "action": action,
         }
+        if self.motion_head is not None:
+            actions = batch[K_ACTIONS]
+            read = self.motion_head(z_mot.flatten(1)).view_as(actions)
+            out["motion_head"] = masked_mse(read, actions, batch[K_ACTION_MASK])
+            out["loss"] = out["loss"] + self.config.motion_head_weight * out["motion_head"]
+        return out
 
     def _instructions(self, words: list[str]) -> list[str]:
         """The batch's instructions, each replaced by "" with probability `instruction_dropout` in training
@@ -128,3 +153,14 @@ class LatentActionModel(nn.Module):
         self._decoder_check.mapping("forward", losses, keys)
         for key in keys:
             self._decoder_check.tensor("forward", f'"{key}"', losses[key], ())
+
+
+def shift_clips(frames: torch.Tensor, pad: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Random-shift augmentation of clips (B, T, 3, H, W): each clip padded by `pad` pixels (edges repeated) and
+    cropped back to H × W at a random offset, the same for all of its frames, so the motion between them is
+    kept and only where the scene sits in the image changes. Same dtype as `frames` (uint8 stays exact)."""
+    b, t, c, h, w = frames.shape
+    padded = torch.nn.functional.pad(frames.flatten(1, 2).float(), (pad, pad, pad, pad), mode="replicate")
+    offsets = torch.randint(0, 2 * pad + 1, (b, 2), generator=generator).tolist()
+    crops = [padded[i, :, y : y + h, x : x + w] for i, (y, x) in enumerate(offsets)]
+    return torch.stack(crops).unflatten(1, (t, c)).to(frames.dtype)

@@ -26,6 +26,36 @@ class LamModel(Section):
         description="Training only: the chance that a clip's instruction is replaced by an empty one, so the "
         "latents must come from the frames' motion and not from the task's name (docs/models.md).",
     )
+    motion_head_weight: float = Field(
+        0.0,
+        ge=0,
+        description="Weight of an auxiliary loss: a linear head reads the clip's actions from Z_mot (masked MSE), so "
+        "the motion latents are supervised directly and not only through the flow-matching action stream; 0 = off, "
+        "the paper's objective. Needs decoupled and unified_decoder (docs/models.md).",
+    )
+    flow_draws: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Training only: flow-matching (time, noise) draws per clip for the decoder's losses, averaged; "
+        "the encoder runs once per clip. More draws lower the variance of the flow gradient that reaches the "
+        "latents, at the decoder's cost (paper silent; docs/models.md).",
+    )
+    shift_augment: int = Field(
+        0,
+        ge=0,
+        le=64,
+        description="Training only: pad each clip by this many pixels and crop it back at a random offset, the "
+        "same for all its frames (random-shift augmentation; 0 = off; not in the paper, docs/models.md).",
+    )
+    reverse_clips: float = Field(
+        0.0,
+        ge=0,
+        le=0.5,
+        description="Training only: the fraction of pretraining clips played backwards (frames reversed, each "
+        "interval's action undone), so the scene alone cannot predict the action and the latents must read the "
+        "motion; not in the paper (docs/models.md). Stores with a moving camera (frame_motion) refuse it.",
+    )
     action_normalization: Literal["quantile", "none"] = Field(
         "quantile",
         description="Action targets per source: q01/q99 of the aggregated deltas at the source's stride → [−1, 1] "
@@ -195,6 +225,7 @@ class LamStage(Stage):
             world_size=world.size,
             cameras=r.data.cameras,
             action_stats=self.action_stats,
+            reverse=r.model.reverse_clips,
         )
 
     def on_log(self, model, batch) -> dict[str, float]:

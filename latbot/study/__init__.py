@@ -319,8 +319,9 @@ def _probe_inputs(study: Study, lam: Path, heldout: Path, pretrain: Path) -> dic
         "pretrain": read_manifest(pretrain, "episode_store").content_hash,
         "probe_samples": study.probe_samples,
         "reconstruction_samples": study.reconstruction_samples,
-        # 2: with the action stream's R² and its counterfactuals; 3: with the pixel reference (older are redone)
-        "version": 3,
+        # 2: with the action stream's R² and its counterfactuals; 3: with the pixel reference; 4: both per unified
+        # slice, and the instruction-dropped counterfactual (older are redone)
+        "version": 4,
     }
 
 
@@ -361,6 +362,7 @@ def _probe(study: Study, lam: Path, heldout: Path, pretrain: Path) -> dict[str, 
         "probe_r2": d["probe_r2"],
         "action_stream_r2": d["action_stream_r2"],  # None for a LAM without an action stream
         "pixel_reference": {k: pixels[k]["r2"] for k in ("motion", "scene_and_motion")},
+        "pixel_reference_per_slice": {k: pixels[k].get("per_group", {}) for k in ("motion", "scene_and_motion")},
         "effective_rank": d["effective_rank"],
         "psnr_db": d["psnr_db"],
         "reconstruction": recon["quality"],

@@ -61,10 +61,11 @@ class StreamBlock(nn.Module):
 
 
 class JointBlock(nn.Module):
-    def __init__(self, width: int, heads: int):
+    def __init__(self, width: int, heads: int, action_attends_image: bool = True):
         super().__init__()
         self.image = StreamBlock(width, heads)
         self.action = StreamBlock(width, heads)
+        self.action_attends_image = action_attends_image
 
     def forward(self, img: torch.Tensor, act: torch.Tensor | None, cond: torch.Tensor):
         (qi, ki, vi), mi = self.image.pre(img, cond)
@@ -72,8 +73,12 @@ class JointBlock(nn.Module):
             return self.image.post(img, F.scaled_dot_product_attention(qi, ki, vi), mi), None
         (qa, ka, va), ma = self.action.pre(act, cond)
         q, k, v = (torch.cat(pair, dim=2) for pair in ((qi, qa), (ki, ka), (vi, va)))  # (B, H, Ni+Na, d)
-        out = F.scaled_dot_product_attention(q, k, v)
         n = img.shape[1]
+        mask = None
+        if not self.action_attends_image:  # the action stream's queries see only its own tokens
+            mask = torch.ones(q.shape[2], q.shape[2], dtype=torch.bool, device=q.device)
+            mask[n:, :n] = False
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.image.post(img, out[:, :, :n], mi), self.action.post(act, out[:, :, n:], ma)
 
 
@@ -102,6 +107,12 @@ class DiTDecoder(nn.Module):
         action_dim: int = Field(44, ge=1, description="A, the unified action width (supp. 6.1).")
         horizon: int = Field(15, ge=1, description="K actions per clip (frames − 1).")
         sample_steps: int = Field(10, ge=1, description="Euler steps when generating.")
+        action_attends_image: bool = Field(
+            True,
+            description="False: the action stream attends only to its own tokens (noisy actions, Z_mot), never to "
+            "the image stream (V_t, the noisy future, Z_sce), which still attends to it; a scene-free action head, "
+            "not the paper's bidirectional fusion (docs/models.md).",
+        )
 
     @classmethod
     def tiny_config(cls) -> Config:
@@ -124,7 +135,7 @@ class DiTDecoder(nn.Module):
         self.scene_proj = nn.Linear(latent_width, c.width)  # adapter: encoder width → decoder width
         self.motion_proj = nn.Linear(latent_width, c.width)
         self.time = nn.Sequential(nn.Linear(c.width, c.width), nn.SiLU(), nn.Linear(c.width, c.width))
-        self.blocks = nn.ModuleList(JointBlock(c.width, c.heads) for _ in range(c.depth))
+        self.blocks = nn.ModuleList(JointBlock(c.width, c.heads, c.action_attends_image) for _ in range(c.depth))
         self.norm_out = nn.LayerNorm(c.width, eps=1e-6)
         for out in (self.patch_out, self.action_out):
             nn.init.zeros_(out.weight)
