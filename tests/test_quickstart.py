@@ -113,6 +113,7 @@ def test_every_artifact_and_report_section_exists_with_finite_numbers(runs):
     assert report["wall_seconds_before_report"] < report["total_seconds_of_stages"]
     md = (out / "report/report.md").read_text()
     assert "**wall time, before this report**" in md
+    assert "| slice | mean of 8 draws |" in md and "right_pos" in md  # the action stream per unified slice
     for heading in ("Success on the held-out tasks", "LAM reconstructions", "Latent diagnostics", "Grounding",
                     "Training curves", "Time per stage"):  # fmt: skip
         assert f"## {heading}" in md

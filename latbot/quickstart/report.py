@@ -278,6 +278,23 @@ def _markdown(r: dict, preset) -> str:
                     f"| {name} | {a['one_sample']:.3f} | {a['mean_of_samples']:.3f} | {a['constant']:.3f} | "
                     f"{a['copy_first']:.3f} | {alt} |"
                 )
+        slices = [(name, sl, v) for name, a in streams.items() if a for sl, v in a.get("per_slice", {}).items()]
+        if slices:
+            lines += [
+                "",
+                "The same per unified slice (the pooled R² weighs each slice by its variance: a gripper held at one "
+                "value per task can hide an arm motion the stream reads); instruction dropped: every clip given the "
+                "empty instruction that instruction dropout trains with:",
+                "",
+                "| store | slice | mean of 8 draws | constant | frames frozen | instruction dropped |",
+                "|---|---|---|---|---|---|",
+            ]
+            for name, sl, v in slices:
+                cells = " | ".join(
+                    f"{v[k]:.3f}" if k in v else "—"
+                    for k in ("mean_of_samples", "constant", "frames_frozen", "instruction_dropped")
+                )
+                lines.append(f"| {name} | {sl} | {cells} |")
     g = r["grounding"]["mean_lowest_spatial_entropy_nats"]
     lines += [
         "",
