@@ -38,6 +38,19 @@ def build(overrides=()):
     return LatentActionModel(recipe.model, recipe.data.num_frames)
 
 
+def build_with_decoder(recipe_path, overrides, decoder: str):
+    """The LAM of a tiny recipe with its own DiT decoder ("dit") or the tiny SANA one ("sana")."""
+    from latbot import registry
+
+    r = load_recipe(recipe_path, list(overrides))
+    config = r.model
+    if decoder == "sana":
+        sana = registry.get("decoders", "sana").tiny_config().model_copy(update={"horizon": r.data.num_frames - 1})
+        config = config.model_copy(update={"decoder": sana})
+    torch.manual_seed(0)
+    return LatentActionModel(config, r.data.num_frames)
+
+
 @pytest.mark.parametrize(
     ("recipe", "streams"),
     [
@@ -222,16 +235,8 @@ def _pathways(model) -> dict[str, str]:
 @pytest.mark.parametrize("decoder", ["dit", "sana"])
 @pytest.mark.parametrize("recipe", list(VARIANTS))
 def test_table5_variants_differ_in_information_flow(store, recipe, decoder):
-    from latbot import registry
-
     decoupled, unified = VARIANTS[recipe]
-    r = load_recipe(REPO / "recipes/tiny" / recipe)
-    config = r.model
-    if decoder == "sana":
-        sana = registry.get("decoders", "sana").tiny_config().model_copy(update={"horizon": r.data.num_frames - 1})
-        config = config.model_copy(update={"decoder": sana})
-    torch.manual_seed(0)
-    model = LatentActionModel(config, r.data.num_frames)
+    model = build_with_decoder(REPO / "recipes/tiny" / recipe, [], decoder)
     batch = next(iter(DataLoader(ClipDataset(store, num_frames=4), batch_size=2)))
     seen: dict[str, torch.Tensor] = {}
 
@@ -323,15 +328,7 @@ def test_flow_draws_decode_each_clip_several_times_from_one_encoding(store, monk
     """`model.flow_draws: k` (training only): the encoder runs once per clip and the decoder's flow losses see
     each clip's latents, frames, actions and mask k times in a row (k (time, noise) draws, averaged); in eval
     the decoder sees each clip once. For every decoder plugin."""
-    from latbot import registry
-
-    r = load_recipe(TINY, ["model.flow_draws=3"])
-    config = r.model
-    if decoder == "sana":
-        sana = registry.get("decoders", "sana").tiny_config().model_copy(update={"horizon": r.data.num_frames - 1})
-        config = config.model_copy(update={"decoder": sana})
-    torch.manual_seed(0)
-    model = LatentActionModel(config, r.data.num_frames)
+    model = build_with_decoder(TINY, ["model.flow_draws=3"], decoder)
     encoded, decoded = [], []
     encode, decode = model.encoder.forward, model.decoder.forward
     monkeypatch.setattr(model.encoder, "forward", lambda f, w: encoded.append(len(f)) or encode(f, w))
