@@ -31,7 +31,7 @@ def main() -> None:
     from torch.utils.data import DataLoader, Subset
     from tqdm import tqdm
 
-    from latbot.analysis.diagnostics import r2, slice_dims
+    from latbot.analysis.diagnostics import r2, r2_per_slice
     from latbot.data.clips import K_ACTION_MASK, K_ACTIONS, K_FRAMES, K_INSTRUCTION, ClipDataset, interval_action_stats
     from latbot.models.lam import LatentActionModel, shift_clips
     from latbot.recipes import load_recipe
@@ -114,14 +114,9 @@ def main() -> None:
                 truth.append(batch[K_ACTIONS].numpy()), masks.append(batch[K_ACTION_MASK].numpy())
         y, valid = np.concatenate(truth), np.concatenate(masks).all(0)
         flat = y[..., valid].reshape(len(y), -1)
-        out = {k: r2(np.concatenate(v)[..., valid].reshape(len(y), -1), flat) for k, v in made.items()}
-        per_slice = {
-            name: {k: r2(np.concatenate(v)[..., dims].reshape(len(y), -1), truth) for k, v in made.items()}
-            | {"constant": r2(np.zeros_like(truth), truth)}
-            for name, dims in slice_dims(valid).items()
-            for truth in [y[..., dims].reshape(len(y), -1)]
-        }
-        return out | {"constant": r2(np.zeros_like(flat), flat), "per_slice": per_slice}
+        made = {k: np.concatenate(v) for k, v in made.items()}
+        out = {k: r2(v[..., valid].reshape(len(y), -1), flat) for k, v in made.items()}
+        return out | {"constant": r2(np.zeros_like(flat), flat), "per_slice": r2_per_slice(made, y, valid)}
 
     result = {"recipe": args.recipe, "sets": args.sets, "seed": args.seed, "pretrain": str(pretrain), "stride": stride,
               "pretrain_clips": score(train), "heldout": score(test)}  # fmt: skip

@@ -119,28 +119,26 @@ def action_stream_r2(
       (right_pos, right_gripper, …). The pooled R² weighs each slice by its variance, so one slice the stream
       cannot predict (a gripper whose schedule is the task's) can hide another it does."""
     y = target[..., valid].reshape(len(target), -1)
-    mean_draws = samples.mean(0)
-    per_slice = {
-        name: {"mean_of_samples": r2(mean_draws[..., dims].reshape(len(target), -1), truth)}
-        | {"constant": r2(np.zeros_like(truth), truth)}
-        | {cf: r2(d.mean(0)[..., dims].reshape(len(target), -1), truth) for cf, d in (counterfactuals or {}).items()}
-        for name, dims in slice_dims(valid).items()
-        for truth in [target[..., dims].reshape(len(target), -1)]
-    }
+    points = {"mean_of_samples": samples.mean(0)} | {cf: d.mean(0) for cf, d in (counterfactuals or {}).items()}
     one = samples[0][..., valid].reshape(len(target), -1)
-    mean = samples.mean(0)[..., valid].reshape(len(target), -1)
     copy = np.repeat(target[:, :1], target.shape[1], axis=1)[..., valid].reshape(len(target), -1)
+    pooled = {name: r2(p[..., valid].reshape(len(target), -1), y) for name, p in points.items()}
     return (
-        {
-            "one_sample": r2(one, y),
-            "mean_of_samples": r2(mean, y),
-            "constant": r2(np.zeros_like(y), y),
-            "copy_first": r2(copy, y),
-            "draws": int(samples.shape[0]),
-        }
-        | {name: r2(d.mean(0)[..., valid].reshape(len(target), -1), y) for name, d in (counterfactuals or {}).items()}
-        | {"per_slice": per_slice}
+        {"one_sample": r2(one, y), "constant": r2(np.zeros_like(y), y), "copy_first": r2(copy, y)}
+        | pooled
+        | {"draws": int(samples.shape[0]), "per_slice": r2_per_slice(points, target, valid)}
     )
+
+
+def r2_per_slice(predictions: dict[str, np.ndarray], target: np.ndarray, valid: np.ndarray) -> dict[str, dict]:
+    """{unified slice: {name: R² of predictions[name] within the slice's valid dims} | {"constant": the zeros'}}
+    for predictions and target (N, K, A) and valid (A,) bool (`slice_dims`)."""
+    out = {}
+    for sl, dims in slice_dims(valid).items():
+        truth = target[..., dims].reshape(len(target), -1)
+        out[sl] = {k: r2(p[..., dims].reshape(len(target), -1), truth) for k, p in predictions.items()}
+        out[sl]["constant"] = r2(np.zeros_like(truth), truth)
+    return out
 
 
 def slice_dims(valid: np.ndarray) -> dict[str, np.ndarray]:
