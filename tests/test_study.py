@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from latbot.study import Study, load_study
+from latbot.study.action_stream import is_action_stream_study, load_action_stream_study
 from latbot.study.report import aggregate
 from tests.conftest import REPO
 
@@ -90,6 +91,9 @@ def test_study_files_are_checked():
     files = sorted((REPO / "recipes/studies").glob("*.yaml"))
     assert {f.stem for f in files} >= {"fewshot_metaworld", "table5_metaworld", "heldout_pilot", "smoke"}
     for path in files:
+        if is_action_stream_study(path):  # tests/test_action_stream_study.py
+            assert load_action_stream_study(path).lam.is_file()
+            continue
         study = load_study(path)
         for v in study.variants.values():
             assert v.finetune.is_file()
