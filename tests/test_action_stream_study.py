@@ -1,4 +1,5 @@
-"""Pre-registered action-stream studies (`latbot.study.action_stream`, `tools/action_stream_study.py`): a real
+"""Pre-registered action-stream studies (`latbot.study.action_stream`; `latbot study` and
+`tools/action_stream_study.py` run them): a real
 run trains tiny LAMs with `latbot train`, scores their action streams on real stores and reports over seeds;
 the statistics are the seed-level ones; bad input stops before anything trains."""
 
@@ -159,6 +160,24 @@ def test_the_tool_exits_2_on_bad_input_before_training_anything(stores, tmp_path
     assert tool.main([str(source), "--out", str(out), "--pretrain", str(missing), "--heldout", str(heldout_a)]) == 2
     assert f"{missing}: no such episode store" in capsys.readouterr().err
     assert not out.exists()  # nothing half-written
+
+
+def test_latbot_study_runs_an_action_stream_file_and_refuses_mixed_options(stores, tmp_path):
+    from typer.testing import CliRunner
+
+    from latbot.cli import app
+
+    pretrain, heldout_a, heldout_b = stores
+    source, out = write_study(tmp_path / "study.yaml", seeds=[0, 1, 2, 3, 4]), tmp_path / "out"
+    missing = CliRunner().invoke(app, ["study", str(source), "--out", str(out), "--pretrain", str(pretrain)])
+    assert missing.exit_code == 2 and "needs --out, --pretrain and --heldout" in missing.output
+    few = ["study", str(source), "--out", str(out), "--pretrain", str(pretrain), "--heldout", str(heldout_a)]
+    result = CliRunner().invoke(app, [*few, "--heldout", str(heldout_b)])
+    assert result.exit_code == 2 and "--heldout: 2 store(s) for 5 seeds" in result.output
+    assert not out.exists()
+    other = REPO / "recipes/studies/smoke.yaml"
+    mixed = CliRunner().invoke(app, ["study", str(other), "--out", str(out), "--pretrain", str(pretrain)])
+    assert mixed.exit_code == 2 and "for action-stream study files (with `lam:`) only" in mixed.output
 
 
 def test_the_registered_study_file_loads():

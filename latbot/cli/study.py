@@ -44,10 +44,37 @@ def study(
     cpus_per_job: int | None = typer.Option(None, min=1, help="CPU cores of one job."),
     mem_gb: float | None = typer.Option(None, min=0.1, help="Memory of one job, GiB."),
     parallelism: int | None = typer.Option(None, min=1, help="Jobs running at once."),
+    pretrain: Path | None = typer.Option(
+        None, help="Action-stream study files only: the episode store every seed's LAM trains on."
+    ),
+    heldout: list[Path] | None = typer.Option(
+        None,
+        "--heldout",
+        help="Action-stream study files only: one held-out episode store per seed, in the order of the file's "
+        "`seeds` (repeat the option).",
+    ),
 ) -> None:
     """Demonstrations → LAM → distillation → finetuning → closed-loop evaluation for every cell of the grid,
     then report.md / report.json / plots. Rerun the same command to resume; finished cells are skipped (with a
-    launcher: only the jobs whose output is missing are submitted again)."""
+    launcher: only the jobs whose output is missing are submitted again).
+
+    An action-stream study file (one that names `lam:`, latbot/study/action_stream.py) trains one LAM per seed
+    on --pretrain, scores its action stream on its --heldout store and reports the file's comparisons over
+    seeds."""
+    from latbot.errors import LatBotError
+    from latbot.study.action_stream import is_action_stream_study
+
+    if is_action_stream_study(path):
+        from latbot.study.action_stream import run_study
+
+        if out is None or pretrain is None or not heldout:
+            raise LatBotError(f"{path}: an action-stream study needs --out, --pretrain and --heldout (one per seed)")
+        report = run_study(path, out, pretrain, list(heldout))
+        typer.echo(report.read_text())
+        typer.echo(f"report: {report}")
+        return
+    if pretrain is not None or heldout:
+        raise LatBotError(f"{path}: --pretrain and --heldout are for action-stream study files (with `lam:`) only")
     if check_intervals:
         from latbot.study import check_intervals as simulate
 
@@ -66,8 +93,6 @@ def study(
             )
         return
     if out is None:
-        from latbot.errors import LatBotError
-
         raise LatBotError("--out is required (the study's directory), except with --check-intervals")
     if status:
         from latbot.study import status as study_status

@@ -13,7 +13,7 @@ and secondary ones shown with a Holm correction. The runner
 3. reports each comparison over seeds: the per-seed differences, their mean with a t-interval, the exact
    sign-flip p, and the claim `latbot.analysis.stats.claim` allows (none from fewer than 5 seeds).
 
-    python tools/action_stream_study.py STUDY.yaml --out DIR --pretrain STORE --heldout STORE [STORE ...]
+    latbot study STUDY.yaml --out DIR --pretrain STORE --heldout STORE [--heldout STORE ...]
 
 DIR gets lams/seed<k>/ (the runs), scores/seed<k>.json, report.md and report.json (with the study file's sha256
 and the git commit the code ran at).
@@ -101,7 +101,10 @@ def is_action_stream_study(path: str | Path) -> bool:
     than a `latbot study` file (which names `variants`)."""
     import yaml
 
-    data = yaml.safe_load(Path(path).read_text())
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return False  # the study loader reports it, with file:line
     return isinstance(data, dict) and "lam" in data and "variants" not in data
 
 
