@@ -175,6 +175,8 @@ def test_latbot_study_runs_an_action_stream_file_and_refuses_mixed_options(store
     result = CliRunner().invoke(app, [*few, "--heldout", str(heldout_b)])
     assert result.exit_code == 2 and "--heldout: 2 store(s) for 5 seeds" in result.output
     assert not out.exists()
+    status = CliRunner().invoke(app, ["study", str(source), "--status", "--out", str(out)])
+    assert status.exit_code == 2 and "are for grid studies" in status.output
     other = REPO / "recipes/studies/smoke.yaml"
     mixed = CliRunner().invoke(app, ["study", str(other), "--out", str(out), "--pretrain", str(pretrain)])
     assert mixed.exit_code == 2 and "for action-stream study files (with `lam:`) only" in mixed.output

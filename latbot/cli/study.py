@@ -67,6 +67,11 @@ def study(
     if is_action_stream_study(path):
         from latbot.study.action_stream import run_study
 
+        if check_intervals or status or launcher is not None:
+            raise LatBotError(
+                f"{path}: --check-intervals, --status and --launcher are for grid studies (with `variants:`); an "
+                f"action-stream study runs with --out, --pretrain and --heldout only"
+            )
         if out is None or pretrain is None or not heldout:
             raise LatBotError(f"{path}: an action-stream study needs --out, --pretrain and --heldout (one per seed)")
         report = run_study(path, out, pretrain, list(heldout))
