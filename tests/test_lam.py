@@ -540,3 +540,55 @@ def test_encoder_idm_tool_trains_the_recipes_encoder_and_scores_both_stores(stor
         assert set(result[part]["per_slice"]["right_pos"]) == set(scores)
     refused = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert refused.returncode == 2 and "data.sources" in refused.stderr
+
+
+def _gripper_store(path, seeds, with_gripper: bool = True):
+    """Episodes whose gripper command is the finger opening itself (a readout of degree 1 is exact)."""
+    from latbot.data.spaces import UnifiedTrajectory, fill_arm
+    from latbot.data.store import Episode
+    from latbot.testing.samples import synthetic_frames
+
+    with EpisodeStore.create(path, cameras=["cam"], image_size=(32, 32)) as s:
+        for seed in seeds:
+            rng = np.random.default_rng(seed)
+            traj = UnifiedTrajectory.empty(16)
+            fingers = np.clip(np.cumsum(rng.normal(0, 0.2, 16)) % 1.0, 0, 1)
+            grip = {"gripper": fingers, "action_gripper": fingers} if with_gripper else {}
+            fill_arm(traj, "right", position=np.cumsum(rng.normal(size=(16, 3)), 0), **grip)
+            frames = {"cam": synthetic_frames(16, 32, 32, seed)}
+            s.append(Episode(key=f"e{seed}", frames=frames, trajectory=traj, instruction=f"task {seed % 3}"))
+        finalize(s)
+    return path
+
+
+def test_gripper_readout_tool_scores_the_finger_opening_and_the_pixels(tmp_path):
+    """tools/gripper_readout.py: the finger-opening polynomial, fit on one store and scored on another, reads
+    a command that equals the opening exactly; with --lam, the V_t pixel ridge per pool size in the LAM's clip
+    layout; a store without the gripper is refused with exit code 2."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    pretrain = _gripper_store(tmp_path / "pretrain", range(6))
+    heldout = _gripper_store(tmp_path / "heldout", range(10, 13))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    train = [sys.executable, "-m", "latbot", "train", str(TINY), "--set", f"data.sources=[{{store: {pretrain}}}]"]
+    train += ["--set", "train.steps=2", "--set", f"log.out_dir={tmp_path}", "--set", "log.run_name=lam"]
+    train += ["--set", "data.num_workers=0"]
+    done = subprocess.run(train, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    tool = [sys.executable, str(REPO / "tools/gripper_readout.py"), "--pretrain", str(pretrain)]
+    out = tmp_path / "readout.json"
+    cmd = [*tool, "--heldout", str(heldout), "--lam", str(tmp_path / "lam"), "--pools", "4", "8", "--clips", "24"]
+    done = subprocess.run([*cmd, "--json", str(out)], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(out.read_text())
+    fingers = result["finger_opening"][str(heldout)]
+    assert fingers["degree_1"] > 0.99 and fingers["degree_3"] > 0.99 and fingers["constant"] < 0.5
+    pixels = result["pixels"][str(heldout)]
+    assert set(pixels) == {"pool_4", "pool_8", "constant"} and np.isfinite(list(pixels.values())).all()
+    assert "V_t pixels at 8²" in done.stdout
+    bare = _gripper_store(tmp_path / "bare", range(2), with_gripper=False)
+    refused = subprocess.run([*tool, "--heldout", str(bare)], capture_output=True, text=True, env=env, timeout=300)
+    assert refused.returncode == 2 and "has no right gripper action and state" in refused.stderr
