@@ -321,6 +321,10 @@ def test_action_stream_r2_per_slice_shows_what_the_pooled_value_hides():
     assert r["mean_of_samples"] < 0 < 0.99 < r["per_slice"]["right_pos"]["mean_of_samples"]
     assert r["per_slice"]["right_gripper"]["mean_of_samples"] < -3
     assert r["per_slice"]["right_pos"]["frames_frozen"] == pytest.approx(r["per_slice"]["right_pos"]["constant"])
+    truth[:, 1:, grip] = truth[:, :1, grip]  # a gripper held for the chunk: persistence reads it exactly
+    r = action_stream_r2(draws, truth, valid)
+    assert r["per_slice"]["right_gripper"]["copy_first"] == pytest.approx(1.0)  # persistence, per slice too
+    assert r["per_slice"]["right_pos"]["copy_first"] < 0.5 < r["per_slice"]["right_pos"]["mean_of_samples"]
 
 
 @pytest.mark.parametrize("decoder", ["dit", "sana"])

@@ -115,16 +115,16 @@ def action_stream_r2(
       their mean. `frames_frozen` (every frame replaced by V_t, so no motion is visible) near
       `mean_of_samples` says the stream predicts the actions from the scene and the instruction — a policy —
       rather than from the motion between the frames, which cannot carry over to tasks it has not seen;
-    - `per_slice`: the same R²s (mean of the draws, constant, counterfactuals) within each named unified slice
+    - `per_slice`: the same R²s (mean of the draws, constant, copy_first, counterfactuals) within each unified slice
       (right_pos, right_gripper, …). The pooled R² weighs each slice by its variance, so one slice the stream
       cannot predict (a gripper whose schedule is the task's) can hide another it does."""
     y = target[..., valid].reshape(len(target), -1)
-    points = {"mean_of_samples": samples.mean(0)} | {cf: d.mean(0) for cf, d in (counterfactuals or {}).items()}
+    points = {"mean_of_samples": samples.mean(0), "copy_first": np.repeat(target[:, :1], target.shape[1], axis=1)}
+    points |= {cf: d.mean(0) for cf, d in (counterfactuals or {}).items()}
     one = samples[0][..., valid].reshape(len(target), -1)
-    copy = np.repeat(target[:, :1], target.shape[1], axis=1)[..., valid].reshape(len(target), -1)
     pooled = {name: r2(p[..., valid].reshape(len(target), -1), y) for name, p in points.items()}
     return (
-        {"one_sample": r2(one, y), "constant": r2(np.zeros_like(y), y), "copy_first": r2(copy, y)}
+        {"one_sample": r2(one, y), "constant": r2(np.zeros_like(y), y)}
         | pooled
         | {"draws": int(samples.shape[0]), "per_slice": r2_per_slice(points, target, valid)}
     )
