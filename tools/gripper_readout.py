@@ -78,14 +78,14 @@ def main(argv: list[str] | None = None) -> int:
         result["finger_opening"][path] = row
         print(f"| {path} | {row['degree_1']:+.2f} | {row['degree_3']:+.2f} | {row['constant']:+.2f} |")
     if args.lam is not None:
-        result["pixels"] = pixel_reference(args, result)
+        result["pixels"] = pixel_reference(args)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)
     return 0
 
 
-def pixel_reference(args, result) -> dict:
+def pixel_reference(args) -> dict:
     """V_t pixels → the first gripper command of each clip, per pool size and held-out store."""
     import numpy as np
     import torch
@@ -116,7 +116,8 @@ def pixel_reference(args, result) -> dict:
         test_x, test_a, test_m, _ = gather(path, 128, 1)
         dims = slice_dims(train_m.all(0) & test_m.all(0)).get(f"{args.arm}_gripper")
         if dims is None:
-            raise SystemExit(f"error: {path}: no {args.arm} gripper in both stores' clips")
+            print(f"error: {path}: no {args.arm} gripper in both stores' clips", file=sys.stderr)
+            raise SystemExit(2)
         y_tr, y_te = train_a[:, dims], test_a[:, dims]
         row = {f"pool_{p}": transfer_ridge(train_x[p], y_tr, tasks, test_x[p], y_te)["r2"] for p in args.pools}
         row["constant"] = r2(np.zeros_like(y_te), y_te)

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -137,12 +136,14 @@ def _dotted(recipe: dict, key: str) -> Any:
     return node
 
 
-def check_run_matches(study: ActionStreamStudy, path: Path, seed: int, pretrain: Path) -> None:
-    """Refuse a run directory whose recipe is not this study's for this seed (another study's output, or the
-    file edited after the run): its scores would be reported under the wrong settings."""
+def check_run_matches(study: ActionStreamStudy, path: Path, seed: int, pretrain: Path):
+    """The run at `path` (a `latbot.runs.Run`, finished or not), refused if its recipe is not this study's for
+    this seed (another study's output, or the file edited after the run): its scores would be reported under the
+    wrong settings."""
     from latbot.runs import open_run
 
-    recipe = open_run(path, "lam", complete=False).manifest.recipe or {}
+    run = open_run(path, "lam", complete=False)
+    recipe = run.manifest.recipe or {}
     expected = {"train.seed": seed, **study.set}
     wrong = {k: (_dotted(recipe, k), v) for k, v in expected.items() if _dotted(recipe, k) != v}
     sources = _dotted(recipe, "data.sources") or [{}]
@@ -151,29 +152,23 @@ def check_run_matches(study: ActionStreamStudy, path: Path, seed: int, pretrain:
     if wrong:
         detail = "; ".join(f"{k} is {have!r}, the study sets {want!r}" for k, (have, want) in wrong.items())
         raise ArtifactError(f"{path}: not this study's run ({detail}); give another --out")
+    return run
 
 
-def train(study: ActionStreamStudy, out: Path, pretrain: Path, env: dict[str, str] | None = None) -> list[Path]:
+def train(study: ActionStreamStudy, out: Path, pretrain: Path) -> None:
     """Train (or resume) each seed's LAM; finished runs with the study's settings are kept as they are."""
-    from latbot.runs import open_run
-
-    runs = []
     for seed in study.seeds:
         path = run_dir(out, seed)
         if (path / "latbot.json").is_file():
-            check_run_matches(study, path, seed, pretrain)
-            if open_run(path, "lam", complete=False).complete:
-                runs.append(path)
+            if check_run_matches(study, path, seed, pretrain).complete:
                 continue
             cmd = [sys.executable, "-m", "latbot", "train", "--resume", str(path)]
         else:
             cmd = train_command(study, out, pretrain, seed)
         print(f"seed {seed}: {' '.join(cmd[1:])}", flush=True)
-        done = subprocess.run(cmd, env=env if env is not None else os.environ.copy())
+        done = subprocess.run(cmd)
         if done.returncode != 0:
             raise ArtifactError(f"{path}: training seed {seed} failed (exit {done.returncode}); see its output above")
-        runs.append(path)
-    return runs
 
 
 def check_pairing(study: ActionStreamStudy, heldout: list[Path]) -> None:
