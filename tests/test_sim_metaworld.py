@@ -146,6 +146,52 @@ def test_action_noise_perturbs_the_applied_actions_reproducibly(tmp_path):
         generate(config(), ["reach"], 1, unfinished, image_size=32, seed=1, progress=False)
 
 
+def test_gripper_holds_replace_the_experts_gripper_in_runs_and_the_fingers_follow(tmp_path):
+    """`gripper_holds` p: the reach expert commands the gripper 0 throughout; with holds the recorded command is
+    fully open (−1) or closed (+1) in runs of at least 8 steps, the arm's commands are the expert's, the fingers
+    open and close with it, the same seed repeats, the store records p, and resuming with another p is refused."""
+    from latbot.data.store import StoreError
+    from latbot.sim.generate import HOLD_STEPS
+
+    clean, held, again = (tmp_path / n for n in ("clean", "held", "again"))
+    generate(config(), ["reach"], 1, clean, image_size=32, seed=3, progress=False)
+    for out in (held, again):
+        generate(config(), ["reach"], 1, out, image_size=32, seed=3, progress=False, gripper_holds=0.1)
+    native, opening = {}, {}
+    for out in (clean, held, again):
+        with EpisodeStore.open(out) as s:
+            stop = s.records[0].stop
+            native[out.name], opening[out.name] = s.array("native_actions")[:stop], s.array("native_states")[:stop, 3]
+    assert np.all(native["clean"][:, 3] == 0.0) and np.array_equal(native["held"], native["again"])
+    grip = native["held"][:, 3]
+    assert set(np.unique(grip)) <= {-1.0, 0.0, 1.0} and {-1.0, 1.0} <= set(np.unique(grip))
+    edges = np.flatnonzero(np.diff(np.r_[0, (grip != 0).astype(int), 0]))
+    runs = edges[1::2] - edges[::2]
+    ends_early = edges[1::2] == len(grip)  # a run cut short by the episode's end
+    assert np.all((runs >= HOLD_STEPS[0]) | ends_early), runs
+    first = min(len(grip), len(native["clean"]))
+    np.testing.assert_allclose(native["held"][:first, :3], native["clean"][:first, :3], atol=0.05)
+    assert opening["clean"].min() > 0.9 and opening["held"].min() < 0.8  # closing holds close the fingers
+    extra = {out.name: json.loads((out / "latbot.json").read_text())["extra"] for out in (clean, held)}
+    assert extra["held"]["gripper_holds"] == 0.1 and "gripper_holds" not in extra["clean"]
+    before = (held / "latbot.json").read_bytes()
+    with pytest.raises(StoreError, match=r"--gripper-holds 0.1, not 0; choose another --out"):
+        generate(config(), ["reach"], 2, held, image_size=32, seed=3, progress=False)
+    assert (held / "latbot.json").read_bytes() == before
+
+
+def test_gripper_holds_on_a_robot_without_a_gripper_exit_2(tmp_path):
+    """The example plugin's dot robot has no gripper: `gen-sim --gripper-holds` says so and writes nothing."""
+    out = tmp_path / "dots"
+    result = subprocess.run(
+        [sys.executable, "-m", "latbot", "data", "gen-sim", "--sim", "dot_reach", "--tasks", "reach-red",
+         "--episodes", "1", "-o", str(out), "--image-size", "32", "--gripper-holds", "0.1"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 2 and "has no gripper; drop the option" in result.stderr, result.stderr
+    assert not out.exists()
+
+
 def test_two_live_simulators_do_not_render_black_frames():
     a, b = registry.build("simulators", config()), registry.build("simulators", config())
     try:

@@ -38,6 +38,13 @@ def gen_sim(
         help="σ of Gaussian noise added to every native action dimension before it is applied (and recorded): "
         "demonstrations whose actions the scene alone does not determine (docs/simulators.md).",
     ),
+    gripper_holds: float = typer.Option(
+        0.0,
+        min=0.0,
+        max=1.0,
+        help="Per-step probability that the expert's gripper is replaced, for 8–24 steps, by fully open or "
+        "closed at random: demonstrations whose gripper the task does not give away (use with --keep-failures).",
+    ),
     overrides: list[str] = typer.Option([], "--set", "-s", help="Simulator option KEY=VALUE."),
 ) -> None:
     """Generate scripted-expert demonstrations (with language and subtasks) into an episode store."""
@@ -53,6 +60,7 @@ def gen_sim(
         seed=seed,
         keep_failures=keep_failures,
         action_noise=action_noise,
+        gripper_holds=gripper_holds,
     )
     typer.echo(
         f"{out}: {result.added} episode(s) added, {result.skipped} already present, "

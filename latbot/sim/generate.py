@@ -46,10 +46,12 @@ def generate(
     codec: str = "zstd",
     progress: bool = True,
     action_noise: float = 0.0,
+    gripper_holds: float = 0.0,
 ) -> GenerateResult:
     """`episodes` successful scripted demonstrations per task (all attempts with `keep_failures`).
     Rerunning with the same arguments resumes: episodes already in the store are skipped. `action_noise` σ > 0
-    perturbs every expert action before it is applied (`rollout_expert`); the store records σ."""
+    perturbs every expert action before it is applied, `gripper_holds` > 0 replaces the expert's gripper at
+    random (`rollout_expert`); the store records both."""
     import contextlib
     import time
 
@@ -70,9 +72,12 @@ def generate(
         out = Path(out)
         claim_store(StoreDir(out), out)  # before anything is touched: new, empty, or a store LatBot wrote
         _check_same_simulator(out, sim_config.type)  # before the lock too (and under it): a refusal changes nothing
-        _check_same_noise(out, action_noise)
+        perturbation = {"action_noise": action_noise, "gripper_holds": gripper_holds}
+        if gripper_holds > 0:
+            _gripper(sim)  # a robot without a gripper is refused before anything is written
+        _check_same_noise(out, **perturbation)
         stack.enter_context(writing(out))  # the whole command: a second writer is refused before it writes
-        store = stack.enter_context(_open_store(sim_config, out, cameras, image_size, codec, action_noise))
+        store = stack.enter_context(_open_store(sim_config, out, cameras, image_size, codec, **perturbation))
         bar = tqdm(total=len(names) * episodes, desc=f"gen-sim {sim_config.type}", unit="episode", disable=not progress)
         for ti, task in enumerate(names):
             have = sum(1 for r in store.records if r.task == task)
@@ -86,7 +91,7 @@ def generate(
                 if store.has_key(key):
                     continue
                 t0 = time.perf_counter()
-                episode = record_episode(sim, task, s, cameras, image_size, key, action_noise)
+                episode = record_episode(sim, task, s, cameras, image_size, key, **perturbation)
                 spent, recorded = spent + time.perf_counter() - t0, recorded + 1
                 if not (episode.success or keep_failures):
                     result.failed_attempts += 1
@@ -98,18 +103,26 @@ def generate(
             result.per_task[task] = have
         bar.close()
         extra = {"simulator": sim_config.model_dump(mode="json"), "tasks": names, "seed": seed}
-        finalize(store, extra=extra | ({"action_noise": action_noise} if action_noise else {}))
+        finalize(store, extra=extra | {k: v for k, v in perturbation.items() if v})
     result.seconds_per_episode = spent / recorded if recorded else 0.0
     return result
 
 
-def _source(sim: str, action_noise: float) -> str:
-    """What a simulated store records as its source: the simulator, and the noise on the expert's actions."""
-    return f"{sim} scripted experts, action_noise={action_noise:g}"
+def _source(sim: str, action_noise: float, gripper_holds: float = 0.0) -> str:
+    """What a simulated store records as its source: the simulator, and how the expert's actions were perturbed
+    (gripper holds only when there are any, so stores from before them read the same)."""
+    holds = f", gripper_holds={gripper_holds:g}" if gripper_holds else ""
+    return f"{sim} scripted experts{holds}, action_noise={action_noise:g}"
 
 
 def _open_store(
-    sim_config: PluginConfig, out: Path, cameras: list[str], image_size: int, codec: str, action_noise: float = 0.0
+    sim_config: PluginConfig,
+    out: Path,
+    cameras: list[str],
+    image_size: int,
+    codec: str,
+    action_noise: float = 0.0,
+    gripper_holds: float = 0.0,
 ):
     """The store at `out` opened to append (it must hold this simulator's demonstrations), or a new one."""
     from latbot.data.store import EpisodeStore
@@ -121,16 +134,16 @@ def _open_store(
             image_size=(image_size, image_size),
             codec=codec,
             source_format=sim_config.type,
-            source=_source(sim_config.type, action_noise),
+            source=_source(sim_config.type, action_noise, gripper_holds),
         )
     _check_same_simulator(out, sim_config.type)
     return EpisodeStore.open(out, mode="a")
 
 
-def _check_same_noise(out: Path, action_noise: float) -> None:
-    """Resuming a store with another `action_noise` would mix two kinds of demonstration: refused. The noise
-    is in the store's attributes from its creation (`_source`), so an interrupted store is checked too; a
-    store written before that records it in its manifest only once finished."""
+def _check_same_noise(out: Path, action_noise: float, gripper_holds: float = 0.0) -> None:
+    """Resuming a store with another `action_noise` or `gripper_holds` would mix two kinds of demonstration:
+    refused. Both are in the store's attributes from its creation (`_source`), so an interrupted store is
+    checked too; a store written before that records the noise in its manifest only once finished."""
     from latbot.artifacts import ArtifactError, read_manifest
     from latbot.data.store import EpisodeStore, StoreError
 
@@ -138,6 +151,13 @@ def _check_same_noise(out: Path, action_noise: float) -> None:
         return
     with EpisodeStore.open(out, check=False) as existing:
         recorded = existing.attrs.get("source") or ""
+    holds = re.search(r"gripper_holds=([0-9.eE+-]+),", recorded)
+    had_holds = float(holds.group(1)) if holds else 0.0
+    if had_holds != gripper_holds:
+        raise StoreError(
+            f"--out {out}: its demonstrations were recorded with --gripper-holds {had_holds:g}, not "
+            f"{gripper_holds:g}; choose another --out (a store holds one kind of demonstration)"
+        )
     found = re.search(r"action_noise=([0-9.eE+-]+)$", recorded)
     if found:
         had = float(found.group(1))
@@ -168,8 +188,31 @@ def _check_same_simulator(out: Path, sim: str) -> None:
         )
 
 
+HOLD_STEPS = (8, 24)  # a gripper hold lasts this many steps (inclusive), drawn uniformly
+
+
+def _gripper(sim) -> tuple[int, float, float]:
+    """(index, open value, closed value) of the simulated robot's native gripper action; a robot without a
+    gripper is refused (it has nothing to hold)."""
+    from latbot.data import embodiments
+    from latbot.sim.base import SimulatorError
+
+    emb = embodiments.get(sim.embodiment)
+    if emb.gripper == "none":
+        raise SimulatorError(
+            f"--gripper-holds: the {sim.config.type} robot ('{sim.embodiment}') has no gripper; drop the option"
+        )
+    return emb.gripper_index, emb.gripper_open, emb.gripper_closed
+
+
 def rollout_expert(
-    sim, task: str, seed: int, cameras: list[str], image_size: int, action_noise: float = 0.0
+    sim,
+    task: str,
+    seed: int,
+    cameras: list[str],
+    image_size: int,
+    action_noise: float = 0.0,
+    gripper_holds: float = 0.0,
 ) -> Demonstration:
     """Run the simulator's scripted expert once from the episode of `seed`: every step's frames, native
     state, applied action and privileged observation, until success + `sim.hold_steps` or the step limit.
@@ -178,8 +221,18 @@ def rollout_expert(
     from `seed`) before it is applied, and the applied action is what is recorded (DART-style). A scripted
     expert's action is a function of the scene, so a latent action model trained on its clean demonstrations
     can predict the actions from V_t and the instruction alone; with noise, part of every action is seen only
-    in the motion between the frames."""
+    in the motion between the frames.
+
+    `gripper_holds` p > 0: at every step without a hold running, a hold starts with probability p. For the
+    next 8–24 steps (`HOLD_STEPS`) the expert's gripper command is replaced by fully open or fully closed (the
+    robot's own values, drawn at random, from their own stream of `seed`), then the expert takes over again.
+    A scripted expert's gripper is a function of the task and its phase, so a model trained on its clean
+    demonstrations can read the gripper from the instruction and the scene; with holds, it has to read it
+    from the fingers. Holds make grasping tasks fail more often: record them with `keep_failures`."""
     rng = np.random.default_rng(seed)
+    holds_rng = np.random.default_rng([seed, 1])  # the noise draws stay those of the same seed without holds
+    grip = _gripper(sim) if gripper_holds > 0 else None
+    hold_left, hold_value = 0, 0.0  # steps left in the running hold, and its command
     env = sim.episode(task, seed, cameras, image_size)
     policy = sim.scripted_policy(task)
     policy.reset(task, env.instruction)
@@ -189,7 +242,13 @@ def rollout_expert(
     try:
         for _ in range(env.max_steps):
             obs = env.observe(cameras)
-            action = np.asarray(policy.predict(obs))[0]
+            action = np.array(policy.predict(obs))[0]  # a copy: a hold writes into it
+            if grip is not None:
+                if hold_left == 0 and holds_rng.random() < gripper_holds:
+                    hold_left = int(holds_rng.integers(HOLD_STEPS[0], HOLD_STEPS[1] + 1))
+                    hold_value = grip[1] if holds_rng.random() < 0.5 else grip[2]
+                if hold_left > 0:
+                    action[grip[0]], hold_left = hold_value, hold_left - 1
             if action_noise > 0:
                 action = action + rng.normal(0.0, action_noise, action.shape)
             for c in cameras:
@@ -217,12 +276,21 @@ def rollout_expert(
         env.close()
 
 
-def record_episode(sim, task: str, seed: int, cameras: list[str], image_size: int, key: str, action_noise: float = 0.0):
+def record_episode(
+    sim,
+    task: str,
+    seed: int,
+    cameras: list[str],
+    image_size: int,
+    key: str,
+    action_noise: float = 0.0,
+    gripper_holds: float = 0.0,
+):
     """Run the scripted expert once and return the recorded `Episode` (its `success` says how it ended)."""
     from latbot.data import embodiments
     from latbot.data.store import Episode
 
-    demo = rollout_expert(sim, task, seed, cameras, image_size, action_noise)
+    demo = rollout_expert(sim, task, seed, cameras, image_size, action_noise, gripper_holds)
     return Episode(
         key=key,
         frames=demo.frames,
