@@ -15,7 +15,7 @@ import yaml
 from latbot.data.convert import finalize
 from latbot.data.store import EpisodeStore
 from latbot.errors import ArtifactError, RecipeError
-from latbot.study.action_stream import ActionStreamStudy, load_action_stream_study, run_study, summarise
+from latbot.study.action_stream import ActionStreamStudy, load_action_stream_study, run_study, status, summarise
 from tests.conftest import REPO
 from tests.test_store import episode
 
@@ -84,6 +84,47 @@ def test_a_study_trains_one_lam_per_seed_scores_it_on_its_store_and_resumes(stor
     with pytest.raises(ArtifactError, match=r"seed3: not this study's run \(train.steps is 2, the study sets 3"):
         run_study(edited, out, pretrain, [heldout_a, heldout_b])
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+
+    # --status reads each seed's run (and writes nothing): trained and scored here; the edited file's view of
+    # the same runs is "foreign", with what differs.
+    assert [(r["state"], r["step"], r["scored"]) for r in status(source, out)] == [("trained", 2, True)] * 2
+    assert {r["state"] for r in status(edited, out)} == {"foreign"}
+    assert "train.steps is 2, the study sets 3" in status(edited, out)[0]["detail"]
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+
+
+def test_status_tells_pending_stopped_training_and_failed_runs_apart(stores, tmp_path):
+    """An unfinished run is "training" while another process holds its lock and "stopped" otherwise (the next
+    `latbot study` resumes it); a run marked failed says why; a seed without a run is "pending"."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from latbot.cli import app
+    from latbot.runs import lock_run
+
+    pretrain, heldout_a, _ = stores
+    source, done = write_study(tmp_path / "study.yaml", seeds=[3, 4]), tmp_path / "done"
+    run_study(write_study(tmp_path / "one.yaml", seeds=[3, 5]), done, pretrain, [heldout_a, heldout_a])
+    out = tmp_path / "out"
+    assert [r["state"] for r in status(source, out)] == ["pending", "pending"]
+    shutil.copytree(done / "lams" / "seed3", out / "lams" / "seed3")
+    manifest = out / "lams" / "seed3" / "latbot.json"
+    manifest.write_text(json.dumps(json.loads(manifest.read_text()) | {"status": "running"}))
+    assert [r["state"] for r in status(source, out)] == ["stopped", "pending"]
+    with lock_run(out / "lams" / "seed3"):  # this fd holds the lock; status reads it through another
+        row = status(source, out)[0]
+        assert row["state"] == "training" and row["step"] == 2 and row["steps"] == 2
+    failed = json.loads(manifest.read_text())
+    manifest.write_text(json.dumps(failed | {"status": "failed", "extra": {"error": "CUDA out of memory"}}))
+    assert status(source, out)[0] | {"run": None} == {
+        "seed": 3, "run": None, "state": "failed", "step": 2, "steps": 2, "pid": None, "detail": "CUDA out of memory",
+        "scored": False,
+    }  # fmt: skip
+    shown = CliRunner().invoke(app, ["study", str(source), "--status", "--out", str(out)])
+    assert shown.exit_code == 0, shown.output
+    assert shown.output.splitlines()[0].startswith("seed 3      failed    step 2/2 (CUDA out of memory)")
+    assert shown.output.splitlines()[1].startswith("seed 4      pending")
 
 
 def scores(position: list[float], pooled: list[float], frozen: list[float]) -> dict[int, dict]:
@@ -175,14 +216,19 @@ def test_latbot_study_runs_an_action_stream_file_and_refuses_mixed_options(store
     result = CliRunner().invoke(app, [*few, "--heldout", str(heldout_b)])
     assert result.exit_code == 2 and "--heldout: 2 store(s) for 5 seeds" in result.output
     assert not out.exists()
-    status = CliRunner().invoke(app, ["study", str(source), "--status", "--out", str(out)])
-    assert status.exit_code == 2 and "are for grid studies" in status.output
+    intervals = CliRunner().invoke(app, ["study", str(source), "--check-intervals", "--out", str(out)])
+    assert intervals.exit_code == 2 and "are for grid studies" in intervals.output
+    no_out = CliRunner().invoke(app, ["study", str(source), "--status"])
+    assert no_out.exit_code == 2 and "--status needs --out" in no_out.output
     other = REPO / "recipes/studies/smoke.yaml"
     mixed = CliRunner().invoke(app, ["study", str(other), "--out", str(out), "--pretrain", str(pretrain)])
     assert mixed.exit_code == 2 and "for action-stream study files (with `lam:`) only" in mixed.output
 
 
-def test_the_registered_study_file_loads():
+def test_the_registered_study_files_load():
     registered = load_action_stream_study(REPO / "recipes/studies/prereg3_action_stream.yaml")
     assert registered.seeds == [5, 6, 7, 8, 9] and registered.primary.slice == "right_pos"
     assert registered.lam == (REPO / "recipes/quickstart/lam.yaml").resolve()
+    fourth = load_action_stream_study(REPO / "recipes/studies/prereg4_gripper_holds.yaml")
+    assert fourth.seeds == [10, 11, 12, 13, 14] and fourth.primary.slice == "all"
+    assert fourth.set == registered.set  # registration 3's LAM; only the pretraining store differs

@@ -67,11 +67,23 @@ def study(
     if is_action_stream_study(path):
         from latbot.study.action_stream import run_study
 
-        if check_intervals or status or launcher is not None:
+        if check_intervals or launcher is not None:
             raise LatBotError(
-                f"{path}: --check-intervals, --status and --launcher are for grid studies (with `variants:`); an "
-                f"action-stream study runs with --out, --pretrain and --heldout only"
+                f"{path}: --check-intervals and --launcher are for grid studies (with `variants:`); an "
+                f"action-stream study runs with --out, --pretrain and --heldout (or --out and --status)"
             )
+        if status:
+            from latbot.study.action_stream import status as stream_status
+
+            if out is None:
+                raise LatBotError(f"{path}: --status needs --out (the study's directory)")
+            for row in stream_status(path, out):
+                step = f" step {row['step']}/{row['steps']}" if row["step"] is not None else ""
+                pid = f" pid {row['pid']}" if row["state"] == "training" and row["pid"] not in (None, -1) else ""
+                detail = f" ({row['detail']})" if row["detail"] else ""
+                scored = " scored" if row["scored"] else ""
+                typer.echo(f"seed {row['seed']:<6} {row['state']:<9}{step}{pid}{scored}{detail}  {row['run']}")
+            return
         if out is None or pretrain is None or not heldout:
             raise LatBotError(f"{path}: an action-stream study needs --out, --pretrain and --heldout (one per seed)")
         report = run_study(path, out, pretrain, list(heldout))

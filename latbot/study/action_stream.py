@@ -143,16 +143,57 @@ def check_run_matches(study: ActionStreamStudy, path: Path, seed: int, pretrain:
     from latbot.runs import open_run
 
     run = open_run(path, "lam", complete=False)
-    recipe = run.manifest.recipe or {}
+    wrong = _mismatches(study, run.manifest.recipe or {}, seed, pretrain)
+    if wrong:
+        raise ArtifactError(f"{path}: not this study's run ({wrong}); give another --out")
+    return run
+
+
+def _mismatches(study: ActionStreamStudy, recipe: dict, seed: int, pretrain: Path | None) -> str:
+    """What in a run's recipe differs from what the study sets for this seed ("" when nothing does); the
+    pretraining store is compared only when `pretrain` is given."""
     expected = {"train.seed": seed, **study.set}
     wrong = {k: (_dotted(recipe, k), v) for k, v in expected.items() if _dotted(recipe, k) != v}
     sources = _dotted(recipe, "data.sources") or [{}]
-    if Path(str(sources[0].get("store", ""))).resolve() != Path(pretrain).resolve():
+    if pretrain is not None and Path(str(sources[0].get("store", ""))).resolve() != Path(pretrain).resolve():
         wrong["data.sources[0].store"] = (sources[0].get("store"), str(pretrain))
-    if wrong:
-        detail = "; ".join(f"{k} is {have!r}, the study sets {want!r}" for k, (have, want) in wrong.items())
-        raise ArtifactError(f"{path}: not this study's run ({detail}); give another --out")
-    return run
+    return "; ".join(f"{k} is {have!r}, the study sets {want!r}" for k, (have, want) in wrong.items())
+
+
+def status(source: str | Path, out: str | Path) -> list[dict[str, Any]]:
+    """`latbot study FILE --out DIR --status` for an action-stream file: per seed, its LAM run's state, read
+    without writing or taking a lock. state: pending (no run yet), training (another process holds the run's
+    lock; pid), stopped (unfinished and not running: the next `latbot study` resumes it), failed, trained, or
+    foreign (a run whose recipe is not this study's for the seed); step: the last logged step of `steps`;
+    scored: whether scores/seed<k>.json exists."""
+    from latbot.ownership import held_by_other
+    from latbot.runs import open_run
+
+    study = load_action_stream_study(source)
+    rows = []
+    for seed in study.seeds:
+        path = run_dir(Path(out), seed)
+        scored = (Path(out) / "scores" / f"seed{seed}.json").is_file()
+        row: dict[str, Any] = {"seed": seed, "run": str(path), "state": "pending", "step": None, "steps": None,
+                               "pid": None, "detail": "", "scored": scored}  # fmt: skip
+        if (path / "latbot.json").is_file():
+            run = open_run(path, "lam", complete=False)
+            recipe = run.manifest.recipe or {}
+            logged = run.metrics()
+            row["step"] = logged[-1].get("step") if logged else 0
+            row["steps"] = _dotted(recipe, "train.steps")
+            row["pid"] = held_by_other(path)
+            row["detail"] = _mismatches(study, recipe, seed, None)
+            if row["detail"]:
+                row["state"] = "foreign"
+            elif run.complete:
+                row["state"], row["step"] = "trained", row["steps"]
+            elif run.manifest.status == "failed":
+                row["state"], row["detail"] = "failed", str(run.manifest.extra.get("error", ""))
+            else:
+                row["state"] = "training" if row["pid"] is not None else "stopped"
+        rows.append(row)
+    return rows
 
 
 def train(study: ActionStreamStudy, out: Path, pretrain: Path) -> None:
