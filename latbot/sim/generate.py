@@ -27,6 +27,25 @@ class GenerateResult:
     per_task: dict[str, int] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Perturbation:
+    """How the expert's actions are perturbed before they are applied and recorded (`rollout_expert`):
+    Gaussian noise σ on every native dimension, and the per-step chance of a gripper hold."""
+
+    action_noise: float = 0.0
+    gripper_holds: float = 0.0
+
+    def source(self, sim: str) -> str:
+        """What a simulated store records as its source (gripper holds only when there are any, so stores from
+        before them read the same)."""
+        holds = f", gripper_holds={self.gripper_holds:g}" if self.gripper_holds else ""
+        return f"{sim} scripted experts{holds}, action_noise={self.action_noise:g}"
+
+    def recorded(self) -> dict[str, float]:
+        """The manifest's record of the perturbation (nothing when there is none)."""
+        return {k: v for k, v in vars(self).items() if v}
+
+
 def episode_seed(seed: int, task_index: int, attempt: int) -> int:
     """Deterministic per (run seed, task, attempt); distinct from evaluation seeds (see evaluate)."""
     return seed * 1_000_003 + task_index * 10_007 + attempt
@@ -72,12 +91,12 @@ def generate(
         out = Path(out)
         claim_store(StoreDir(out), out)  # before anything is touched: new, empty, or a store LatBot wrote
         _check_same_simulator(out, sim_config.type)  # before the lock too (and under it): a refusal changes nothing
-        perturbation = {"action_noise": action_noise, "gripper_holds": gripper_holds}
+        perturb = Perturbation(action_noise, gripper_holds)
         if gripper_holds > 0:
             _gripper(sim)  # a robot without a gripper is refused before anything is written
-        _check_same_noise(out, **perturbation)
+        _check_same_noise(out, perturb)
         stack.enter_context(writing(out))  # the whole command: a second writer is refused before it writes
-        store = stack.enter_context(_open_store(sim_config, out, cameras, image_size, codec, **perturbation))
+        store = stack.enter_context(_open_store(sim_config, out, cameras, image_size, codec, perturb))
         bar = tqdm(total=len(names) * episodes, desc=f"gen-sim {sim_config.type}", unit="episode", disable=not progress)
         for ti, task in enumerate(names):
             have = sum(1 for r in store.records if r.task == task)
@@ -91,7 +110,7 @@ def generate(
                 if store.has_key(key):
                     continue
                 t0 = time.perf_counter()
-                episode = record_episode(sim, task, s, cameras, image_size, key, **perturbation)
+                episode = record_episode(sim, task, s, cameras, image_size, key, perturb)
                 spent, recorded = spent + time.perf_counter() - t0, recorded + 1
                 if not (episode.success or keep_failures):
                     result.failed_attempts += 1
@@ -103,26 +122,13 @@ def generate(
             result.per_task[task] = have
         bar.close()
         extra = {"simulator": sim_config.model_dump(mode="json"), "tasks": names, "seed": seed}
-        finalize(store, extra=extra | {k: v for k, v in perturbation.items() if v})
+        finalize(store, extra=extra | perturb.recorded())
     result.seconds_per_episode = spent / recorded if recorded else 0.0
     return result
 
 
-def _source(sim: str, action_noise: float, gripper_holds: float = 0.0) -> str:
-    """What a simulated store records as its source: the simulator, and how the expert's actions were perturbed
-    (gripper holds only when there are any, so stores from before them read the same)."""
-    holds = f", gripper_holds={gripper_holds:g}" if gripper_holds else ""
-    return f"{sim} scripted experts{holds}, action_noise={action_noise:g}"
-
-
 def _open_store(
-    sim_config: PluginConfig,
-    out: Path,
-    cameras: list[str],
-    image_size: int,
-    codec: str,
-    action_noise: float = 0.0,
-    gripper_holds: float = 0.0,
+    sim_config: PluginConfig, out: Path, cameras: list[str], image_size: int, codec: str, perturb=Perturbation()
 ):
     """The store at `out` opened to append (it must hold this simulator's demonstrations), or a new one."""
     from latbot.data.store import EpisodeStore
@@ -134,16 +140,17 @@ def _open_store(
             image_size=(image_size, image_size),
             codec=codec,
             source_format=sim_config.type,
-            source=_source(sim_config.type, action_noise, gripper_holds),
+            source=perturb.source(sim_config.type),
         )
     _check_same_simulator(out, sim_config.type)
     return EpisodeStore.open(out, mode="a")
 
 
-def _check_same_noise(out: Path, action_noise: float, gripper_holds: float = 0.0) -> None:
+def _check_same_noise(out: Path, perturb: Perturbation) -> None:
     """Resuming a store with another `action_noise` or `gripper_holds` would mix two kinds of demonstration:
-    refused. Both are in the store's attributes from its creation (`_source`), so an interrupted store is
+    refused. Both are in the store's attributes from its creation (`Perturbation.source`), so an interrupted store is
     checked too; a store written before that records the noise in its manifest only once finished."""
+    action_noise, gripper_holds = perturb.action_noise, perturb.gripper_holds
     from latbot.artifacts import ArtifactError, read_manifest
     from latbot.data.store import EpisodeStore, StoreError
 
@@ -206,29 +213,24 @@ def _gripper(sim) -> tuple[int, float, float]:
 
 
 def rollout_expert(
-    sim,
-    task: str,
-    seed: int,
-    cameras: list[str],
-    image_size: int,
-    action_noise: float = 0.0,
-    gripper_holds: float = 0.0,
+    sim, task: str, seed: int, cameras: list[str], image_size: int, perturb: Perturbation = Perturbation()
 ) -> Demonstration:
     """Run the simulator's scripted expert once from the episode of `seed`: every step's frames, native
     state, applied action and privileged observation, until success + `sim.hold_steps` or the step limit.
 
-    `action_noise` σ > 0: each expert action gets Gaussian noise N(0, σ²) on every native dimension (drawn
+    `perturb.action_noise` σ > 0: each expert action gets Gaussian noise N(0, σ²) on every native dimension (drawn
     from `seed`) before it is applied, and the applied action is what is recorded (DART-style). A scripted
     expert's action is a function of the scene, so a latent action model trained on its clean demonstrations
     can predict the actions from V_t and the instruction alone; with noise, part of every action is seen only
     in the motion between the frames.
 
-    `gripper_holds` p > 0: at every step without a hold running, a hold starts with probability p. For the
+    `perturb.gripper_holds` p > 0: at every step without a hold running, a hold starts with probability p. For the
     next 8–24 steps (`HOLD_STEPS`) the expert's gripper command is replaced by fully open or fully closed (the
     robot's own values, drawn at random, from their own stream of `seed`), then the expert takes over again.
     A scripted expert's gripper is a function of the task and its phase, so a model trained on its clean
     demonstrations can read the gripper from the instruction and the scene; with holds, it has to read it
     from the fingers. Holds make grasping tasks fail more often: record them with `keep_failures`."""
+    action_noise, gripper_holds = perturb.action_noise, perturb.gripper_holds
     rng = np.random.default_rng(seed)
     holds_rng = np.random.default_rng([seed, 1])  # the noise draws stay those of the same seed without holds
     grip = _gripper(sim) if gripper_holds > 0 else None
@@ -277,20 +279,13 @@ def rollout_expert(
 
 
 def record_episode(
-    sim,
-    task: str,
-    seed: int,
-    cameras: list[str],
-    image_size: int,
-    key: str,
-    action_noise: float = 0.0,
-    gripper_holds: float = 0.0,
+    sim, task: str, seed: int, cameras: list[str], image_size: int, key: str, perturb: Perturbation = Perturbation()
 ):
     """Run the scripted expert once and return the recorded `Episode` (its `success` says how it ended)."""
     from latbot.data import embodiments
     from latbot.data.store import Episode
 
-    demo = rollout_expert(sim, task, seed, cameras, image_size, action_noise, gripper_holds)
+    demo = rollout_expert(sim, task, seed, cameras, image_size, perturb)
     return Episode(
         key=key,
         frames=demo.frames,
