@@ -127,11 +127,12 @@ def generate(
     return result
 
 
-def _open_store(
-    sim_config: PluginConfig, out: Path, cameras: list[str], image_size: int, codec: str, perturb=Perturbation()
-):
-    """The store at `out` opened to append (it must hold this simulator's demonstrations), or a new one."""
+def _open_store(sim_config: PluginConfig, out: Path, cameras: list[str], image_size: int, codec: str, perturb=None):
+    """The store at `out` opened to append (it must hold this simulator's demonstrations), or a new one
+    (recording `perturb`, a `Perturbation`; none by default)."""
     from latbot.data.store import EpisodeStore
+
+    perturb = perturb or Perturbation()
 
     if not (out / "zarr.json").exists():
         return EpisodeStore.create(
@@ -150,9 +151,10 @@ def _check_same_noise(out: Path, perturb: Perturbation) -> None:
     """Resuming a store with another `action_noise` or `gripper_holds` would mix two kinds of demonstration:
     refused. Both are in the store's attributes from its creation (`Perturbation.source`), so an interrupted store is
     checked too; a store written before that records the noise in its manifest only once finished."""
-    action_noise, gripper_holds = perturb.action_noise, perturb.gripper_holds
     from latbot.artifacts import ArtifactError, read_manifest
     from latbot.data.store import EpisodeStore, StoreError
+
+    action_noise, gripper_holds = perturb.action_noise, perturb.gripper_holds
 
     if not (out / "zarr.json").exists():
         return
