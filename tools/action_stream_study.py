@@ -8,8 +8,9 @@ file's primary and secondary comparisons over seeds (t-interval, exact sign-flip
 The same as `latbot study STUDY.yaml --out DIR --pretrain STORE --heldout STORE --heldout STORE ...` (this is
 the command recipes/studies/prereg3_action_stream.yaml and prereg4_gripper_holds.yaml were registered with).
 Run it again to resume: finished LAMs and cached scores are kept; `latbot study STUDY.yaml --out DIR --status`
-shows how far each seed is. Set OMP_NUM_THREADS for the training and scoring threads. Bad input (a wrong field in the study file, a missing store, a run directory of other
-settings under --out) stops it with one line and exit code 2.
+shows how far each seed is. Set OMP_NUM_THREADS for the training and scoring threads. Bad input (a wrong
+field in the study file, a missing store, a run directory of other settings under --out) stops it with one
+line and exit code 2.
 """
 
 from __future__ import annotations
