@@ -137,11 +137,11 @@ def test_action_noise_perturbs_the_applied_actions_reproducibly(tmp_path):
     with pytest.raises(StoreError, match=r"--action-noise 0.3, not 0.1; choose another --out"):
         generate(config(), ["reach"], 2, noisy, image_size=32, seed=1, progress=False, action_noise=0.1)
     assert (noisy / "latbot.json").read_bytes() == before  # refused before anything was written
-    from latbot.sim.generate import Perturbation, _check_same_noise, _open_store
+    from latbot.sim.generate import Perturbation, _check_same_perturbation, _open_store
 
     unfinished = tmp_path / "unfinished"  # created, interrupted before its first episode was finished
     _open_store(config(), unfinished, ["corner"], 32, "zstd", Perturbation(0.3)).close()
-    _check_same_noise(unfinished, Perturbation(0.3))
+    _check_same_perturbation(unfinished, Perturbation(0.3))
     with pytest.raises(StoreError, match=r"--action-noise 0.3, not 0.0"):
         generate(config(), ["reach"], 1, unfinished, image_size=32, seed=1, progress=False)
 

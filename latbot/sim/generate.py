@@ -45,6 +45,14 @@ class Perturbation:
         """The manifest's record of the perturbation (nothing when there is none)."""
         return {k: v for k, v in vars(self).items() if v}
 
+    @staticmethod
+    def read_source(text: str) -> tuple[float | None, float]:
+        """(action_noise, gripper_holds) as `source` wrote them into `text`; the noise is None when `text` does
+        not record it (a store from before the attribute), the holds 0 when it records none."""
+        noise = re.search(r"action_noise=([0-9.eE+-]+)$", text)
+        holds = re.search(r"gripper_holds=([0-9.eE+-]+),", text)
+        return (float(noise.group(1)) if noise else None), (float(holds.group(1)) if holds else 0.0)
+
 
 def episode_seed(seed: int, task_index: int, attempt: int) -> int:
     """Deterministic per (run seed, task, attempt); distinct from evaluation seeds (see evaluate)."""
@@ -94,7 +102,7 @@ def generate(
         perturb = Perturbation(action_noise, gripper_holds)
         if gripper_holds > 0:
             _gripper(sim)  # a robot without a gripper is refused before anything is written
-        _check_same_noise(out, perturb)
+        _check_same_perturbation(out, perturb)
         stack.enter_context(writing(out))  # the whole command: a second writer is refused before it writes
         store = stack.enter_context(_open_store(sim_config, out, cameras, image_size, codec, perturb))
         bar = tqdm(total=len(names) * episodes, desc=f"gen-sim {sim_config.type}", unit="episode", disable=not progress)
@@ -147,37 +155,30 @@ def _open_store(sim_config: PluginConfig, out: Path, cameras: list[str], image_s
     return EpisodeStore.open(out, mode="a")
 
 
-def _check_same_noise(out: Path, perturb: Perturbation) -> None:
+def _check_same_perturbation(out: Path, perturb: Perturbation) -> None:
     """Resuming a store with another `action_noise` or `gripper_holds` would mix two kinds of demonstration:
-    refused. Both are in the store's attributes from its creation (`Perturbation.source`), so an interrupted store is
-    checked too; a store written before that records the noise in its manifest only once finished."""
+    refused. Both are in the store's attributes from its creation (`Perturbation.source`), so an interrupted
+    store is checked too; a store written before that records the noise in its manifest only once finished."""
     from latbot.artifacts import ArtifactError, read_manifest
     from latbot.data.store import EpisodeStore, StoreError
-
-    action_noise, gripper_holds = perturb.action_noise, perturb.gripper_holds
 
     if not (out / "zarr.json").exists():
         return
     with EpisodeStore.open(out, check=False) as existing:
-        recorded = existing.attrs.get("source") or ""
-    holds = re.search(r"gripper_holds=([0-9.eE+-]+),", recorded)
-    had_holds = float(holds.group(1)) if holds else 0.0
-    if had_holds != gripper_holds:
+        had, had_holds = Perturbation.read_source(existing.attrs.get("source") or "")
+    if had_holds != perturb.gripper_holds:
         raise StoreError(
             f"--out {out}: its demonstrations were recorded with --gripper-holds {had_holds:g}, not "
-            f"{gripper_holds:g}; choose another --out (a store holds one kind of demonstration)"
+            f"{perturb.gripper_holds:g}; choose another --out (a store holds one kind of demonstration)"
         )
-    found = re.search(r"action_noise=([0-9.eE+-]+)$", recorded)
-    if found:
-        had = float(found.group(1))
-    else:
+    if had is None:
         try:
             had = float(read_manifest(out, kind="episode_store").extra.get("action_noise", 0.0))
         except ArtifactError:
             return  # unfinished, from before the attribute: nothing records its noise
-    if had != action_noise:
+    if had != perturb.action_noise:
         raise StoreError(
-            f"--out {out}: its demonstrations were recorded with --action-noise {had}, not {action_noise}; "
+            f"--out {out}: its demonstrations were recorded with --action-noise {had}, not {perturb.action_noise}; "
             "choose another --out (a store holds one kind of demonstration)"
         )
 
